@@ -52,7 +52,22 @@ internal interface IComputeService
 
     /// <summary>Stops and removes the agent. Idempotent: an agent already gone is success.</summary>
     Task StopAsync(AgentRecord record, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Agents this backend runs for this orchestrator (pods by label, processes by their ready files),
+    /// so a restarted orchestrator can re-adopt the live ones missing from the store and stop strays.
+    /// </summary>
+    Task<IReadOnlyList<DiscoveredAgent>> DiscoverAsync(CancellationToken cancellationToken);
 }
+
+/// <summary>An agent found running by <see cref="IComputeService.DiscoverAsync"/>.</summary>
+internal sealed record DiscoveredAgent(
+    string AgentId,
+    string UserId,
+    string RepoHash,
+    string SourcePath,
+    string BackendRef,
+    string Address);
 
 /// <summary>A backend failure the client should see, with whether retrying may help.</summary>
 internal sealed class ComputeException(string message, bool transient, Exception? inner = null)
