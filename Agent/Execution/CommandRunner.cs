@@ -301,7 +301,7 @@ internal sealed partial class CommandRunner(
         [LoggerMessage(EventId = 106, Level = LogLevel.Warning, Message = "Ignored a second 'start' frame for the command of tool pid {Pid}")]
         public static partial void DuplicateStart(ILogger logger, int pid);
 
-        [LoggerMessage(EventId = 107, Level = LogLevel.Warning, Message = "Command {InvocationId}: processes left in tool pid {Pid}'s process group after it exited were killed")]
+        [LoggerMessage(EventId = 107, Level = LogLevel.Debug, Message = "Command {InvocationId}: SIGKILLed what was left in tool pid {Pid}'s process group after it exited")]
         public static partial void KilledLeftovers(ILogger logger, string invocationId, int pid);
 
         [LoggerMessage(EventId = 108, Level = LogLevel.Warning, Message = "Command {InvocationId}: an escaped descendant kept an output pipe open for {Timeout} after the tool exited; stopped reading it")]

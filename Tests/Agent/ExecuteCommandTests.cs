@@ -172,7 +172,7 @@ public sealed class ExecuteCommandTests(ITestOutputHelper output)
     [Fact]
     public async Task SlowClientBlocksTheToolInsteadOfGrowingAgentBuffers()
     {
-        const long Total = 256L * 1024 * 1024;
+        const long Total = 128L * 1024 * 1024;
         await using var agent = await TestAgent.StartAsync(output);
         var marker = Path.Combine(agent.Workspace, "flood-finished");
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
@@ -181,10 +181,10 @@ public sealed class ExecuteCommandTests(ITestOutputHelper output)
         Assert.True(await call.ResponseStream.MoveNext(cts.Token));
         Assert.Equal(ServerFrame.FrameOneofCase.Started, call.ResponseStream.Current.FrameCase);
 
-        // The client reads nothing for a while. Without backpressure the tool would write its 256 MiB into agent
+        // The client reads nothing for a while. Without backpressure the tool would write its 128 MiB into agent
         // memory in well under a second and create the marker.
         await Task.Delay(TimeSpan.FromSeconds(3));
-        Assert.False(File.Exists(marker), "the tool finished writing 256 MiB although the client read nothing: the agent buffered it");
+        Assert.False(File.Exists(marker), "the tool finished writing 128 MiB although the client read nothing: the agent buffered it");
         var status = await agent.Client.GetStatusAsync(new GetStatusRequest(), cancellationToken: cts.Token);
         Assert.Equal(1, status.RunningCommands);
 
