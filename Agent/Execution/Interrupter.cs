@@ -39,21 +39,24 @@ internal sealed partial class Interrupter(
         process.SignalGroup(Native.SIGINT);
         if (Interlocked.Exchange(ref _escalating, 1) == 0)
         {
-            _ = EscalateAsync(_stop.Token);
+            _ = EscalateAsync();
         }
     }
 
+    /// <summary>Stops a pending escalation (the tool has exited).</summary>
     public void Dispose()
     {
+        // Cancel only, never dispose the source: Interrupt can race with this (the tool exits the moment it gets
+        // SIGINT) and must still be able to read the token. A source without timers holds no unmanaged resources.
         if (Interlocked.Exchange(ref _disposed, 1) == 0)
         {
             _stop.Cancel();
-            _stop.Dispose();
         }
     }
 
-    private async Task EscalateAsync(CancellationToken cancellationToken)
+    private async Task EscalateAsync()
     {
+        var cancellationToken = _stop.Token;
         try
         {
             await Task.Delay(gracePeriod, time, cancellationToken);

@@ -21,16 +21,21 @@ internal static class AgentServiceCollectionExtensions
         services.AddSingleton<CommandRunner>();
 
         services.AddGrpc();
-        services.AddGrpcHealthChecks();
+        services.AddGrpcHealthChecks().AddCheck<AgentHealthCheck>("agent");
 
         // Direct mode: h2c on Agent:Listen. Registered as options configuration so another mode (the tunnel) can add
         // its own listener the same way without touching this one.
-        services.AddSingleton<IConfigureOptions<KestrelServerOptions>, DirectListener>();
+        services.AddSingleton<IConfigureOptions<KestrelServerOptions>>(new DirectListener(configuration));
 
         // Give interrupted commands time to finish (SIGINT → grace → SIGTERM → grace → SIGKILL) before Kestrel
-        // aborts their streams on shutdown.
-        services.AddOptions<HostOptions>().Configure<IOptions<AgentOptions>>((host, agent) =>
-            host.ShutdownTimeout = agent.Value.InterruptGracePeriod + agent.Value.TerminateGracePeriod + TimeSpan.FromSeconds(10));
+        // aborts their streams on shutdown. Bound without validation: HostOptions is resolved while the host is built,
+        // and an invalid AgentOptions must fail at start with its own message, not here.
+        services.AddOptions<HostOptions>().Configure(host =>
+        {
+            var agent = new AgentOptions();
+            configuration.GetSection(AgentOptions.SectionName).Bind(agent);
+            host.ShutdownTimeout = agent.InterruptGracePeriod + agent.TerminateGracePeriod + TimeSpan.FromSeconds(10);
+        });
 
         services.AddHostedService<GracefulShutdown>();
         services.AddHostedService<ReadyFile>();
@@ -45,11 +50,17 @@ internal static class AgentServiceCollectionExtensions
         return app;
     }
 
-    private sealed class DirectListener(IOptions<AgentOptions> options) : IConfigureOptions<KestrelServerOptions>
+    /// <summary>
+    /// Reads Agent:Listen straight from configuration: Kestrel's options are resolved while the host is built, before
+    /// ValidateOnStart reports an invalid AgentOptions with its own message.
+    /// </summary>
+    private sealed class DirectListener(IConfiguration configuration) : IConfigureOptions<KestrelServerOptions>
     {
         public void Configure(KestrelServerOptions kestrel)
         {
-            if (!ListenAddress.TryParse(options.Value.Listen, out var endPoint, out var port))
+            var options = new AgentOptions();
+            configuration.GetSection(AgentOptions.SectionName).Bind(options);
+            if (!ListenAddress.TryParse(options.Listen, out var endPoint, out var port))
             {
                 // AgentOptionsValidator reports this with the flag to fix when the host starts.
                 return;
