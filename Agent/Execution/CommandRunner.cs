@@ -245,6 +245,13 @@ internal sealed partial class CommandRunner(
                         break;
                 }
             }
+
+            // Half-close: the client will send nothing more, so the tool's stdin ends too (like `bazel < /dev/null`).
+            // It is not an interrupt; the command runs on and its output still flows.
+            if (stdinOpen)
+            {
+                await stdin.DisposeAsync();
+            }
         }
         catch (Exception ex) when (ex is OperationCanceledException or IOException or InvalidOperationException)
         {

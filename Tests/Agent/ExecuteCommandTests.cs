@@ -170,6 +170,21 @@ public sealed class ExecuteCommandTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task HalfClosingTheRequestStreamEndsStdinButNotTheCommand()
+    {
+        await using var agent = await TestAgent.StartAsync(output);
+        using var cts = new CancellationTokenSource(s_timeout);
+        using var call = await agent.StartCommandAsync(Start("cat"), cts.Token);
+        await call.RequestStream.WriteAsync(new ClientFrame { Stdin = ByteString.CopyFromUtf8("last words\n") }, cts.Token);
+        await call.RequestStream.CompleteAsync();
+
+        var result = await CommandResult.ReadToEndAsync(call, cts.Token).WaitAsync(s_timeout);
+
+        Assert.Equal("last words\n", result.StdoutText);
+        Assert.Equal(0, result.Exit?.Code);
+    }
+
+    [Fact]
     public async Task SlowClientBlocksTheToolInsteadOfGrowingAgentBuffers()
     {
         const long Total = 128L * 1024 * 1024;
