@@ -194,9 +194,10 @@ internal sealed partial class CommandRunner(
                 await responses.WriteAsync(frame, delivery.Token);
             }
         }
-        catch (Exception ex) when (ex is OperationCanceledException or InvalidOperationException or IOException)
+        catch (Exception ex)
         {
-            // The client is gone: stop delivering (pumps switch to draining) and treat it as Ctrl-C.
+            // Whatever the failure (usually the client is gone), stop delivering so the pumps switch to draining
+            // instead of blocking on a channel nobody empties, and treat it as Ctrl-C.
             Log.DeliveryStopped(logger, ex.GetType().Name);
             await delivery.CancelAsync();
             interrupter.Interrupt(force: false, "client went away");
@@ -257,6 +258,11 @@ internal sealed partial class CommandRunner(
         {
             // The command ended or the client went away (handled through the call's cancellation token).
         }
+        catch (Exception ex)
+        {
+            // A broken request stream must not fail a command that is already running; stdin just ends here.
+            Log.RequestStreamFailed(logger, process.Pid, ex);
+        }
     }
 
     private async Task DrainAsync(Task pumps, OutputPump[] pipePumps, string invocationId)
@@ -313,6 +319,9 @@ internal sealed partial class CommandRunner(
 
         [LoggerMessage(EventId = 108, Level = LogLevel.Warning, Message = "Command {InvocationId}: an escaped descendant kept an output pipe open for {Timeout} after the tool exited; stopped reading it")]
         public static partial void PipeHeldOpen(ILogger logger, string invocationId, TimeSpan timeout);
+
+        [LoggerMessage(EventId = 110, Level = LogLevel.Warning, Message = "Reading client frames for tool pid {Pid} failed; no more stdin or interrupts from this client")]
+        public static partial void RequestStreamFailed(ILogger logger, int pid, Exception exception);
 
         [LoggerMessage(EventId = 109, Level = LogLevel.Information, Message = "Command {InvocationId}: the client was gone before the exit frame")]
         public static partial void ClientGoneBeforeExit(ILogger logger, string invocationId);

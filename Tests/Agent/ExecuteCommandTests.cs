@@ -28,6 +28,20 @@ public sealed class ExecuteCommandTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task DeathBySignalIsReportedAsSignalAndDistinctFromTheSameExitCode()
+    {
+        await using var agent = await TestAgent.StartAsync(output);
+
+        var killed = await agent.RunAsync(Start("kill-self", "TERM"), s_timeout);
+        var exited = await agent.RunAsync(Start("exit", "143"), s_timeout);
+
+        Assert.Equal(143, killed.Exit?.Code);
+        Assert.Equal(15, killed.Exit?.Signal);
+        Assert.Equal(143, exited.Exit?.Code);
+        Assert.Equal(0, exited.Exit?.Signal);
+    }
+
+    [Fact]
     public async Task ArgumentsArriveVerbatimAndWorkingDirectoryIsInsideTheWorkspace()
     {
         await using var agent = await TestAgent.StartAsync(output);

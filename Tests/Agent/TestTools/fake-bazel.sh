@@ -6,6 +6,10 @@ shift || true
 case "$mode" in
   exit)            # exit with code $1
     exit "$1" ;;
+  kill-self)       # die of signal $1
+    kill -s "$1" $$
+    sleep 10
+    exit 99 ;;
   echo-args)       # NUL-separated: physical cwd, argument count, each argument verbatim
     printf '%s\0' "$(pwd -P)" "$#" "$@" ;;
   env)             # the environment, NUL-separated
