@@ -75,6 +75,23 @@ internal sealed unsafe class ToolProcess : IDisposable
             }
 
             // fds: [0]=stdin read (child) [1]=stdin write (agent) [2]=stdout read (agent) [3]=stdout write (child) ...
+            // If the agent itself was started with 0/1/2 closed, a child end could land on 0..2, where dup2 onto
+            // itself keeps close-on-exec and a later dup2 could overwrite it: move child ends above 2 first.
+            foreach (var i in (ReadOnlySpan<int>)[0, 3, 5])
+            {
+                if (fds[i] < 3)
+                {
+                    var moved = Native.fcntl(fds[i], Native.F_DUPFD_CLOEXEC, 3);
+                    if (moved < 0)
+                    {
+                        throw new Win32Exception(Marshal.GetLastPInvokeError(), "fcntl(F_DUPFD_CLOEXEC) failed");
+                    }
+
+                    Native.close(fds[i]);
+                    fds[i] = moved;
+                }
+            }
+
             Check(Native.posix_spawn_file_actions_init(fileActions), "posix_spawn_file_actions_init");
             fileActionsReady = true;
             Check(Native.posix_spawn_file_actions_adddup2(fileActions, fds[0], 0), "adddup2 stdin");
