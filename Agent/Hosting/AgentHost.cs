@@ -28,7 +28,10 @@ internal static class AgentHost
         return builder;
     }
 
-    /// <summary>The whole agent, as Program.cs runs it. <paramref name="configure"/> lets tests add logging or services.</summary>
+    /// <summary>
+    /// The whole agent, wired exactly as Program.cs wires it (keep the two in step). <paramref name="configure"/> runs
+    /// before AddAgent, so tests can add logging or replace services such as TimeProvider.
+    /// </summary>
     public static WebApplication Build(string[] args, Action<WebApplicationBuilder>? configure = null)
     {
         var builder = CreateBuilder(args);
