@@ -57,4 +57,11 @@ internal static class ExitCodes
     /// </summary>
     public static int ForRemoteStatus(StatusCode code) =>
         RemoteFailure.IsTransient(code) ? TransientRemoteError : RemoteEnvironmentError;
+
+    /// <summary>
+    /// As <see cref="ForRemoteStatus(StatusCode)"/>, except that a transport failure (reset stream, closed
+    /// socket: the status carries a client-side exception) is always 38, whatever code it was mapped to.
+    /// </summary>
+    public static int ForRemoteStatus(RpcException ex) =>
+        RemoteFailure.IsTransient(ex) ? TransientRemoteError : RemoteEnvironmentError;
 }

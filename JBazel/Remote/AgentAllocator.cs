@@ -73,7 +73,7 @@ internal sealed class AgentAllocator(ChannelPool channels, RbsSettings settings)
             StatusCode.Unimplemented => new RemoteFailure(ExitCodes.RemoteEnvironmentError,
                 $"{at} does not serve rbs.v1.Orchestrator/GetServer ({ex.Status.Detail}). " +
                 "Point --rbs_orchestrator / RBS_ORCHESTRATOR at an RBS orchestrator or gateway."),
-            _ => new RemoteFailure(ExitCodes.ForRemoteStatus(ex.StatusCode),
+            _ => new RemoteFailure(ExitCodes.ForRemoteStatus(ex),
                 $"the orchestrator at {at} failed GetServer ({ex.StatusCode}): {RemoteFailure.Describe(ex)}"),
         };
     }

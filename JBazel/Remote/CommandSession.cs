@@ -177,7 +177,7 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
     private RemoteFailure Failure(RpcException ex, bool receivedFrame)
     {
         var agent = $"agent {allocation.AgentId} at {allocation.Response.Address}";
-        if (!RemoteFailure.IsTransient(ex.StatusCode))
+        if (!RemoteFailure.IsTransient(ex))
         {
             return new RemoteFailure(ExitCodes.RemoteEnvironmentError,
                 $"{agent} rejected the command ({ex.StatusCode}): {RemoteFailure.Describe(ex)}");

@@ -13,6 +13,12 @@ internal sealed class RemoteFailure(int exitCode, string message) : Exception(me
     /// Whether a failed call may succeed if repeated: the peer was unreachable, slow, overloaded or the
     /// connection broke. Everything else is the server saying no, which repeating will not change.
     /// </summary>
+    public static bool IsTransient(RpcException ex) =>
+        // A client-side exception means the transport failed (reset stream, closed socket, protocol
+        // error), whatever status code it was mapped to; a server's own status arrives without one.
+        ex.Status.DebugException is not null || IsTransient(ex.StatusCode);
+
+    /// <summary>Whether a status code the server sent means "try again".</summary>
     public static bool IsTransient(StatusCode code) => code switch
     {
         StatusCode.Unavailable or StatusCode.DeadlineExceeded or StatusCode.ResourceExhausted
