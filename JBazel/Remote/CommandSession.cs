@@ -26,32 +26,49 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
         using var writer = new FrameWriter(call.RequestStream);
         var forced = 0;
         var receivedFrame = false;
-
-        // First Ctrl-C: ask the agent to SIGINT bazel and keep streaming until bazel's own exit status.
-        using var onFirst = interrupts.First.Register(() =>
-            _ = writer.TryWriteAsync(new ClientFrame { Interrupt = new Interrupt() }, s_interruptWriteTimeout));
-
-        // Second Ctrl-C: a forced interrupt, best effort, then leave at once. Dropping the call also tells
-        // the agent the client is gone.
-        using var onSecond = interrupts.Second.Register(() =>
+        if (interrupts.First.IsCancellationRequested)
         {
-            Interlocked.Exchange(ref forced, 1);
-            _ = Task.Run(async () =>
-            {
-                await writer.TryWriteAsync(new ClientFrame { Interrupt = new Interrupt { Force = true } }, s_forceWriteTimeout);
-                CancelQuietly(abort);
-            });
-        });
+            // Ctrl-C between allocation and start: nothing runs remotely yet.
+            return ExitCodes.Interrupted;
+        }
+
+        CancellationTokenRegistration onFirst = default, onSecond = default;
 
         try
         {
             try
             {
-                await writer.WriteAsync(new ClientFrame { Start = start }, abort.Token);
+                // Ctrl-C while the agent is still being dialled cancels the call (exit 8): nothing runs yet.
+                using (var starting = CancellationTokenSource.CreateLinkedTokenSource(abort.Token, interrupts.First))
+                {
+                    await writer.WriteAsync(new ClientFrame { Start = start }, starting.Token);
+                }
+
+                // Registered after the start frame so an interrupt never precedes it.
+                // First Ctrl-C: ask the agent to SIGINT bazel and keep streaming until bazel's own exit status.
+                onFirst = interrupts.First.Register(() =>
+                    _ = writer.TryWriteAsync(new ClientFrame { Interrupt = new Interrupt() }, s_interruptWriteTimeout));
+
+                // Second Ctrl-C: a forced interrupt, best effort, then leave at once. Dropping the call also
+                // tells the agent the client is gone.
+                onSecond = interrupts.Second.Register(() =>
+                {
+                    Interlocked.Exchange(ref forced, 1);
+                    _ = Task.Run(async () =>
+                    {
+                        await writer.TryWriteAsync(new ClientFrame { Interrupt = new Interrupt { Force = true } }, s_forceWriteTimeout);
+                        CancelQuietly(abort);
+                    });
+                });
                 StartStdinPump(writer, abort.Token);
             }
-            catch (Exception ex) when (ex is RpcException or InvalidOperationException or IOException)
+            catch (Exception ex) when (ex is RpcException or InvalidOperationException or IOException or OperationCanceledException)
             {
+                if (interrupts.First.IsCancellationRequested)
+                {
+                    return ExitCodes.Interrupted;
+                }
+
                 // The call failed before it started (agent unreachable): reading the response below
                 // surfaces the call's real status.
             }
@@ -100,6 +117,12 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
         catch (RpcException ex)
         {
             throw Failure(ex, receivedFrame);
+        }
+        finally
+        {
+            // Before the writer and the call go away, so no late interrupt touches them.
+            onFirst.Dispose();
+            onSecond.Dispose();
         }
     }
 

@@ -23,7 +23,14 @@ public sealed class JBazelProcess : IAsyncDisposable
         _stderrPump = PumpAsync(process.StandardError.BaseStream, _stderr);
     }
 
-    public static string ExecutablePath => Path.Combine(AppContext.BaseDirectory, "jbazel");
+    /// <summary>
+    /// The apphost in the test output, or RBS_TEST_JBAZEL (e.g. a Native AOT build from
+    /// `dotnet publish JBazel -c Release -r linux-x64`) to run this suite against another jbazel.
+    /// </summary>
+    public static string ExecutablePath =>
+        Environment.GetEnvironmentVariable("RBS_TEST_JBAZEL") is { Length: > 0 } path
+            ? path
+            : Path.Combine(AppContext.BaseDirectory, "jbazel");
 
     public int Id => _process.Id;
 
