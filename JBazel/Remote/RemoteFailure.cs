@@ -45,6 +45,10 @@ internal sealed class RemoteFailure(int exitCode, string message) : Exception(me
                     return "connection reset";
                 case HttpRequestException { HttpRequestError: HttpRequestError.NameResolutionError }:
                     return "host not found";
+                case HttpProtocolException protocol:
+                    return $"the stream was reset, HTTP/2 error {protocol.ErrorCode}";
+                case HttpIOException { HttpRequestError: HttpRequestError.ResponseEnded }:
+                    return "the connection closed";
                 default:
                     break;
             }

@@ -349,6 +349,70 @@ public sealed class JBazelFunctionalTests(ITestOutputHelper output) : IAsyncLife
     }
 
     [Fact]
+    public async Task OnATerminalTheStatusLineIsPrintedAndTheTerminalIsDescribed()
+    {
+        if (!File.Exists("/usr/bin/script"))
+        {
+            // util-linux is part of every Debian install; without script(1) there is no pty to test with.
+            TestLog.Write(output, "script(1) missing: cannot create a pseudo-terminal");
+            return;
+        }
+
+        _remote.Execute = async call =>
+        {
+            await call.StdoutAsync("tty output\n");
+            await call.ExitAsync(0);
+        };
+
+        await using var jbazel = JBazelProcess.Start(
+            output,
+            _workspace.Root,
+            _workspace.Home,
+            new Dictionary<string, string?> { ["RBS_ORCHESTRATOR"] = _remote.Address.ToString(), ["COLUMNS"] = "123", ["LINES"] = "45", ["TERM"] = "xterm" },
+            ["build", "//..."],
+            pseudoTerminal: true);
+        Assert.Equal(0, await jbazel.WaitForExitAsync(s_timeout));
+
+        // script(1) merges the terminal's output into its stdout.
+        Assert.Matches(new Regex($"rbs: agent {FakeRemote.AgentId} \\(process 4242\\) warm in [0-9]+ ms\r?\n"), jbazel.StdoutText);
+        Assert.Contains("tty output", jbazel.StdoutText, StringComparison.Ordinal);
+        var terminal = Assert.Single(_remote.AgentCalls).Start.Terminal;
+        Assert.True(terminal.StdinIsTty && terminal.StdoutIsTty && terminal.StderrIsTty, terminal.ToString());
+        Assert.True(terminal.Columns > 0 && terminal.Rows > 0, terminal.ToString());
+        Assert.Equal("xterm", terminal.Term);
+    }
+
+    [Fact]
+    public async Task CtrlCWhileWaitingForTheAgentExits8()
+    {
+        var getServerStarted = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var getServerCancelled = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _remote.GetServer = async (_, context) =>
+        {
+            getServerStarted.TrySetResult();
+            try
+            {
+                // A cold agent that takes its time.
+                await Task.Delay(Timeout.Infinite, context.CancellationToken);
+            }
+            finally
+            {
+                getServerCancelled.TrySetResult();
+            }
+
+            throw new InvalidOperationException("unreachable");
+        };
+
+        await using var jbazel = Start(_workspace.Root, ["build", "//..."]);
+        await getServerStarted.Task.WaitAsync(s_timeout);
+        await jbazel.SignalAsync("INT");
+
+        Assert.Equal(8, await jbazel.WaitForExitAsync(s_timeout));
+        await getServerCancelled.Task.WaitAsync(s_timeout);
+        Assert.Empty(_remote.AgentCalls);
+    }
+
+    [Fact]
     public async Task WorkspaceRcFileConfiguresJBazelAndCommandLineWins()
     {
         // The environment points nowhere; the workspace .jbazelrc points at the fake; the command line says always.

@@ -49,9 +49,10 @@ public sealed class JBazelProcess : IAsyncDisposable
         string home,
         IReadOnlyDictionary<string, string?> environment,
         IEnumerable<string> args,
-        bool readStdout = true)
+        bool readStdout = true,
+        bool pseudoTerminal = false)
     {
-        var info = new ProcessStartInfo(ExecutablePath)
+        var info = new ProcessStartInfo(pseudoTerminal ? "script" : ExecutablePath)
         {
             WorkingDirectory = workingDirectory,
             RedirectStandardInput = true,
@@ -59,9 +60,21 @@ public sealed class JBazelProcess : IAsyncDisposable
             RedirectStandardError = true,
             UseShellExecute = false,
         };
-        foreach (var arg in args)
+        if (pseudoTerminal)
         {
-            info.ArgumentList.Add(arg);
+            // util-linux script(1) runs jbazel with a pseudo-terminal as stdin, stdout and stderr.
+            info.ArgumentList.Add("-q");
+            info.ArgumentList.Add("-e");
+            info.ArgumentList.Add("-c");
+            info.ArgumentList.Add(string.Join(' ', args.Prepend(ExecutablePath).Select(arg => $"'{arg}'")));
+            info.ArgumentList.Add("/dev/null");
+        }
+        else
+        {
+            foreach (var arg in args)
+            {
+                info.ArgumentList.Add(arg);
+            }
         }
 
         foreach (var name in info.Environment.Keys.Where(k => k.StartsWith("RBS_", StringComparison.Ordinal)).ToList())
