@@ -170,7 +170,8 @@ internal sealed class BazelCommand : RootCommand
         }
         catch (Exception ex)
         {
-            _streams.WriteErrorLine($"rbs: internal error in jbazel {Version}: {ex}");
+            // One line, like every other failure; the type and message are what a bug report needs first.
+            _streams.WriteErrorLine($"rbs: internal error in jbazel {Version} ({ex.GetType().Name}: {ex.Message}). Please report it.");
             return ExitCodes.InternalError;
         }
     }

@@ -20,17 +20,18 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
 
     public async Task<int> RunAsync(StartCommand start, CancellationToken cancellationToken)
     {
+        if (interrupts.First.IsCancellationRequested)
+        {
+            // Ctrl-C between allocation and start: nothing runs remotely yet.
+            return ExitCodes.Interrupted;
+        }
+
         var client = new V1.Agent.AgentClient(channels.Get(allocation.AgentAddress));
         using var abort = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         using var call = client.ExecuteCommand(allocation.Headers, cancellationToken: abort.Token);
         using var writer = new FrameWriter(call.RequestStream);
         var forced = 0;
         var receivedFrame = false;
-        if (interrupts.First.IsCancellationRequested)
-        {
-            // Ctrl-C between allocation and start: nothing runs remotely yet.
-            return ExitCodes.Interrupted;
-        }
 
         CancellationTokenRegistration onFirst = default, onSecond = default;
 
