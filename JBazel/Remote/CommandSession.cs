@@ -144,7 +144,8 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
         var buffer = new byte[StdinChunkSize];
         try
         {
-            while (!cancellationToken.IsCancellationRequested)
+            // A background job must not touch its terminal: the tool gets an empty stdin instead.
+            while (TerminalProbe.MayReadStdin() && !cancellationToken.IsCancellationRequested)
             {
                 int read;
                 try

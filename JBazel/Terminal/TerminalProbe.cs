@@ -76,6 +76,27 @@ internal static partial class TerminalProbe
         return true;
     }
 
+    /// <summary>
+    /// False when stdin is a terminal and jbazel is a background job on it (<c>jbazel build //... &amp;</c>):
+    /// reading the terminal then would stop the whole process with SIGTTIN.
+    /// </summary>
+    public static bool MayReadStdin()
+    {
+        if (Console.IsInputRedirected || !(OperatingSystem.IsLinux() || OperatingSystem.IsMacOS()))
+        {
+            return true;
+        }
+
+        var foreground = TerminalForegroundGroup(0);
+        return foreground < 0 || foreground == ProcessGroup();
+    }
+
+    [LibraryImport("libc", EntryPoint = "tcgetpgrp")]
+    private static partial int TerminalForegroundGroup(int fd);
+
+    [LibraryImport("libc", EntryPoint = "getpgrp")]
+    private static partial int ProcessGroup();
+
     [StructLayout(LayoutKind.Sequential)]
     private struct WindowSize
     {

@@ -383,6 +383,59 @@ public sealed class JBazelFunctionalTests(ITestOutputHelper output) : IAsyncLife
     }
 
     [Fact]
+    public async Task BackgroundJobOnATerminalIsNotStoppedByReadingIt()
+    {
+        if (!File.Exists("/usr/bin/script") || !File.Exists("/bin/bash"))
+        {
+            TestLog.Write(output, "script(1) or bash missing: cannot create a job-controlled terminal");
+            return;
+        }
+
+        _remote.Execute = async call =>
+        {
+            // Reading a terminal from a background job would stop jbazel (SIGTTIN) and this would hang.
+            var stdin = await call.StdinAtEof.WaitAsync(s_timeout);
+            await call.StdoutAsync($"stdin bytes: {stdin.Length}\n");
+            await call.ExitAsync(0);
+        };
+
+        await using var jbazel = JBazelProcess.Start(
+            output,
+            _workspace.Root,
+            _workspace.Home,
+            new Dictionary<string, string?> { ["RBS_ORCHESTRATOR"] = _remote.Address.ToString(), ["PS1"] = "$ " },
+            ["build", "//..."],
+            pseudoTerminal: true,
+            // An interactive shell has job control: `&` puts jbazel in a background process group.
+            shellCommand: command => $"bash --norc -ic \"{command} & wait $!; echo job-exit=$?; exit\"");
+        try
+        {
+            Assert.Equal(0, await jbazel.WaitForExitAsync(s_timeout));
+            Assert.Contains("stdin bytes: 0", jbazel.StdoutText, StringComparison.Ordinal);
+            Assert.Contains("job-exit=0", jbazel.StdoutText, StringComparison.Ordinal);
+        }
+        finally
+        {
+            // On failure the stopped background jbazel outlives script(1); bash printed its pid ("[1] PID").
+            if (Regex.Match(jbazel.StdoutText, @"\[1\] ([0-9]+)") is { Success: true } job)
+            {
+                try
+                {
+                    using var stopped = System.Diagnostics.Process.GetProcessById(int.Parse(job.Groups[1].Value));
+                    if (stopped.ProcessName == "jbazel")
+                    {
+                        stopped.Kill();
+                    }
+                }
+                catch (ArgumentException)
+                {
+                    // Already gone: the good case.
+                }
+            }
+        }
+    }
+
+    [Fact]
     public async Task CtrlCWhileWaitingForTheAgentExits8()
     {
         var getServerStarted = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);

@@ -50,7 +50,8 @@ public sealed class JBazelProcess : IAsyncDisposable
         IReadOnlyDictionary<string, string?> environment,
         IEnumerable<string> args,
         bool readStdout = true,
-        bool pseudoTerminal = false)
+        bool pseudoTerminal = false,
+        Func<string, string>? shellCommand = null)
     {
         var info = new ProcessStartInfo(pseudoTerminal ? "script" : ExecutablePath)
         {
@@ -66,7 +67,8 @@ public sealed class JBazelProcess : IAsyncDisposable
             info.ArgumentList.Add("-q");
             info.ArgumentList.Add("-e");
             info.ArgumentList.Add("-c");
-            info.ArgumentList.Add(string.Join(' ', args.Prepend(ExecutablePath).Select(arg => $"'{arg}'")));
+            var jbazelCommand = string.Join(' ', args.Prepend(ExecutablePath).Select(arg => $"'{arg}'"));
+            info.ArgumentList.Add(shellCommand is null ? jbazelCommand : shellCommand(jbazelCommand));
             info.ArgumentList.Add("/dev/null");
         }
         else
