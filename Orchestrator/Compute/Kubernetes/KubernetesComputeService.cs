@@ -222,10 +222,12 @@ internal sealed partial class KubernetesComputeService(
                 return ip;
             }
 
+            // Watch from the version the create returned, so no transition between create and watch is missed.
+            var resourceVersion = created.Metadata.ResourceVersion;
+            var consecutiveErrors = 0;
             while (true)
             {
                 Exception? watchError = null;
-                var resourceVersion = current.Metadata.ResourceVersion;
                 var events = _client.CoreV1.WatchListNamespacedPodAsync(
                     _namespace,
                     fieldSelector: "metadata.name=" + podName,
@@ -244,9 +246,10 @@ internal sealed partial class KubernetesComputeService(
                                 throw new ComputeException(
                                     $"agent pod {podName} was deleted while starting ({PodReadiness.Describe(pod)})", transient: true);
                             case WatchEventType.Bookmark:
-                                current.Metadata.ResourceVersion = pod.Metadata?.ResourceVersion ?? current.Metadata.ResourceVersion;
+                                resourceVersion = pod.Metadata?.ResourceVersion ?? resourceVersion;
                                 continue;
                             case WatchEventType.Added or WatchEventType.Modified:
+                                resourceVersion = pod.Metadata?.ResourceVersion ?? resourceVersion;
                                 if (Observe(pod) is { } readyIp)
                                 {
                                     return readyIp;
@@ -271,28 +274,34 @@ internal sealed partial class KubernetesComputeService(
                 }
 
                 // The watch ended: server-side timeout, a dropped connection, or an ERROR event (410 Gone when our
-                // resource version is too old). Re-read the pod and watch again from its current version.
+                // resource version is too old). Re-list (a list's version is current even when the pod's own is older
+                // than the last compaction) and watch again from there.
+                consecutiveErrors = watchError is null ? 0 : consecutiveErrors + 1;
                 if (watchError is not null)
                 {
                     Log.WatchRestarted(logger, podName, watchError.Message);
-                    if (watchError is not KubernetesException)
+                    if (watchError is not KubernetesException || consecutiveErrors > 1)
                     {
-                        // Transport or server error rather than an expired version: do not spin on a sick API server.
+                        // Transport or server error, or the same error again: do not spin on a sick API server.
                         await Task.Delay(TimeSpan.FromSeconds(1), timeProvider, linked.Token);
                     }
                 }
 
                 try
                 {
-                    var fresh = await _client.CoreV1.ReadNamespacedPodAsync(podName, _namespace, cancellationToken: linked.Token);
-                    if (Observe(fresh) is { } freshIp)
+                    var list = await _client.CoreV1.ListNamespacedPodAsync(
+                        _namespace, fieldSelector: "metadata.name=" + podName, cancellationToken: linked.Token);
+                    if (list.Items.Count == 0)
+                    {
+                        throw new ComputeException($"agent pod {podName} was deleted while starting", transient: true);
+                    }
+
+                    if (Observe(list.Items[0]) is { } freshIp)
                     {
                         return freshIp;
                     }
-                }
-                catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
-                {
-                    throw new ComputeException($"agent pod {podName} was deleted while starting", transient: true, e);
+
+                    resourceVersion = list.Metadata?.ResourceVersion ?? list.Items[0].Metadata.ResourceVersion;
                 }
                 catch (Exception e) when (e is HttpOperationException or HttpRequestException && !linked.IsCancellationRequested)
                 {
