@@ -279,7 +279,7 @@ internal sealed partial class KubernetesComputeService(
                 consecutiveErrors = watchError is null ? 0 : consecutiveErrors + 1;
                 if (watchError is not null)
                 {
-                    Log.WatchRestarted(logger, podName, watchError.Message);
+                    Log.WatchRestarted(logger, podName, watchError.GetBaseException().Message);
                     if (watchError is not KubernetesException || consecutiveErrors > 1)
                     {
                         // Transport or server error, or the same error again: do not spin on a sick API server.
