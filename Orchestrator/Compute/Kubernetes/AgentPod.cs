@@ -129,16 +129,18 @@ internal static partial class AgentPod
                 TimeoutSeconds = 5,
                 FailureThreshold = 6,
             },
-            VolumeMounts =
-            [
-                new V1VolumeMount
-                {
-                    Name = "workspace",
-                    MountPath = options.WorkspacePath,
-                    SubPath = options.WorkspaceClaimName.Length > 0 ? LabelValue(spec.UserId) + "/" + LabelValue(spec.RepoHash) : null,
-                },
-                new V1VolumeMount { Name = "cache", MountPath = options.CachePath },
-            ],
+            VolumeMounts = options.WorkspaceFromImage
+                ? [new V1VolumeMount { Name = "cache", MountPath = options.CachePath }]
+                :
+                [
+                    new V1VolumeMount
+                    {
+                        Name = "workspace",
+                        MountPath = options.WorkspacePath,
+                        SubPath = options.WorkspaceClaimName.Length > 0 ? LabelValue(spec.UserId) + "/" + LabelValue(spec.RepoHash) : null,
+                    },
+                    new V1VolumeMount { Name = "cache", MountPath = options.CachePath },
+                ],
             SecurityContext = new V1SecurityContext
             {
                 AllowPrivilegeEscalation = false,
@@ -203,11 +205,9 @@ internal static partial class AgentPod
                     SeccompProfile = new V1SeccompProfile { Type = "RuntimeDefault" },
                 },
                 Containers = [container],
-                Volumes =
-                [
-                    workspaceVolume,
-                    new V1Volume { Name = "cache", EmptyDir = new V1EmptyDirVolumeSource() },
-                ],
+                Volumes = options.WorkspaceFromImage
+                    ? [new V1Volume { Name = "cache", EmptyDir = new V1EmptyDirVolumeSource() }]
+                    : [workspaceVolume, new V1Volume { Name = "cache", EmptyDir = new V1EmptyDirVolumeSource() }],
             },
         };
     }

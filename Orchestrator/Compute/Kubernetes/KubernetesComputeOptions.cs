@@ -103,6 +103,12 @@ internal sealed class KubernetesComputeOptions
     public string WorkspaceClaimName { get; set; } = "";
 
     /// <summary>
+    /// Mount nothing at <see cref="WorkspacePath"/>: the image's own directory is the workspace (an image with a
+    /// source snapshot baked in; the Kind e2e uses this until workspace sync lands). Default false.
+    /// </summary>
+    public bool WorkspaceFromImage { get; set; }
+
+    /// <summary>
     /// Mount path of an emptyDir for bazel's output base (bazel uses <c>$HOME/.cache/bazel</c>), so the cache lives
     /// on pod-local scratch space and survives agent container restarts within the pod. Default "/home/rbs/.cache"
     /// (HOME of the agent image's user).

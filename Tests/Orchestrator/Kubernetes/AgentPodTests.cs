@@ -45,6 +45,16 @@ public sealed class AgentPodTests
     }
 
     [Fact]
+    public void WorkspaceFromImageMountsNothingOverTheImagesWorkspace()
+    {
+        var pod = AgentPod.Build(new AgentSpec("a1", "u", "r", "/src"), new KubernetesComputeOptions { WorkspaceFromImage = true });
+
+        Assert.DoesNotContain(pod.Spec.Containers[0].VolumeMounts, m => m.MountPath == "/workspace");
+        Assert.Contains("/workspace", pod.Spec.Containers[0].Args);
+        Assert.Contains(pod.Spec.Containers[0].VolumeMounts, m => m.MountPath == "/home/rbs/.cache");
+    }
+
+    [Fact]
     public void OverlongAgentIdsStillGiveValidPodNames()
     {
         var name = AgentPod.PodName(new string('A', 80));
