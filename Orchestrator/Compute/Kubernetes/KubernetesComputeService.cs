@@ -45,7 +45,7 @@ internal sealed partial class KubernetesComputeService(
         catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.Conflict)
         {
             // Same agent id, so a retry of our own earlier attempt: carry on with that pod.
-            created = await _client.CoreV1.ReadNamespacedPodAsync(podName, _namespace, cancellationToken: cancellationToken);
+            created = await ReadExistingAsync(podName, cancellationToken);
         }
         catch (HttpOperationException e)
         {
@@ -303,6 +303,10 @@ internal sealed partial class KubernetesComputeService(
 
                     resourceVersion = list.Metadata?.ResourceVersion ?? list.Items[0].Metadata.ResourceVersion;
                 }
+                catch (HttpOperationException e) when (e.Response.StatusCode is HttpStatusCode.Forbidden or HttpStatusCode.Unauthorized)
+                {
+                    throw ApiFailure($"cannot list agent pod {podName}", e);
+                }
                 catch (Exception e) when (e is HttpOperationException or HttpRequestException && !linked.IsCancellationRequested)
                 {
                     // API hiccup: back off briefly, the deadline still bounds the whole wait.
@@ -322,6 +326,22 @@ internal sealed partial class KubernetesComputeService(
                 $"agent pod {podName} not ready after {_options.PodReadyTimeout} ({PodReadiness.Describe(current)}); " +
                 "raise Orchestrator:Kubernetes:PodReadyTimeout if image pulls are slow",
                 transient: true);
+        }
+    }
+
+    private async Task<V1Pod> ReadExistingAsync(string podName, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await _client.CoreV1.ReadNamespacedPodAsync(podName, _namespace, cancellationToken: cancellationToken);
+        }
+        catch (HttpOperationException e)
+        {
+            throw ApiFailure($"agent pod {podName} already exists but cannot be read", e);
+        }
+        catch (HttpRequestException e)
+        {
+            throw new ComputeException($"Kubernetes API unreachable while reading agent pod {podName}: {e.Message}", transient: true, e);
         }
     }
 

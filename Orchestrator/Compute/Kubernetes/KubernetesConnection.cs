@@ -18,7 +18,11 @@ internal sealed record KubernetesConnection(IKubernetes Client, string Namespace
                 ? KubernetesClientConfiguration.BuildConfigFromConfigFile(options.Kubeconfig)
                 : KubernetesClientConfiguration.IsInCluster()
                     ? KubernetesClientConfiguration.InClusterConfig()
-                    : KubernetesClientConfiguration.BuildConfigFromConfigFile();
+                    : !string.IsNullOrEmpty(Environment.GetEnvironmentVariable("KUBECONFIG"))
+                        // BuildDefaultConfig merges the KUBECONFIG list the way kubectl does.
+                        ? KubernetesClientConfiguration.BuildDefaultConfig()
+                        // Not BuildDefaultConfig here: it would silently fall back to http://localhost:8080.
+                        : KubernetesClientConfiguration.BuildConfigFromConfigFile();
         }
         catch (Exception e) when (e is k8s.Exceptions.KubeConfigException or IOException or UnauthorizedAccessException)
         {
