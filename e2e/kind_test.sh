@@ -172,7 +172,7 @@ helm install "$release" "$root/helm/rbs" --namespace "$ns" --wait --timeout 5m \
   --set state.spanner.emulator.enabled=true \
   --set "auth.apiKeys[0].user=e2e" \
   --set "auth.apiKeys[0].key=$api_key" \
-  --set "networkPolicy.directClients[0].podSelector.matchLabels.rbs\.dev/client=true"
+  --set-string "networkPolicy.directClients[0].podSelector.matchLabels.rbs\.dev/client=true"
 
 jbazel_host() {
   # jbazel from the repository, run on this machine: the "laptop" outside the cluster.
