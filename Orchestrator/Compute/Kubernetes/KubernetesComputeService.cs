@@ -201,8 +201,10 @@ internal sealed partial class KubernetesComputeService(
 
                     // Wake up when the grace period ends even if no further event arrives.
                     deadline.CancelAfter(NotNegative(Earlier(giveUpAt, readyDeadline) - now));
+                    Log.WaitingForCapacity(logger, podName, readiness.Detail, giveUpAt);
                     return null;
                 default:
+                    Log.PodProgress(logger, podName, readiness.Detail);
                     if (unschedulableSince is not null)
                     {
                         // Scheduled after all (a node came up): back to the full ready timeout.
@@ -412,6 +414,12 @@ internal sealed partial class KubernetesComputeService(
 
         [LoggerMessage(EventId = 5, Level = LogLevel.Warning, Message = "Kubernetes API call failed ({Operation}): {Error}")]
         public static partial void ApiError(ILogger logger, string operation, string error);
+
+        [LoggerMessage(EventId = 7, Level = LogLevel.Information, Message = "Agent pod {PodName} unschedulable ({Detail}); waiting for capacity until {GiveUpAt:O}")]
+        public static partial void WaitingForCapacity(ILogger logger, string podName, string detail, DateTimeOffset giveUpAt);
+
+        [LoggerMessage(EventId = 8, Level = LogLevel.Debug, Message = "Agent pod {PodName} starting: {Progress}")]
+        public static partial void PodProgress(ILogger logger, string podName, string progress);
 
         [LoggerMessage(EventId = 6, Level = LogLevel.Debug, Message = "Watch on agent pod {PodName} ended ({Error}); re-reading and watching again")]
         public static partial void WatchRestarted(ILogger logger, string podName, string error);

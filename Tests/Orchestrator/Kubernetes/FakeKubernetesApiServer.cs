@@ -244,15 +244,11 @@ public sealed class FakeKubernetesApiServer : IAsyncDisposable
             return;
         }
 
-        V1Pod stored;
+        V1Pod? stored = null;
         lock (_gate)
         {
             _created.Add(Clone(pod));
-            if (_pods.ContainsKey((ns, pod.Metadata.Name)))
-            {
-                stored = null!;
-            }
-            else
+            if (!_pods.ContainsKey((ns, pod.Metadata.Name)))
             {
                 stored = Clone(pod);
                 stored.Metadata.NamespaceProperty = ns;

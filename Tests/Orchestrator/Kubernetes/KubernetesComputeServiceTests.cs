@@ -16,6 +16,8 @@ public sealed class KubernetesComputeServiceTests(ITestOutputHelper output) : IA
 {
     private const string Ns = "rbs-test";
     private static readonly TimeSpan s_timeout = TimeSpan.FromSeconds(15);
+    private readonly List<string> _logLines = [];
+    private readonly List<(string Fragment, TaskCompletionSource Done)> _logWaiters = [];
     private FakeKubernetesApiServer _server = null!;
 
     public async Task InitializeAsync() => _server = await FakeKubernetesApiServer.StartAsync(Log);
@@ -74,7 +76,7 @@ public sealed class KubernetesComputeServiceTests(ITestOutputHelper output) : IA
         // Scheduled, then running but not yet answering health checks: still waiting.
         _server.UpdatePod(Ns, podName, FakePodStates.Scheduled);
         _server.UpdatePod(Ns, podName, p => FakePodStates.RunningNotReady(p, "10.1.2.3"));
-        await Task.Delay(200);
+        await LogLineAsync(podName + " starting: phase Running").WaitAsync(s_timeout);
         Assert.False(start.IsCompleted, "StartAsync returned before the pod was Ready");
 
         _server.UpdatePod(Ns, podName, p => FakePodStates.RunningReady(p, "10.1.2.3"));
@@ -126,7 +128,7 @@ public sealed class KubernetesComputeServiceTests(ITestOutputHelper output) : IA
         await _server.WaitForWatchAsync(Ns, "rbs-agent-a2b").WaitAsync(s_timeout);
 
         _server.UpdatePod(Ns, "rbs-agent-a2b", p => FakePodStates.Unschedulable(p, "0/1 nodes are available; pod triggered scale-up"));
-        await Task.Delay(200);
+        await LogLineAsync("rbs-agent-a2b unschedulable").WaitAsync(s_timeout);
         time.Advance(TimeSpan.FromMinutes(1));
         Assert.False(start.IsCompleted);
 
@@ -175,7 +177,7 @@ public sealed class KubernetesComputeServiceTests(ITestOutputHelper output) : IA
         var start = service.StartAsync(new AgentSpec("a5", "u", "r", "/s"), CancellationToken.None);
         await _server.WaitForWatchAsync(Ns, "rbs-agent-a5").WaitAsync(s_timeout);
         _server.UpdatePod(Ns, "rbs-agent-a5", p => FakePodStates.RunningNotReady(p, "10.0.0.5"));
-        await Task.Delay(200);
+        await LogLineAsync("rbs-agent-a5 starting: phase Running").WaitAsync(s_timeout);
 
         time.Advance(TimeSpan.FromSeconds(89));
         await Task.Delay(100);
@@ -313,6 +315,8 @@ public sealed class KubernetesComputeServiceTests(ITestOutputHelper output) : IA
         var otherInstall = AgentPod.Build(new AgentSpec("c4", "dave", "r4", "/src/dave"), new KubernetesComputeOptions { Instance = "other" });
         _server.AddPod(Ns, otherInstall);
         _server.UpdatePod(Ns, "rbs-agent-c4", p => FakePodStates.RunningReady(p, "10.0.3.4"));
+        var terminating = await StartReadyAsync(first, "c5", "10.0.3.6", user: "erin", repo: "r5", source: "/src/erin");
+        _server.UpdatePod(Ns, "rbs-agent-c5", p => p.Metadata.DeletionTimestamp = DateTime.UtcNow); // graceful deletion under way
         _server.AddPod(Ns, new V1Pod { Metadata = new V1ObjectMeta { Name = "unrelated", Labels = new Dictionary<string, string> { ["app"] = "x" } }, Spec = new V1PodSpec { Containers = [new V1Container { Name = "x", Image = "x" }] } });
         _server.UpdatePod(Ns, "unrelated", p => FakePodStates.RunningReady(p, "10.0.3.5"));
 
@@ -326,6 +330,7 @@ public sealed class KubernetesComputeServiceTests(ITestOutputHelper output) : IA
         var b = Assert.Single(found, d => d.AgentId == "c2");
         Assert.Equal(new DiscoveredAgent("c2", "bob", "r2", "/src/bob", "rbs-agent-c2", "http://10.0.3.2:9011"), b);
         Assert.Equal(AgentHealth.Alive, await restarted.ProbeAsync(alice, CancellationToken.None));
+        Assert.Equal(AgentHealth.Dead, await restarted.ProbeAsync(terminating, CancellationToken.None));
 
         // A vanished pod is forgotten: no longer discovered, and probed Dead.
         _server.RemovePod(Ns, "rbs-agent-c2");
@@ -372,7 +377,36 @@ public sealed class KubernetesComputeServiceTests(ITestOutputHelper output) : IA
         var client = new k8s.Kubernetes(new KubernetesClientConfiguration { Host = _server.Address });
         return new KubernetesComputeService(
             new KubernetesConnection(client, Ns), Options.Create(options), time ?? TimeProvider.System,
-            new TestOutputLogger<KubernetesComputeService>(output));
+            new TestOutputLogger<KubernetesComputeService>(output, OnServiceLog));
+    }
+
+    /// <summary>Completes when the service logs a line containing <paramref name="fragment"/> (from now on).</summary>
+    private Task LogLineAsync(string fragment)
+    {
+        lock (_logLines)
+        {
+            if (_logLines.Any(l => l.Contains(fragment, StringComparison.Ordinal)))
+            {
+                return Task.CompletedTask;
+            }
+
+            var waiter = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            _logWaiters.Add((fragment, waiter));
+            return waiter.Task;
+        }
+    }
+
+    private void OnServiceLog(string line)
+    {
+        lock (_logLines)
+        {
+            _logLines.Add(line);
+            foreach (var waiter in _logWaiters.Where(w => line.Contains(w.Fragment, StringComparison.Ordinal)).ToList())
+            {
+                waiter.Done.TrySetResult();
+                _logWaiters.Remove(waiter);
+            }
+        }
     }
 
     private void Log(string line)
