@@ -167,6 +167,7 @@ helm install "$release" "$root/helm/rbs" --namespace "$ns" --wait --timeout 5m \
   --set agent.resources.requests.cpu=250m \
   --set agent.resources.requests.memory=512Mi \
   --set ingress.host="$host" \
+  --set gateway.publicAddress="https://$host:$https_port" \
   --set ingress.tls.secretName=rbs-tls \
   --set state.type="$state" \
   --set state.spanner.emulator.enabled=true \
