@@ -217,13 +217,16 @@ internal sealed partial class AgentAllocator(
 
     private async Task DiscardAsync(AgentRecord record)
     {
+        // Best effort: the caller reports the original failure; a row left behind here still carries our
+        // lease, so whoever finds it after the lease lapses finishes the cleanup.
         try
         {
             await compute.StopAsync(record, CancellationToken.None);
-        }
-        finally
-        {
             await store.DeleteAsync(record.AgentId, CancellationToken.None);
+        }
+        catch (Exception e)
+        {
+            Log.DiscardFailed(logger, record.AgentId, e);
         }
     }
 
@@ -249,5 +252,8 @@ internal sealed partial class AgentAllocator(
 
         [LoggerMessage(EventId = 205, Level = LogLevel.Error, Message = "Allocating agent {AgentId} for repo {RepoHash} failed: {Reason}")]
         public static partial void AllocationFailed(ILogger logger, string agentId, string repoHash, string reason);
+
+        [LoggerMessage(EventId = 206, Level = LogLevel.Warning, Message = "Cleaning up failed allocation {AgentId} failed; its lease will let another pass finish it")]
+        public static partial void DiscardFailed(ILogger logger, string agentId, Exception exception);
     }
 }

@@ -333,6 +333,11 @@ internal sealed partial class ProcessComputeService(
 
     private void DeleteAgentFiles(string agentId)
     {
+        if (!Directory.Exists(_agentsDirectory))
+        {
+            return;
+        }
+
         File.Delete(ReadyFilePath(agentId));
         File.Delete(ReadyFilePath(agentId) + ".tmp");
         File.Delete(SpecFilePath(agentId));

@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# Test stand-in for an agent that fails at start-up, before writing its ready file.
+echo "fatal: cannot open workspace (simulated start-up failure)" >&2
+exit 3
