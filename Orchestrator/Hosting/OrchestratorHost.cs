@@ -41,10 +41,28 @@ internal static class OrchestratorHost
         });
         builder.Configuration.AddCommandLine(normalized, SwitchMappings.ToDictionary());
         builder.Logging.AddConsole(console => console.LogToStandardErrorThreshold = LogLevel.Trace);
+        // RunAsync reports start-up failures itself, as one line; the host's own report is a stack trace.
+        builder.Logging.AddFilter("Microsoft.Extensions.Hosting.Internal.Host", LogLevel.Critical);
 
-        builder.WebHost.ConfigureKestrel(kestrel =>
+        builder.WebHost.ConfigureKestrel((context, kestrel) =>
         {
-            var options = kestrel.ApplicationServices.GetRequiredService<IOptions<OrchestratorOptions>>().Value;
+            // This runs while the app is being built, before ValidateOnStart; invalid settings are left for
+            // that step to report as one clear error instead of an exception from deep inside Build().
+            OrchestratorOptions options;
+            try
+            {
+                options = context.Configuration.GetSection(OrchestratorOptions.SectionName).Get<OrchestratorOptions>() ?? new();
+            }
+            catch (InvalidOperationException)
+            {
+                return;
+            }
+
+            if (new OrchestratorOptionsValidator().Validate(null, options).Failed)
+            {
+                return;
+            }
+
             // gRPC only, cleartext: HTTP/2 with prior knowledge (h2c); HTTP/1 is never negotiated.
             kestrel.Listen(options.GetListenAddress(), options.Port, listen => listen.Protocols = HttpProtocols.Http2);
         });
@@ -74,9 +92,14 @@ internal static class OrchestratorHost
             await Console.Error.WriteLineAsync($"rbs-orchestrator: {string.Join("; ", e.Failures)}");
             return 2;
         }
+        catch (InvalidOperationException e) when (e.Message.StartsWith("Failed to convert configuration value", StringComparison.Ordinal))
+        {
+            await Console.Error.WriteLineAsync($"rbs-orchestrator: {e.Message}");
+            return 2;
+        }
         catch (Exception e)
         {
-            await Console.Error.WriteLineAsync($"rbs-orchestrator: cannot start: {Innermost(e).Message}");
+            await Console.Error.WriteLineAsync($"rbs-orchestrator: cannot start: {e.Message}{Environment.NewLine}{e}");
             return 1;
         }
 
@@ -103,15 +126,5 @@ internal static class OrchestratorHost
         }
 
         return [.. result];
-    }
-
-    private static Exception Innermost(Exception e)
-    {
-        while (e is AggregateException { InnerExceptions.Count: 1 } || (e.InnerException is not null && e is InvalidOperationException or IOException))
-        {
-            e = e.InnerException!;
-        }
-
-        return e;
     }
 }

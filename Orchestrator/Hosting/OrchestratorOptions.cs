@@ -106,7 +106,8 @@ internal sealed class OrchestratorOptions
 }
 
 /// <summary>Startup validation with messages that say which flag or key to fix.</summary>
-internal sealed class OrchestratorOptionsValidator : IValidateOptions<OrchestratorOptions>
+/// <param name="registrations">When given, also checks that the chosen backend is registered in this build.</param>
+internal sealed class OrchestratorOptionsValidator(IServiceProviderIsKeyedService? registrations = null) : IValidateOptions<OrchestratorOptions>
 {
     public ValidateOptionsResult Validate(string? name, OrchestratorOptions options)
     {
@@ -125,6 +126,10 @@ internal sealed class OrchestratorOptionsValidator : IValidateOptions<Orchestrat
         else if (options.LocalMode && backend != OrchestratorOptions.ProcessBackend)
         {
             failures.Add($"--local-mode runs agents as local processes; it cannot be combined with Orchestrator:Backend '{options.Backend}'");
+        }
+        else if (registrations is not null && !registrations.IsKeyedService(typeof(Compute.IComputeService), backend))
+        {
+            failures.Add($"compute backend '{backend}' is not available in this build of rbs-orchestrator; use --local-mode for local processes");
         }
 
         if (options.Port is < 0 or > 65535)

@@ -223,15 +223,10 @@ internal sealed partial class ProcessComputeService(
             if (File.Exists(readyFile))
             {
                 var ready = await TryReadReadyFileAsync(readyFile, spec.AgentId, cancellationToken);
-                if (ready is not null)
+                // The pid check can briefly fail while the process execs (its command line is empty
+                // mid-exec); a process that really died is caught by HasExited or the deadline below.
+                if (ready is not null && UnixProcesses.IsAgentProcess(ready.Pid, spec.AgentId))
                 {
-                    if (!UnixProcesses.IsAgentProcess(ready.Pid, spec.AgentId))
-                    {
-                        throw new ComputeException(
-                            $"agent {spec.AgentId} wrote its ready file but process {ready.Pid} is not running; {LogTail(logFile)}",
-                            transient: false);
-                    }
-
                     return new StartedAgent(ready.Pid.ToString(CultureInfo.InvariantCulture), ready.Address);
                 }
             }
