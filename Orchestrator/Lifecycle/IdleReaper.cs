@@ -130,7 +130,7 @@ internal sealed partial class IdleReaper(
                 continue;
             }
 
-            Log.Reaping(logger, row.AgentId, row.BackendRef, (now - lastActivity).TotalMinutes);
+            Log.Reaping(logger, row.AgentId, row.BackendRef, now - lastActivity);
             await compute.StopAsync(claimed, cancellationToken);
             await store.DeleteAsync(row.AgentId, cancellationToken);
             removed++;
@@ -141,8 +141,8 @@ internal sealed partial class IdleReaper(
 
     private static partial class Log
     {
-        [LoggerMessage(EventId = 500, Level = LogLevel.Information, Message = "Reaping agent {AgentId} ({BackendRef}): idle for {IdleMinutes:0.#} min")]
-        public static partial void Reaping(ILogger logger, string agentId, string backendRef, double idleMinutes);
+        [LoggerMessage(EventId = 500, Level = LogLevel.Information, Message = "Reaping agent {AgentId} ({BackendRef}): idle for {IdleFor}")]
+        public static partial void Reaping(ILogger logger, string agentId, string backendRef, TimeSpan idleFor);
 
         [LoggerMessage(EventId = 501, Level = LogLevel.Warning, Message = "Agent {AgentId} ({BackendRef}) is dead; forgetting it")]
         public static partial void ForgotDead(ILogger logger, string agentId, string backendRef);

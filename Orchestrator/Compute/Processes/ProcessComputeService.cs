@@ -80,7 +80,7 @@ internal sealed partial class ProcessComputeService(
 
         using (process)
         {
-            Log.Spawned(logger, spec.AgentId, process.Id, fileName, spec.SourcePath, logFile);
+            Log.Spawned(logger, spec.AgentId, process.Id, string.Join(" ", [fileName, .. prefixArguments]), spec.SourcePath, logFile);
             try
             {
                 return await WaitUntilReadyAsync(spec, process, readyFile, logFile, cancellationToken);
