@@ -109,6 +109,9 @@ internal sealed class OrchestratorOptions
 /// <param name="registrations">When given, also checks that the chosen backend is registered in this build.</param>
 internal sealed class OrchestratorOptionsValidator(IServiceProviderIsKeyedService? registrations = null) : IValidateOptions<OrchestratorOptions>
 {
+    // Agents get twice the TTL as their own idle backstop; a year keeps that arithmetic far from overflow.
+    private static readonly TimeSpan s_maxIdleTtl = TimeSpan.FromDays(365);
+
     public ValidateOptionsResult Validate(string? name, OrchestratorOptions options)
     {
         var failures = new List<string>();
@@ -142,9 +145,9 @@ internal sealed class OrchestratorOptionsValidator(IServiceProviderIsKeyedServic
             failures.Add($"--listen-address '{options.ListenAddress}' is not an IP address (e.g. 127.0.0.1 or 0.0.0.0)");
         }
 
-        if (options.IdleTtl <= TimeSpan.Zero)
+        if (options.IdleTtl <= TimeSpan.Zero || options.IdleTtl > s_maxIdleTtl)
         {
-            failures.Add($"--idle-ttl {options.IdleTtl} must be positive (e.g. 03:00:00)");
+            failures.Add($"--idle-ttl {options.IdleTtl} must be positive and at most {s_maxIdleTtl} (e.g. 03:00:00)");
         }
 
         if (options.ReapInterval <= TimeSpan.Zero)

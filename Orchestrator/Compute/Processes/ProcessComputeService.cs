@@ -65,6 +65,12 @@ internal sealed partial class ProcessComputeService(
         }
 
         startInfo.Environment["RBS_AGENT_LOG"] = logFile;
+        // The agent is an ASP.NET Core host too: settings meant for the orchestrator's own listener or
+        // section must not leak into it (it gets its address from --listen).
+        foreach (var name in startInfo.Environment.Keys.Where(IsOrchestratorOnlyVariable).ToList())
+        {
+            startInfo.Environment.Remove(name);
+        }
 
         System.Diagnostics.Process process;
         try
@@ -291,6 +297,15 @@ internal sealed partial class ProcessComputeService(
 
         return (path, []);
     }
+
+    private static bool IsOrchestratorOnlyVariable(string name) =>
+        name.StartsWith("Orchestrator__", StringComparison.OrdinalIgnoreCase)
+        || name.StartsWith("Kestrel__", StringComparison.OrdinalIgnoreCase)
+        || name.StartsWith("ASPNETCORE_Kestrel__", StringComparison.OrdinalIgnoreCase)
+        || name.Equals("ASPNETCORE_URLS", StringComparison.OrdinalIgnoreCase)
+        || name.Equals("ASPNETCORE_HTTP_PORTS", StringComparison.OrdinalIgnoreCase)
+        || name.Equals("ASPNETCORE_HTTPS_PORTS", StringComparison.OrdinalIgnoreCase)
+        || name.Equals("DOTNET_URLS", StringComparison.OrdinalIgnoreCase);
 
     private static string DotnetHostPath()
     {
