@@ -71,14 +71,16 @@ public sealed class IdleReaperTests(ITestOutputHelper output) : IAsyncLifetime
     [Fact]
     public async Task TheBackgroundReaperStopsAnIdleAgentOnItsOwn()
     {
+        // Until the test scripts them, agents count as busy, so the 1 s TTL cannot race the set-up.
+        var status = new ScriptedStatusClient { DefaultRunningCommands = 1 };
         var orchestrator = await _context.StartOrchestratorAsync(
             TestAgents.Fake,
-            builder => builder.Services.AddSingleton<IAgentStatusClient>(_status),
+            builder => builder.Services.AddSingleton<IAgentStatusClient>(status),
             "--idle-ttl", "00:00:01", "--reap-interval", "00:00:00.200");
         var idle = await orchestrator.GetServerAsync("idle", _context.CreateWorkspace("idle"));
         var busy = await orchestrator.GetServerAsync("busy", _context.CreateWorkspace("busy"));
-        _status.Set(idle.AgentId, runningCommands: 0, lastActivity: DateTimeOffset.UtcNow.AddHours(-1));
-        _status.Set(busy.AgentId, runningCommands: 1, lastActivity: DateTimeOffset.UtcNow.AddHours(-1));
+        status.Set(idle.AgentId, runningCommands: 0, lastActivity: DateTimeOffset.UtcNow.AddHours(-1));
+        status.Set(busy.AgentId, runningCommands: 1, lastActivity: DateTimeOffset.UtcNow.AddHours(-1));
 
         await GetServerTests.WaitUntilAsync(
             () => !UnixProcesses.IsAgentProcess(GetServerTests.Pid(idle), idle.AgentId)

@@ -7,13 +7,15 @@ namespace Rbs.Tests.Orchestrator.Infrastructure;
 
 /// <summary>
 /// Stands in for the agent's GetStatus while the lifecycle tests use the gRPC-less fake agent: each test
-/// says how busy each agent is. Unknown agents answer "idle since forever".
+/// says how busy each agent is. Agents not scripted yet answer <see cref="DefaultRunningCommands"/>
+/// commands running (default 0) and no activity ever.
 /// </summary>
 internal sealed class ScriptedStatusClient : IAgentStatusClient
 {
     private readonly ConcurrentDictionary<string, AgentStatus> _statuses = new(StringComparer.Ordinal);
 
-    public int Calls;
+    /// <summary>Running commands reported for agents without a <see cref="Set"/> (e.g. just allocated).</summary>
+    public int DefaultRunningCommands { get; init; }
 
     public void Set(string agentId, int runningCommands, DateTimeOffset lastActivity) =>
         _statuses[agentId] = new AgentStatus
@@ -25,10 +27,9 @@ internal sealed class ScriptedStatusClient : IAgentStatusClient
 
     public Task<AgentStatus?> TryGetStatusAsync(AgentRecord agent, CancellationToken cancellationToken)
     {
-        Interlocked.Increment(ref Calls);
         return Task.FromResult<AgentStatus?>(
             _statuses.TryGetValue(agent.AgentId, out var status)
                 ? status
-                : new AgentStatus { AgentId = agent.AgentId, RunningCommands = 0, LastActivityUnixMillis = 0 });
+                : new AgentStatus { AgentId = agent.AgentId, RunningCommands = DefaultRunningCommands, LastActivityUnixMillis = 0 });
     }
 }
