@@ -14,6 +14,8 @@ internal static class TestAgents
 
     public static string Hanging => Script("hanging-agent.sh");
 
+    public static string Stubborn => Script("stubborn-agent.sh");
+
     private static string Script(string name)
     {
         var path = Path.Combine(AppContext.BaseDirectory, "Orchestrator", "TestAgent", name);
