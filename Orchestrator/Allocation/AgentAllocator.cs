@@ -1,3 +1,5 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
 using Grpc.Core;
 using Microsoft.Extensions.Options;
 using Rbs.Orchestrator.Compute;
@@ -37,6 +39,10 @@ internal sealed partial class AgentAllocator(
 
     private readonly KeyedAsyncLock<(string UserId, string RepoHash)> _locks = new();
 
+    // The last failed allocation per key, so callers that queued behind it share its error instead of
+    // each retrying a start that just failed (50 callers and a broken agent must not mean 50 spawns).
+    private readonly ConcurrentDictionary<(string UserId, string RepoHash), (long At, RpcException Error)> _recentFailures = new();
+
     public async Task<AllocationResult> GetOrAllocateAsync(string userId, string repoHash, string sourcePath, CancellationToken cancellationToken)
     {
         var started = timeProvider.GetTimestamp();
@@ -48,8 +54,22 @@ internal sealed partial class AgentAllocator(
             return Result(row, warm: true, started);
         }
 
-        using (await _locks.AcquireAsync((userId, repoHash), cancellationToken))
+        var key = (userId, repoHash);
+        // Real monotonic ticks, not the TimeProvider: this orders events, it does not measure domain time.
+        var queuedAt = Stopwatch.GetTimestamp();
+        using (await _locks.AcquireAsync(key, cancellationToken))
         {
+            if (_recentFailures.TryGetValue(key, out var failure))
+            {
+                if (failure.At >= queuedAt)
+                {
+                    throw failure.Error;
+                }
+
+                // Older than this call: it tries afresh (and the table stays small).
+                _recentFailures.TryRemove(key, out _);
+            }
+
             var deadline = timeProvider.GetUtcNow() + options.Value.AgentStartTimeout + (LeaseMargin * 2);
             while (true)
             {
@@ -57,9 +77,20 @@ internal sealed partial class AgentAllocator(
                 row = await store.FindAsync(userId, repoHash, cancellationToken);
                 if (row is null)
                 {
-                    var allocated = await TryAllocateAsync(userId, repoHash, sourcePath, cancellationToken);
+                    AgentRecord? allocated;
+                    try
+                    {
+                        allocated = await TryAllocateAsync(userId, repoHash, sourcePath, cancellationToken);
+                    }
+                    catch (RpcException e)
+                    {
+                        _recentFailures[key] = (Stopwatch.GetTimestamp(), e);
+                        throw;
+                    }
+
                     if (allocated is not null)
                     {
+                        _recentFailures.TryRemove(key, out _);
                         return Result(allocated, warm: false, started);
                     }
 

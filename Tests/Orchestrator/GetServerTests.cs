@@ -155,6 +155,31 @@ public sealed class GetServerTests(ITestOutputHelper output) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task CallersQueuedBehindAFailedStartShareItsErrorInsteadOfRespawning()
+    {
+        var orchestrator = await _context.StartOrchestratorAsync(TestAgents.Crashing);
+        var workspace = _context.CreateWorkspace("main");
+
+        var calls = Enumerable.Range(0, 10).Select(_ => Task.Run(() => orchestrator.GetServerAsync("repo-1", workspace))).ToList();
+        var errors = new List<RpcException>();
+        foreach (var call in calls)
+        {
+            errors.Add(await Assert.ThrowsAsync<RpcException>(() => call));
+        }
+
+        Assert.All(errors, e => Assert.Equal(StatusCode.FailedPrecondition, e.StatusCode));
+        Assert.All(errors, e => Assert.Contains("simulated start-up failure", e.Status.Detail, StringComparison.Ordinal));
+        // One spawn attempt per failure wave, not one per caller (each attempt leaves its log file).
+        var spawns = Directory.GetFiles(_context.AgentsDirectory, "*.log").Length;
+        output.WriteLine($"{spawns} spawn attempt(s) for 10 concurrent callers");
+        Assert.True(spawns <= 2, $"{spawns} spawn attempts for 10 concurrent callers");
+
+        // A later call tries again rather than replaying an old failure.
+        await Assert.ThrowsAsync<RpcException>(() => orchestrator.GetServerAsync("repo-1", workspace));
+        Assert.Equal(spawns + 1, Directory.GetFiles(_context.AgentsDirectory, "*.log").Length);
+    }
+
+    [Fact]
     public async Task AnAgentThatNeverBecomesReadyTimesOutAndIsKilled()
     {
         var orchestrator = await _context.StartOrchestratorAsync(TestAgents.Hanging, extraArgs: ["--agent-start-timeout", "00:00:01"]);
