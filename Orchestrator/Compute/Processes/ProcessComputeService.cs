@@ -94,7 +94,12 @@ internal sealed partial class ProcessComputeService(
             catch
             {
                 // Never leave a half-started agent behind: it is not in the store and nobody would stop it.
-                Kill(process.Id);
+                // Once our child has exited (and been reaped) its pid may belong to someone else: hands off.
+                if (!process.HasExited)
+                {
+                    Kill(process.Id);
+                }
+
                 DeleteAgentFiles(spec.AgentId);
                 throw;
             }
