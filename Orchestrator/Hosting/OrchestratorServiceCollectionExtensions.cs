@@ -30,6 +30,13 @@ internal static class OrchestratorServiceCollectionExtensions
         services.TryAddSingleton<IAgentStatusClient, GrpcAgentStatusClient>();
 
         services.AddKeyedSingleton<IComputeService, ProcessComputeService>(ProcessComputeService.BackendName);
+        // Only the configured Kubernetes backend is registered: its options are validated at start-up.
+        var backend = configuration.GetSection(OrchestratorOptions.SectionName).Get<OrchestratorOptions>()?.GetBackend();
+        if (backend == OrchestratorOptions.KubernetesBackend)
+        {
+            services.AddKubernetesCompute(configuration);
+        }
+
         services.AddSingleton(ResolveComputeService);
 
         services.AddSingleton<AgentAllocator>();
@@ -56,6 +63,6 @@ internal static class OrchestratorServiceCollectionExtensions
         var backend = services.GetRequiredService<IOptions<OrchestratorOptions>>().Value.GetBackend();
         return services.GetKeyedService<IComputeService>(backend)
             ?? throw new InvalidOperationException(
-                $"compute backend '{backend}' is not available in this build of rbs-orchestrator; use --local-mode (process backend)");
+                $"compute backend '{backend}' is not registered; use --local-mode (process backend) or Orchestrator:Backend=kubernetes");
     }
 }

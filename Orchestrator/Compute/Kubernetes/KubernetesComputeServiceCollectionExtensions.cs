@@ -23,6 +23,9 @@ internal static class KubernetesComputeServiceCollectionExtensions
         services.TryAddSingleton(sp => KubernetesConnection.Create(sp.GetRequiredService<IOptions<KubernetesComputeOptions>>().Value));
         services.TryAddSingleton<KubernetesComputeService>();
         services.AddSingleton<IComputeService>(sp => sp.GetRequiredService<KubernetesComputeService>());
+        // The orchestrator resolves its backend by name (Orchestrator:Backend).
+        services.AddKeyedSingleton<IComputeService>(
+            KubernetesComputeService.BackendName, (sp, _) => sp.GetRequiredService<KubernetesComputeService>());
         return services;
     }
 }

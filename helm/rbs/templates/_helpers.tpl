@@ -99,7 +99,7 @@ Tests/Helm/HelmChartConfigKeyTests.cs checks every `name: X__Y` below against th
 - name: Orchestrator__AgentGatewayAddress
   value: {{ include "rbs.agentGatewayAddress" . | quote }}
 {{- with .Values.orchestrator.agentIdleTimeout }}
-- name: Orchestrator__AgentIdleTimeout
+- name: Orchestrator__IdleTtl
   value: {{ . | quote }}
 {{- end }}
 - name: Orchestrator__TokenSigningKey
