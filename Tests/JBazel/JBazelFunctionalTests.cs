@@ -250,10 +250,13 @@ public sealed class JBazelFunctionalTests(ITestOutputHelper output) : IAsyncLife
     [InlineData("stream")]
     public async Task AgentDyingMidCommandExits38(string what)
     {
+        // The agent dies only after jbazel has printed what it sent: under load a reset can otherwise
+        // overtake data still in flight, which is not what this test is about.
+        var outputPrinted = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _remote.Execute = async call =>
         {
             await call.StdoutAsync("half of the output\n");
-            await Task.Delay(200);
+            await outputPrinted.Task.WaitAsync(s_timeout);
             if (what == "connection")
             {
                 // The agent's process dies: its socket closes without an exit frame.
@@ -269,6 +272,8 @@ public sealed class JBazelFunctionalTests(ITestOutputHelper output) : IAsyncLife
         };
 
         await using var jbazel = Start(_workspace.Root, ["build", "//..."]);
+        await jbazel.WaitForStdoutAsync("half of the output\n", s_timeout);
+        outputPrinted.SetResult();
         Assert.Equal(38, await jbazel.WaitForExitAsync(s_timeout));
         Assert.Equal("half of the output\n", jbazel.StdoutText);
         var line = Assert.Single(jbazel.StderrText.Split('\n', StringSplitOptions.RemoveEmptyEntries));
