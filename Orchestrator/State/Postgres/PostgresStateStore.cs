@@ -546,7 +546,7 @@ internal sealed partial class PostgresStateStore(
         [LoggerMessage(EventId = 4103, Level = LogLevel.Information, Message = "PostgreSQL state store ready at {Target}, schema version {Version}")]
         public static partial void Initialized(ILogger logger, string target, long version);
 
-        [LoggerMessage(EventId = 4104, Level = LogLevel.Warning, Message = "Lost the connection to {Target} while trying to {Operation} ({Reason}); retrying once on a fresh connection")]
+        [LoggerMessage(EventId = 4104, Level = LogLevel.Warning, Message = "Connection to {Target} failed while trying to {Operation} ({Reason}); retrying once on a fresh connection")]
         public static partial void ConnectionLost(ILogger logger, string operation, string target, string reason);
 
         [LoggerMessage(EventId = 4105, Level = LogLevel.Debug, Message = "Conflict {SqlState} while trying to {Operation} (attempt {Attempt}); retrying")]
