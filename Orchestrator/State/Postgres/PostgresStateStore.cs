@@ -421,17 +421,22 @@ internal sealed partial class PostgresStateStore(
         return $"{host}:{builder.Port}/{database}" + (string.IsNullOrEmpty(builder.Username) ? "" : $" as {builder.Username}");
     }
 
-    private static NpgsqlDataSource BuildDataSource(PostgresStateStoreOptions options)
+    internal static NpgsqlDataSource BuildDataSource(PostgresStateStoreOptions options)
     {
-        var explicitKeys = new NpgsqlConnectionStringBuilder(options.ConnectionString);
+        // NpgsqlConnectionStringBuilder.ContainsKey answers "is this a known keyword", so read what the
+        // string itself spells out with the plain parser.
+        var explicitKeys = new DbConnectionStringBuilder { ConnectionString = options.ConnectionString }.Keys
+            .Cast<string>()
+            .Select(key => key.Replace(" ", "", StringComparison.Ordinal).ToLowerInvariant())
+            .ToHashSet();
         var builder = new NpgsqlDataSourceBuilder(options.ConnectionString);
         var connectionString = builder.ConnectionStringBuilder;
-        if (!explicitKeys.ContainsKey("Timeout"))
+        if (!explicitKeys.Contains("timeout"))
         {
             connectionString.Timeout = ToWholeSeconds(options.ConnectTimeout);
         }
 
-        if (!explicitKeys.ContainsKey("Command Timeout"))
+        if (!explicitKeys.Contains("commandtimeout"))
         {
             connectionString.CommandTimeout = ToWholeSeconds(options.CommandTimeout);
         }

@@ -267,6 +267,28 @@ public sealed class PostgresStateStoreTests(PostgresServerFixture postgres, ITes
         Assert.Contains("CommandTimeout", ex.Message, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task Timeouts_ComeFromOptionsUnlessTheConnectionStringSetsThem()
+    {
+        await using (var defaults = PostgresStateStore.BuildDataSource(new PostgresStateStoreOptions { ConnectionString = "Host=db;Database=rbs" }))
+        {
+            var built = new NpgsqlConnectionStringBuilder(defaults.ConnectionString);
+            Assert.Equal(5, built.Timeout);
+            Assert.Equal(10, built.CommandTimeout);
+            Assert.Equal("rbs-orchestrator", built.ApplicationName);
+        }
+
+        await using var explicitOnes = PostgresStateStore.BuildDataSource(new PostgresStateStoreOptions
+        {
+            ConnectionString = "Host=db;Database=rbs;Timeout=2;Command Timeout=3;Application Name=mine",
+            CommandTimeout = TimeSpan.FromSeconds(42),
+        });
+        var kept = new NpgsqlConnectionStringBuilder(explicitOnes.ConnectionString);
+        Assert.Equal(2, kept.Timeout);
+        Assert.Equal(3, kept.CommandTimeout);
+        Assert.Equal("mine", kept.ApplicationName);
+    }
+
     private PostgresStateStore NewStore(string connectionString)
     {
         var store = new PostgresStateStore(
