@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Makes a local PostgreSQL server ready for the state-store tests (idempotent; run as root).
+# Makes a local PostgreSQL server ready for the state-store tests (idempotent; root, or sudo).
 #   - installs Debian's postgresql when it is missing,
 #   - starts the first cluster (Debian: `pg_ctlcluster 15 main start`),
 #   - creates (or resets) a login role `rbs` / password `rbs` with CREATEDB, reachable over TCP on
@@ -11,9 +11,13 @@ set -euo pipefail
 
 log() { echo "setup_postgres: $*" >&2; }
 
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+
 if ! command -v pg_lsclusters >/dev/null 2>&1; then
     log "installing postgresql (Debian)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >&2
+    $sudo apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >&2
 fi
 
 read -r version cluster port status _ < <(pg_lsclusters --no-header | head -n 1) || {
@@ -22,7 +26,7 @@ read -r version cluster port status _ < <(pg_lsclusters --no-header | head -n 1)
 }
 if [[ "$status" != online* ]]; then
     log "starting cluster $version $cluster"
-    pg_ctlcluster "$version" "$cluster" start >&2
+    $sudo pg_ctlcluster "$version" "$cluster" start >&2
 fi
 
 for _ in $(seq 1 50); do
@@ -36,8 +40,10 @@ pg_isready -h 127.0.0.1 -p "$port" >&2
 run_psql() {
     if [[ "$(id -un)" == postgres ]]; then
         psql -v ON_ERROR_STOP=1 -q -p "$port" "$@"
-    else
+    elif [ "$(id -u)" -eq 0 ]; then
         su postgres -c "psql -v ON_ERROR_STOP=1 -q -p $port $(printf '%q ' "$@")"
+    else
+        sudo -u postgres psql -v ON_ERROR_STOP=1 -q -p "$port" "$@"
     fi
 }
 
