@@ -63,7 +63,7 @@ public sealed class PostgresServerFixture : IAsyncLifetime
     }
 
     public string ConnectionStringFor(string database) =>
-        new NpgsqlConnectionStringBuilder(AdminConnectionString) { Database = database, MaxPoolSize = 20 }.ConnectionString;
+        new NpgsqlConnectionStringBuilder(AdminConnectionString) { Database = database, MaxPoolSize = 10 }.ConnectionString;
 
     /// <summary>Runs one statement as the admin role against <paramref name="database"/> (default: the class's).</summary>
     public async Task<object?> ScalarAsync(string sql, string? database = null)

@@ -56,8 +56,7 @@ internal sealed class TcpProxy(IPEndPoint target) : IAsyncDisposable
         _listener = null;
         foreach (var socket in _sockets.Keys)
         {
-            socket.LingerState = new LingerOption(true, 0); // RST, like a crashed server or a dropped route
-            socket.Dispose();
+            Reset(socket);
         }
 
         _sockets.Clear();
@@ -134,12 +133,8 @@ internal sealed class TcpProxy(IPEndPoint target) : IAsyncDisposable
                 {
                     LoseReplyContaining = null;
                     Interlocked.Increment(ref _lostReplies);
-                    foreach (var socket in new[] { from, to })
-                    {
-                        socket.LingerState = new LingerOption(true, 0);
-                        socket.Dispose();
-                    }
-
+                    Reset(from);
+                    Reset(to);
                     return;
                 }
 
@@ -149,5 +144,19 @@ internal sealed class TcpProxy(IPEndPoint target) : IAsyncDisposable
         catch (Exception ex) when (ex is OperationCanceledException or SocketException or ObjectDisposedException)
         {
         }
+    }
+
+    /// <summary>Closes with RST, like a crashed server or a dropped route; the socket may already be gone.</summary>
+    private static void Reset(Socket socket)
+    {
+        try
+        {
+            socket.LingerState = new LingerOption(true, 0);
+        }
+        catch (Exception ex) when (ex is ObjectDisposedException or SocketException)
+        {
+        }
+
+        socket.Dispose();
     }
 }
