@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what RBS's run, tests and benchmarks need on a fresh Debian 12 machine (idempotent; root or sudo).
+#   bazel-bootstrap  real bazel (4.2.3) for the e2e flows (genrule workspaces build offline)
+#   postgresql       the shared state store's contract and multi-replica tests
+#   jq               the e2e scripts read the JSON ready files
+#   iproute2         network namespaces for e2e/vpc_test.sh
+#   procps, psmisc   pgrep/pkill for process-leak checks
+#   clang, zlib1g-dev  Native AOT publish of jbazel
+set -euo pipefail
+
+need=()
+command -v bazel >/dev/null 2>&1 || need+=(bazel-bootstrap)
+command -v jq >/dev/null 2>&1 || need+=(jq)
+command -v pg_ctlcluster >/dev/null 2>&1 || need+=(postgresql)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v pgrep >/dev/null 2>&1 || need+=(procps)
+command -v killall >/dev/null 2>&1 || need+=(psmisc)
+command -v clang >/dev/null 2>&1 || need+=(clang)
+[ -e /usr/include/zlib.h ] || need+=(zlib1g-dev)
+
+if [ ${#need[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "install-prereqs: installing ${need[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+command -v dotnet >/dev/null 2>&1 || { echo "install-prereqs: the .NET 10 SDK (dotnet) is required" >&2; exit 1; }

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Runs every test: the xunit suite (unit + functional on real Kestrel, real processes, real PostgreSQL)
+# and the e2e scripts (real bazel; network namespaces). This is the README's test command; .ci/run calls it.
+# Ends with one line "N passed, N failed, N skipped".
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+LOGS="${RBS_TEST_LOGS:-$ROOT/artifacts/test-logs}"
+mkdir -p "$LOGS"
+
+bash scripts/install-prereqs.sh || exit 1
+if [ -x scripts/setup-postgres.sh ]; then
+    eval "$(bash scripts/setup-postgres.sh)" || { echo "PostgreSQL setup failed" >&2; exit 1; }
+fi
+
+passed=0; failed=0; skipped=0
+start=$(date +%s)
+
+echo "== dotnet test"
+dotnet build Rbs.sln -c Release -nologo -v quiet 2>&1 | tail -20
+dotnet test Tests/Tests.csproj -c Release --no-build -nologo \
+    --logger "console;verbosity=normal" --logger "trx;LogFileName=tests.trx" --results-directory "$LOGS" \
+    >"$LOGS/dotnet-test.log" 2>&1
+dotnet_rc=$?
+grep -E "^\s+(Failed|Skipped) " "$LOGS/dotnet-test.log" | head -50
+summary="$(grep -E "^(Passed!|Failed!)" "$LOGS/dotnet-test.log" | tail -1)"
+echo "$summary"
+if [ -n "$summary" ]; then
+    p=$(sed -E 's/.*Passed: *([0-9]+).*/\1/' <<<"$summary"); f=$(sed -E 's/.*Failed: *([0-9]+).*/\1/' <<<"$summary")
+    s=$(sed -E 's/.*Skipped: *([0-9]+).*/\1/' <<<"$summary")
+    passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
+fi
+if [ "$dotnet_rc" -ne 0 ] && { [ -z "$summary" ] || [ "${f:-0}" -eq 0 ]; }; then
+    echo "dotnet test failed without a test summary (exit $dotnet_rc); last lines:"; tail -40 "$LOGS/dotnet-test.log"
+    failed=$((failed + 1))
+fi
+
+# Each e2e script prints "CHECK PASS|FAIL" lines; every check counts as one test.
+for script in e2e/mirror_test.sh e2e/vpc_test.sh; do
+    [ -f "$script" ] || continue
+    echo "== $script"
+    bash "$script" >"$LOGS/$(basename "$script" .sh).log" 2>&1
+    rc=$?
+    grep -E "^CHECK (PASS|FAIL)|passed, .* failed" "$LOGS/$(basename "$script" .sh).log"
+    p=$(grep -c "^CHECK PASS" "$LOGS/$(basename "$script" .sh).log"); f=$(grep -c "^CHECK FAIL" "$LOGS/$(basename "$script" .sh).log")
+    passed=$((passed + p)); failed=$((failed + f))
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+        echo "$script exited $rc without a failed check; last lines:"; tail -30 "$LOGS/$(basename "$script" .sh).log"
+        failed=$((failed + 1))
+    fi
+done
+
+echo "== total time $(( $(date +%s) - start )) s; logs in $LOGS"
+echo "$passed passed, $failed failed, $skipped skipped"
+[ "$failed" -eq 0 ]
