@@ -24,7 +24,9 @@ internal sealed record PostgresMigration(long Version, string Description, IRead
 /// <item>No transactional DDL (Spanner rejects DDL inside a read/write transaction and PGAdapter runs DDL
 /// outside transactions): each DDL statement runs on its own, is idempotent (<c>IF NOT EXISTS</c>), and
 /// the version row is recorded afterwards with <c>ON CONFLICT (version) DO NOTHING</c>. A crash between
-/// the two re-runs the idempotent DDL at the next start.</item>
+/// the two re-runs the idempotent DDL at the next start. A start on an up-to-date schema runs no DDL
+/// (it reads <c>information_schema.tables</c> and <c>schema_migrations</c>), because on Spanner every
+/// DDL statement is a slow, rate-limited schema change.</item>
 /// <item>Types limited to <c>text</c>, <c>bigint</c> and <c>timestamptz</c>; no enums (state is stored by
 /// name), no <c>IS NOT DISTINCT FROM</c> (the null/non-null owner comparison is spelled out), no
 /// server-side <c>now()</c> (times come from the orchestrator's <see cref="TimeProvider"/>, which also

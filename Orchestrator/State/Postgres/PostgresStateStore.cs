@@ -1,4 +1,5 @@
 using System.Data.Common;
+using System.Globalization;
 using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
@@ -42,7 +43,20 @@ internal sealed partial class PostgresStateStore(
 
     public async Task InitializeAsync(CancellationToken cancellationToken)
     {
-        await ExecuteDdlAsync(PostgresSchema.CreateMigrationsTable, cancellationToken);
+        // A warm start runs no DDL at all: on Spanner every DDL statement, even a no-op IF NOT EXISTS,
+        // is a slow, rate-limited schema change.
+        var hasMigrationsTable = await RunAsync("read the schema version", async (connection, _, ct) =>
+        {
+            await using var command = NewCommand(connection, """
+                SELECT count(*) FROM information_schema.tables
+                WHERE table_schema = 'public' AND table_name = 'schema_migrations'
+                """);
+            return Convert.ToInt64(await command.ExecuteScalarAsync(ct), CultureInfo.InvariantCulture) > 0;
+        }, cancellationToken);
+        if (!hasMigrationsTable)
+        {
+            await ExecuteDdlAsync(PostgresSchema.CreateMigrationsTable, cancellationToken);
+        }
 
         var applied = await RunAsync("read the schema version", async (connection, _, ct) =>
         {
