@@ -423,7 +423,7 @@ internal sealed partial class PostgresStateStore(
                    "(or ConnectionStrings:rbs); requests succeed again once it is back.";
         }
 
-        return $"State store unavailable: could not {operation} in PostgreSQL at {_target} ({reason}). {hint}";
+        return $"PostgreSQL state store at {_target}: could not {operation} ({reason}). {hint}";
     }
 
     private static string DescribeTarget(string connectionString)

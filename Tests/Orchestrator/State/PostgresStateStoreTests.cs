@@ -73,7 +73,11 @@ public sealed class PostgresStateStoreTests(PostgresServerFixture postgres, ITes
             () => store.InitializeAsync(CancellationToken.None).WaitAsync(Timeout));
         output.WriteLine(ex.Message);
 
-        Assert.Contains($"127.0.0.1:{closedPort}/rbs", ex.Message, StringComparison.Ordinal);
+        Assert.StartsWith($"PostgreSQL state store at 127.0.0.1:{closedPort}/rbs as rbs: could not ", ex.Message, StringComparison.Ordinal);
+        Assert.Contains("Connection refused", ex.Message, StringComparison.Ordinal);
+        Assert.True(ex.IsTransient);
+        Assert.Null(ex.SqlState);
+        Assert.IsAssignableFrom<System.Data.Common.DbException>(ex); // what GetServer maps to Unavailable
         Assert.Contains("Orchestrator:Postgres:ConnectionString", ex.Message, StringComparison.Ordinal);
         Assert.DoesNotContain("secret-pw", ex.Message, StringComparison.Ordinal);
         await Assert.ThrowsAsync<StateStoreUnavailableException>(
@@ -90,6 +94,7 @@ public sealed class PostgresStateStoreTests(PostgresServerFixture postgres, ITes
             () => missing.InitializeAsync(CancellationToken.None).WaitAsync(Timeout));
         output.WriteLine(missingEx.Message);
         Assert.Contains("3D000", missingEx.Message, StringComparison.Ordinal);
+        Assert.Equal("3D000", missingEx.SqlState);
         Assert.Contains("Create the database", missingEx.Message, StringComparison.Ordinal);
 
         var badPassword = NewStore(new NpgsqlConnectionStringBuilder(postgres.ConnectionString) { Password = "wrong-password" }.ConnectionString);
