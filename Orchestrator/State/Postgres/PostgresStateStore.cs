@@ -410,6 +410,13 @@ internal sealed partial class PostgresStateStore(
                 _ => "Retry shortly; requests succeed again once the database is back.",
             };
         }
+        else if (IsTimeout(ex))
+        {
+            var limits = new NpgsqlConnectionStringBuilder(_dataSource.ConnectionString);
+            reason = $"no answer within the time limits: connect {limits.Timeout} s, statement {limits.CommandTimeout} s";
+            hint = "Check that PostgreSQL (or PGAdapter) is reachable and not overloaded or blocked by locks; " +
+                   "requests succeed again once it answers.";
+        }
         else
         {
             var innermost = ex;

@@ -218,6 +218,36 @@ public sealed class PostgresStateStoreTests(PostgresServerFixture postgres, ITes
     }
 
     [Fact]
+    public async Task DatabaseHangs_CallsFailAfterTheCommandTimeoutInsteadOfHanging_ThenRecover()
+    {
+        var store = new PostgresStateStore(
+            Options.Create(new PostgresStateStoreOptions { ConnectionString = postgres.ConnectionString, CommandTimeout = TimeSpan.FromSeconds(1) }),
+            TimeProvider.System,
+            new TestOutputLogger<PostgresStateStore>(output));
+        _stores.Add(store);
+        await store.InitializeAsync(CancellationToken.None).WaitAsync(Timeout);
+        var record = NewRecord();
+        Assert.True(await store.TryInsertAsync(record, CancellationToken.None).WaitAsync(Timeout));
+
+        // Another session holds an exclusive lock on the table: every statement of the store blocks.
+        await using var blocker = new NpgsqlConnection(postgres.ConnectionString);
+        await blocker.OpenAsync();
+        await using var transaction = await blocker.BeginTransactionAsync();
+        await using (var lockCommand = new NpgsqlCommand("LOCK TABLE agents IN ACCESS EXCLUSIVE MODE", blocker, transaction))
+        {
+            await lockCommand.ExecuteNonQueryAsync();
+        }
+
+        var ex = await Assert.ThrowsAsync<StateStoreUnavailableException>(
+            () => store.GetAsync(record.AgentId, CancellationToken.None).WaitAsync(Timeout));
+        output.WriteLine(ex.Message);
+        Assert.Contains("could not read an agent (no answer within the time limits: connect 5 s, statement 1 s)", ex.Message, StringComparison.Ordinal);
+
+        await transaction.RollbackAsync();
+        Assert.Equal(record, await store.GetAsync(record.AgentId, CancellationToken.None).WaitAsync(Timeout));
+    }
+
+    [Fact]
     public async Task TryUpdate_CannotChangeTheAgentsIdentity()
     {
         var store = NewStore(postgres.ConnectionString);
