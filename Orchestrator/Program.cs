@@ -1,3 +1,7 @@
-var builder = WebApplication.CreateBuilder(args);
+using Rbs.Orchestrator.Hosting;
+
+var builder = OrchestratorHost.CreateBuilder(args);
+builder.Services.AddOrchestrator(builder.Configuration);
 var app = builder.Build();
-app.Run();
+app.MapOrchestrator();
+return await OrchestratorHost.RunAsync(app);

@@ -1,0 +1,79 @@
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Options;
+using Rbs.Agent.Execution;
+using Rbs.Agent.Lifetime;
+
+namespace Rbs.Agent.Hosting;
+
+/// <summary>Registers the agent: options, gRPC services, the direct (listening) endpoint, and lifetime services.</summary>
+internal static class AgentServiceCollectionExtensions
+{
+    public static IServiceCollection AddAgent(this IServiceCollection services, IConfiguration configuration)
+    {
+        services.AddOptions<AgentOptions>()
+            .BindConfiguration(AgentOptions.SectionName)
+            .ValidateOnStart();
+        services.AddSingleton<IValidateOptions<AgentOptions>, AgentOptionsValidator>();
+
+        services.TryAddSingleton(TimeProvider.System);
+        services.AddSingleton<CommandTracker>();
+        services.AddSingleton<CommandRunner>();
+
+        services.AddGrpc();
+        services.AddGrpcHealthChecks().AddCheck<AgentHealthCheck>("agent");
+
+        // Direct mode: h2c on Agent:Listen. Registered as options configuration so another mode (the tunnel) can add
+        // its own listener the same way without touching this one.
+        services.AddSingleton<IConfigureOptions<KestrelServerOptions>>(new DirectListener(configuration));
+
+        // Give interrupted commands time to finish (SIGINT → grace → SIGTERM → grace → SIGKILL) before Kestrel
+        // aborts their streams on shutdown. Bound without validation: HostOptions is resolved while the host is built,
+        // and an invalid AgentOptions must fail at start with its own message, not here.
+        services.AddOptions<HostOptions>().Configure(host =>
+        {
+            var agent = new AgentOptions();
+            configuration.GetSection(AgentOptions.SectionName).Bind(agent);
+            host.ShutdownTimeout = agent.InterruptGracePeriod + agent.TerminateGracePeriod + TimeSpan.FromSeconds(10);
+        });
+
+        services.AddHostedService<GracefulShutdown>();
+        services.AddHostedService<ReadyFile>();
+        services.AddHostedService<IdleExit>();
+        return services;
+    }
+
+    public static WebApplication MapAgent(this WebApplication app)
+    {
+        app.MapGrpcService<AgentService>();
+        app.MapGrpcHealthChecksService();
+        return app;
+    }
+
+    /// <summary>
+    /// Reads Agent:Listen straight from configuration: Kestrel's options are resolved while the host is built, before
+    /// ValidateOnStart reports an invalid AgentOptions with its own message.
+    /// </summary>
+    private sealed class DirectListener(IConfiguration configuration) : IConfigureOptions<KestrelServerOptions>
+    {
+        public void Configure(KestrelServerOptions kestrel)
+        {
+            var options = new AgentOptions();
+            configuration.GetSection(AgentOptions.SectionName).Bind(options);
+            if (!ListenAddress.TryParse(options.Listen, out var endPoint, out var port))
+            {
+                // AgentOptionsValidator reports this with the flag to fix when the host starts.
+                return;
+            }
+
+            if (endPoint is null)
+            {
+                kestrel.ListenLocalhost(port, listen => listen.Protocols = HttpProtocols.Http2);
+            }
+            else
+            {
+                kestrel.Listen(endPoint, listen => listen.Protocols = HttpProtocols.Http2);
+            }
+        }
+    }
+}

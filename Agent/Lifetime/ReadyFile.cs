@@ -1,0 +1,93 @@
+using System.Text.Json;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.Extensions.Options;
+using Rbs.Agent.Hosting;
+
+namespace Rbs.Agent.Lifetime;
+
+/// <summary>
+/// Tells the spawner the agent is ready: once Kestrel listens, writes <c>{"agentId","pid","address"}</c> to
+/// <c>&lt;ready-file&gt;.tmp</c> and renames it over <c>&lt;ready-file&gt;</c>, so a reader never sees a partial file.
+/// </summary>
+internal sealed partial class ReadyFile(
+    IOptions<AgentOptions> options,
+    IServer server,
+    IHostApplicationLifetime lifetime,
+    ILogger<ReadyFile> logger) : IHostedService
+{
+    public Task StartAsync(CancellationToken cancellationToken)
+    {
+        // ApplicationStarted fires after the server has bound its addresses.
+        lifetime.ApplicationStarted.Register(OnStarted);
+        return Task.CompletedTask;
+    }
+
+    public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    /// <summary>The first address the server bound, e.g. <c>http://127.0.0.1:41234</c>; null when it has none.</summary>
+    internal static string? BoundAddress(IServer server) =>
+        server.Features.Get<IServerAddressesFeature>()?.Addresses.FirstOrDefault();
+
+    internal static void Write(string path, string agentId, int pid, string address)
+    {
+        var tmp = path + ".tmp";
+        using (var stream = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None))
+        {
+            using (var json = new Utf8JsonWriter(stream))
+            {
+                json.WriteStartObject();
+                json.WriteString("agentId", agentId);
+                json.WriteNumber("pid", pid);
+                json.WriteString("address", address);
+                json.WriteEndObject();
+            }
+
+            stream.Flush(flushToDisk: true);
+        }
+
+        File.Move(tmp, path, overwrite: true);
+    }
+
+    private void OnStarted()
+    {
+        var address = BoundAddress(server);
+        Log.Listening(logger, options.Value.AgentId, address ?? "(no listener)", Environment.ProcessId);
+        var path = options.Value.ReadyFile;
+        if (string.IsNullOrEmpty(path) || address is null)
+        {
+            return;
+        }
+
+        try
+        {
+            var directory = Path.GetDirectoryName(Path.GetFullPath(path));
+            if (!string.IsNullOrEmpty(directory))
+            {
+                Directory.CreateDirectory(directory);
+            }
+
+            Write(path, options.Value.AgentId, Environment.ProcessId, address);
+            Log.ReadyFileWritten(logger, path);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            // Without the ready file the spawner would wait for nothing: fail loudly and exit.
+            Log.ReadyFileFailed(logger, path, ex);
+            Environment.ExitCode = 1;
+            lifetime.StopApplication();
+        }
+    }
+
+    private static partial class Log
+    {
+        [LoggerMessage(EventId = 1, Level = LogLevel.Information, Message = "Agent {AgentId} listening on {Address} (pid {Pid})")]
+        public static partial void Listening(ILogger logger, string agentId, string address, int pid);
+
+        [LoggerMessage(EventId = 2, Level = LogLevel.Information, Message = "Wrote ready file {Path}")]
+        public static partial void ReadyFileWritten(ILogger logger, string path);
+
+        [LoggerMessage(EventId = 3, Level = LogLevel.Critical, Message = "Could not write ready file {Path}; stopping")]
+        public static partial void ReadyFileFailed(ILogger logger, string path, Exception exception);
+    }
+}

@@ -1,0 +1,291 @@
+using System.CommandLine;
+using System.CommandLine.Parsing;
+using System.Reflection;
+using System.Text;
+using Rbs.JBazel.Configuration;
+using Rbs.JBazel.Remote;
+using Rbs.JBazel.Terminal;
+using Rbs.JBazel.Workspace;
+using Rbs.V1;
+
+namespace Rbs.JBazel.Commands;
+
+/// <summary>
+/// jbazel's only command: run a bazel command line on the warm remote agent for this workspace.
+/// System.CommandLine parses jbazel's own <c>--rbs_*</c> options (split out by <see cref="ArgumentSplitter"/>);
+/// every other argument goes to bazel untouched.
+/// </summary>
+internal sealed class BazelCommand : RootCommand
+{
+    internal static readonly Option<Uri> OrchestratorOption = new("--rbs_orchestrator")
+    {
+        Description = "Orchestrator (or gateway) address.",
+        HelpName = "URL",
+        CustomParser = result => Parse<Uri>(result, OptionValues.TryParseOrchestrator),
+    };
+
+    internal static readonly Option<ConnectPreference> ConnectOption = new("--rbs_connect")
+    {
+        Description = "How to reach the agent: direct (its own address), tunnel (through the gateway), auto (the orchestrator decides).",
+        HelpName = "direct|tunnel|auto",
+        CustomParser = result => Parse<ConnectPreference>(result, OptionValues.TryParseConnect),
+    };
+
+    internal static readonly Option<StatusMode> StatusOption = new("--rbs_status")
+    {
+        Description = "Print 'rbs: agent <id> (<backend> <ref>) <warm|cold> in <N> ms' on stderr: auto (only when stderr is a terminal), always, never.",
+        HelpName = "auto|always|never",
+        CustomParser = result => Parse<StatusMode>(result, OptionValues.TryParseStatus),
+    };
+
+    internal static readonly Option<string> ApiKeyOption = new("--rbs_api_key")
+    {
+        Description = "API key sent to the orchestrator as 'authorization: Bearer <key>'.",
+        HelpName = "KEY",
+    };
+
+    internal static readonly Option<TimeSpan> TimeoutOption = new("--rbs_timeout")
+    {
+        Description = "How long to wait for the orchestrator to find or start the agent (e.g. 120s, 2m).",
+        HelpName = "DURATION",
+        CustomParser = result => Parse<TimeSpan>(result, OptionValues.TryParseTimeout),
+    };
+
+    internal static readonly Option<bool> HelpOption = new("--rbs_help")
+    {
+        Description = "Show jbazel's options and exit (bazel's own help: 'jbazel help').",
+    };
+
+    internal static readonly Option<bool> VersionOption = new("--rbs_version")
+    {
+        Description = "Show jbazel's version and exit (bazel's: 'jbazel version').",
+    };
+
+    /// <summary>Options that are settings (environment variables and rc files can set these).</summary>
+    internal static readonly IReadOnlyList<Option> SettingOptions =
+        [OrchestratorOption, ConnectOption, StatusOption, ApiKeyOption, TimeoutOption];
+
+    /// <summary>Option names whose value may be the next token (<c>--rbs_x value</c>).</summary>
+    internal static readonly IReadOnlySet<string> OptionsTakingValues =
+        SettingOptions.Select(option => option.Name).ToHashSet(StringComparer.Ordinal);
+
+    private static readonly ParserConfiguration s_parserConfiguration = new()
+    {
+        // Values such as API keys must never be read as @response-files, and there is nothing to bundle.
+        ResponseFileTokenReplacer = null,
+        EnablePosixBundling = false,
+    };
+
+    private readonly CliEnvironment _environment;
+    private readonly StandardStreams _streams;
+    private IReadOnlyList<string> _bazelArgs = [];
+
+    public BazelCommand(CliEnvironment environment, StandardStreams streams)
+        : base("jbazel: bazel, run on a warm remote build agent.")
+    {
+        _environment = environment;
+        _streams = streams;
+
+        // bazel owns -h/--help/--version; jbazel's own spellings are --rbs_help/--rbs_version.
+        Options.Clear();
+        foreach (var option in SettingOptions)
+        {
+            Options.Add(option);
+        }
+
+        Options.Add(HelpOption);
+        Options.Add(VersionOption);
+        SetAction(ExecuteAsync);
+    }
+
+    public static string Version { get; } =
+        typeof(BazelCommand).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion
+        ?? "0.0.0";
+
+    /// <summary>Runs jbazel with its full command line; returns the process exit code.</summary>
+    public async Task<int> InvokeAsync(IReadOnlyList<string> args, CancellationToken cancellationToken)
+    {
+        var split = ArgumentSplitter.Split(args, OptionsTakingValues);
+        var parseResult = ParseTokens(split.RbsTokens);
+        if (parseResult.Errors.Count > 0)
+        {
+            _streams.WriteErrorLine($"rbs: {DescribeErrors(parseResult)} Run 'jbazel --rbs_help' for jbazel's options.");
+            return ExitCodes.CommandLineError;
+        }
+
+        _bazelArgs = split.BazelArgs;
+        var invocation = new InvocationConfiguration
+        {
+            // jbazel handles SIGINT/SIGTERM itself (first: remote interrupt, second: leave).
+            ProcessTerminationTimeout = null,
+            EnableDefaultExceptionHandler = false,
+        };
+        return await parseResult.InvokeAsync(invocation, cancellationToken);
+    }
+
+    /// <summary>The first parse error as one sentence; unknown --rbs_* names get a plain "unknown option".</summary>
+    internal static string DescribeErrors(ParseResult parseResult) =>
+        parseResult.UnmatchedTokens.Count > 0
+            ? $"unknown option '{parseResult.UnmatchedTokens[0]}'."
+            : parseResult.Errors[0].Message;
+
+    internal ParseResult ParseTokens(IReadOnlyList<string> tokens) => Parse(tokens, s_parserConfiguration);
+
+    internal RbsSettings ResolveSettings(ParseResult commandLine, string? workspaceRoot) =>
+        new SettingsResolver(ParseTokens).Resolve(commandLine, _environment, workspaceRoot);
+
+    private async Task<int> ExecuteAsync(ParseResult parseResult, CancellationToken cancellationToken)
+    {
+        if (parseResult.GetValue(HelpOption))
+        {
+            _streams.WriteOutput(HelpText());
+            return ExitCodes.Success;
+        }
+
+        if (parseResult.GetValue(VersionOption))
+        {
+            _streams.WriteOutput($"jbazel {Version}\n");
+            return ExitCodes.Success;
+        }
+
+        // Registered before anything remote happens, so Ctrl-C never kills jbazel mid-allocation.
+        using var interrupts = InterruptSignals.Register();
+        try
+        {
+            return await RunRemoteAsync(parseResult, interrupts, cancellationToken);
+        }
+        catch (OperationCanceledException) when (interrupts.First.IsCancellationRequested || cancellationToken.IsCancellationRequested)
+        {
+            return ExitCodes.Interrupted;
+        }
+        catch (SettingsException ex)
+        {
+            _streams.WriteErrorLine($"rbs: {ex.Message}");
+            return ExitCodes.CommandLineError;
+        }
+        catch (RemoteFailure ex)
+        {
+            _streams.WriteErrorLine($"rbs: {ex.Message}");
+            return ex.ExitCode;
+        }
+        catch (Exception ex)
+        {
+            // One line, like every other failure; the type and message are what a bug report needs first.
+            _streams.WriteErrorLine($"rbs: internal error in jbazel {Version} ({ex.GetType().Name}: {ex.Message}). Please report it.");
+            return ExitCodes.InternalError;
+        }
+    }
+
+    private async Task<int> RunRemoteAsync(ParseResult parseResult, InterruptSignals interrupts, CancellationToken cancellationToken)
+    {
+        var workspace = WorkspaceLocator.Find(_environment.CurrentDirectory);
+        if (workspace is null)
+        {
+            // bazel's wording, with every marker file jbazel accepts.
+            var command = _bazelArgs.FirstOrDefault(arg => !arg.StartsWith('-')) ?? "requested";
+            _streams.WriteErrorLine(
+                $"ERROR: The '{command}' command is only supported from within a workspace (below a directory having a {string.Join(", ", WorkspaceLocator.MarkerFiles.SkipLast(1))} or {WorkspaceLocator.MarkerFiles[^1]} file).");
+            return ExitCodes.CommandLineError;
+        }
+
+        var settings = ResolveSettings(parseResult, workspace.Root);
+        var root = RepoHash.RealPath(workspace.Root);
+        var request = new GetServerRequest
+        {
+            RepoHash = RepoHash.Compute(_environment.HostName, root),
+            SourcePath = root,
+            ConnectMode = settings.Connect switch
+            {
+                ConnectPreference.Direct => ConnectMode.Direct,
+                ConnectPreference.Tunnel => ConnectMode.Tunnel,
+                _ => ConnectMode.Unspecified,
+            },
+            ClientVersion = $"jbazel/{Version}",
+            ClientHost = _environment.HostName,
+        };
+
+        using var channels = new ChannelPool();
+        using var allocating = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, interrupts.First);
+        var allocation = await new AgentAllocator(channels, settings).AllocateAsync(request, allocating.Token);
+        if (settings.Status == StatusMode.Always || (settings.Status == StatusMode.Auto && !Console.IsErrorRedirected))
+        {
+            _streams.WriteErrorLine(allocation.StatusLine);
+        }
+
+        var start = new StartCommand
+        {
+            RelativeWorkingDirectory = workspace.RelativeWorkingDirectory,
+            Terminal = TerminalProbe.Probe(_environment),
+            InvocationId = Guid.NewGuid().ToString(),
+            ClientWorkspaceRoot = root,
+        };
+        start.Args.AddRange(_bazelArgs);
+        start.Env.Add(TerminalProbe.ForwardedEnvironment(_environment));
+
+        return await new CommandSession(allocation, channels, _streams, interrupts).RunAsync(start, cancellationToken);
+    }
+
+    internal static string HelpText()
+    {
+        var text = new StringBuilder();
+        text.Append($"""
+            jbazel {Version}: bazel, run on a warm remote build agent (RBS).
+
+            Usage: jbazel [--rbs_* options] [bazel startup options] <command> [command options] [-- args]
+
+            Every argument that is not a --rbs_* option is passed to bazel unchanged and in order. jbazel's
+            options may appear anywhere before '--'; after '--' nothing is interpreted. Values are given as
+            --rbs_x=value or --rbs_x value.
+
+            Options (environment variable, default):
+
+            """);
+        foreach (var option in SettingOptions)
+        {
+            text.Append($"  {option.Name}={option.HelpName}\n      {option.Description}\n      env {SettingsResolver.EnvironmentVariableFor(option)}, default {DefaultText(option)}\n");
+        }
+
+        text.Append($"  {HelpOption.Name}\n      {HelpOption.Description}\n");
+        text.Append($"  {VersionOption.Name}\n      {VersionOption.Description}\n");
+        text.Append("""
+
+            Precedence, first wins: command line > environment (RBS_*) > <workspace>/.jbazelrc > ~/.jbazelrc > default.
+            A .jbazelrc holds --rbs_x=value tokens, any number per line; '#' starts a comment line; a later line
+            overrides an earlier one. Bad values are an error (exit 2), wherever they come from.
+
+            Exit codes: bazel's own code passes through (0 ok, 1 build failed, 3 tests failed, ...).
+              2   not in a workspace, or a bad --rbs_* option / RBS_* variable / .jbazelrc line
+              8   interrupted (a second Ctrl-C leaves at once; one Ctrl-C waits for bazel's own code)
+              34  the orchestrator or agent rejected the request (permanent; fix the setup)
+              37  internal jbazel error
+              38  the orchestrator or agent could not be reached, or the connection broke (transient; run again)
+              141 stdout was closed by its reader (e.g. '| head')
+
+            """);
+        return text.ToString();
+    }
+
+    private static string DefaultText(Option option) => option.Name switch
+    {
+        "--rbs_orchestrator" => RbsSettings.DefaultOrchestrator.OriginalString,
+        "--rbs_connect" => "auto",
+        "--rbs_status" => "auto",
+        "--rbs_timeout" => OptionValues.FormatDuration(RbsSettings.DefaultTimeout),
+        _ => "none",
+    };
+
+    private delegate bool TryParse<T>(string text, out T value, out string error);
+
+    private static T? Parse<T>(ArgumentResult result, TryParse<T> tryParse)
+    {
+        var text = result.Tokens.Count > 0 ? result.Tokens[^1].Value : "";
+        if (tryParse(text, out var value, out var error))
+        {
+            return value;
+        }
+
+        var option = (result.Parent as OptionResult)?.Option.Name ?? "value";
+        result.AddError($"invalid {option}: {error}.");
+        return default;
+    }
+}

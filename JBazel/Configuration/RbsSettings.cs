@@ -1,0 +1,48 @@
+namespace Rbs.JBazel.Configuration;
+
+/// <summary>How jbazel asks to reach its agent (<c>--rbs_connect</c>).</summary>
+internal enum ConnectPreference
+{
+    /// <summary>Let the orchestrator choose (its configured default).</summary>
+    Auto,
+
+    /// <summary>Dial the agent's own address (in-cluster clients, local process mode).</summary>
+    Direct,
+
+    /// <summary>Dial the gateway, which forwards the stream over the agent's outbound tunnel.</summary>
+    Tunnel,
+}
+
+/// <summary>When jbazel prints its allocation status line (<c>--rbs_status</c>).</summary>
+internal enum StatusMode
+{
+    /// <summary>Only when standard error is a terminal.</summary>
+    Auto,
+
+    /// <summary>Always, even into a pipe or file (scripts grep it).</summary>
+    Always,
+
+    /// <summary>Never.</summary>
+    Never,
+}
+
+/// <summary>jbazel's effective settings after merging command line, environment and rc files.</summary>
+/// <param name="Orchestrator">Orchestrator (or gateway) base address. Default <c>http://127.0.0.1:50051</c>.</param>
+/// <param name="Connect">Requested connect mode. Default <see cref="ConnectPreference.Auto"/>.</param>
+/// <param name="Status">Status line policy. Default <see cref="StatusMode.Auto"/>.</param>
+/// <param name="ApiKey">Sent as <c>authorization: Bearer</c> to the orchestrator when set. Default none.</param>
+/// <param name="Timeout">Deadline for GetServer, which includes a cold agent's start. Default 120 s.</param>
+internal sealed record RbsSettings(
+    Uri Orchestrator,
+    ConnectPreference Connect,
+    StatusMode Status,
+    string? ApiKey,
+    TimeSpan Timeout)
+{
+    public static readonly Uri DefaultOrchestrator = new("http://127.0.0.1:50051");
+
+    public static readonly TimeSpan DefaultTimeout = TimeSpan.FromSeconds(120);
+
+    public static RbsSettings Defaults { get; } =
+        new(DefaultOrchestrator, ConnectPreference.Auto, StatusMode.Auto, null, DefaultTimeout);
+}

@@ -1,0 +1,122 @@
+using System.Diagnostics;
+using Grpc.Core;
+using Rbs.JBazel.Configuration;
+using Rbs.V1;
+
+namespace Rbs.JBazel.Remote;
+
+/// <summary>The agent GetServer chose, and how to reach it.</summary>
+/// <param name="Response">The orchestrator's answer.</param>
+/// <param name="AgentAddress">Where to send ExecuteCommand (the agent, or the gateway in tunnel mode).</param>
+/// <param name="Headers">Metadata for every agent call (tunnel route, session token).</param>
+/// <param name="ElapsedMilliseconds">GetServer's duration as the client measured it.</param>
+internal sealed record Allocation(GetServerResponse Response, Uri AgentAddress, Metadata Headers, long ElapsedMilliseconds)
+{
+    public const string RouteHeader = "rbs-agent-route";
+
+    public string AgentId => Response.AgentId;
+
+    /// <summary>The status line the e2e scripts grep; keep the format exactly.</summary>
+    public string StatusLine =>
+        $"rbs: agent {Response.AgentId} ({Response.Backend} {Response.BackendRef}) {(Response.Warm ? "warm" : "cold")} in {ElapsedMilliseconds} ms";
+}
+
+/// <summary>Calls the orchestrator's GetServer and turns its failures into actionable <see cref="RemoteFailure"/>s.</summary>
+internal sealed class AgentAllocator(ChannelPool channels, RbsSettings settings)
+{
+    public async Task<Allocation> AllocateAsync(GetServerRequest request, CancellationToken cancellationToken)
+    {
+        var client = new V1.Orchestrator.OrchestratorClient(channels.Get(settings.Orchestrator));
+        var headers = new Metadata();
+        if (settings.ApiKey is { Length: > 0 } apiKey)
+        {
+            headers.Add("authorization", $"Bearer {apiKey}");
+        }
+
+        var stopwatch = Stopwatch.StartNew();
+        GetServerResponse response;
+        try
+        {
+            response = await client.GetServerAsync(
+                request,
+                headers,
+                deadline: DateTime.UtcNow.Add(settings.Timeout),
+                cancellationToken: cancellationToken);
+        }
+        catch (RpcException) when (cancellationToken.IsCancellationRequested)
+        {
+            throw new OperationCanceledException(cancellationToken);
+        }
+        catch (RpcException ex)
+        {
+            throw Failure(ex);
+        }
+
+        stopwatch.Stop();
+        return new Allocation(response, AgentAddress(response), AgentHeaders(response), stopwatch.ElapsedMilliseconds);
+    }
+
+    private RemoteFailure Failure(RpcException ex)
+    {
+        var at = settings.Orchestrator.OriginalString;
+        return ex.StatusCode switch
+        {
+            StatusCode.Unavailable => new RemoteFailure(ExitCodes.TransientRemoteError,
+                $"cannot reach the orchestrator at {at} ({RemoteFailure.Describe(ex)}). " +
+                "Start it with 'rbs-orchestrator --local-mode', or point --rbs_orchestrator / RBS_ORCHESTRATOR at it."),
+            StatusCode.DeadlineExceeded => new RemoteFailure(ExitCodes.TransientRemoteError,
+                $"the orchestrator at {at} did not answer within {OptionValues.FormatDuration(settings.Timeout)} " +
+                "(deadline exceeded). Run the command again; raise --rbs_timeout / RBS_TIMEOUT if agents start slowly."),
+            StatusCode.Unauthenticated or StatusCode.PermissionDenied => new RemoteFailure(ExitCodes.RemoteEnvironmentError,
+                $"the orchestrator at {at} refused the request ({ex.StatusCode}): {ex.Status.Detail} " +
+                "Check --rbs_api_key / RBS_API_KEY."),
+            StatusCode.Unimplemented => new RemoteFailure(ExitCodes.RemoteEnvironmentError,
+                $"{at} does not serve rbs.v1.Orchestrator/GetServer ({ex.Status.Detail}). " +
+                "Point --rbs_orchestrator / RBS_ORCHESTRATOR at an RBS orchestrator or gateway."),
+            _ => new RemoteFailure(ExitCodes.ForRemoteStatus(ex),
+                $"the orchestrator at {at} failed GetServer ({ex.StatusCode}): {RemoteFailure.Describe(ex)}"),
+        };
+    }
+
+    private Uri AgentAddress(GetServerResponse response)
+    {
+        var text = response.Address;
+        if (!text.Contains("://", StringComparison.Ordinal) && text.Length > 0)
+        {
+            // Tolerate a bare host:port (the seed's "localhost:PORT"): agents speak h2c unless told otherwise.
+            text = "http://" + text;
+        }
+
+        if (!Uri.TryCreate(text, UriKind.Absolute, out var address)
+            || (address.Scheme != Uri.UriSchemeHttp && address.Scheme != Uri.UriSchemeHttps))
+        {
+            throw new RemoteFailure(ExitCodes.RemoteEnvironmentError,
+                $"the orchestrator at {settings.Orchestrator.OriginalString} returned an unusable agent address '{response.Address}' for agent {response.AgentId}.");
+        }
+
+        return address;
+    }
+
+    private Metadata AgentHeaders(GetServerResponse response)
+    {
+        var headers = new Metadata();
+        if (response.ConnectMode == ConnectMode.Tunnel)
+        {
+            if (string.IsNullOrEmpty(response.Route))
+            {
+                throw new RemoteFailure(ExitCodes.RemoteEnvironmentError,
+                    $"the orchestrator at {settings.Orchestrator.OriginalString} chose tunnel mode for agent {response.AgentId} but sent no route.");
+            }
+
+            headers.Add(Allocation.RouteHeader, response.Route);
+        }
+
+        // The session token authorizes the stream at the gateway (tunnel) and, where configured, at the agent.
+        if (!string.IsNullOrEmpty(response.SessionToken))
+        {
+            headers.Add("authorization", $"Bearer {response.SessionToken}");
+        }
+
+        return headers;
+    }
+}

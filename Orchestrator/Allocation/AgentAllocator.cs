@@ -1,0 +1,290 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using Grpc.Core;
+using Microsoft.Extensions.Options;
+using Rbs.Orchestrator.Compute;
+using Rbs.Orchestrator.Hosting;
+using Rbs.Orchestrator.State;
+
+namespace Rbs.Orchestrator.Allocation;
+
+/// <summary>The outcome of <see cref="AgentAllocator.GetOrAllocateAsync"/>.</summary>
+/// <param name="Agent">The Ready row handed out.</param>
+/// <param name="Warm">True when an already-running agent was reused.</param>
+/// <param name="Elapsed">Time spent finding or allocating.</param>
+internal sealed record AllocationResult(AgentRecord Agent, bool Warm, TimeSpan Elapsed);
+
+/// <summary>
+/// Finds the live agent for (user, repo) or allocates exactly one. Inside one process, callers for the
+/// same key queue on an async lock; across replicas the store's unique (user, repo) row decides: the
+/// caller whose insert wins starts the agent under a lease, the others poll the row until it is Ready,
+/// and anyone may clean up a row whose lease lapsed (its allocator died).
+/// </summary>
+internal sealed partial class AgentAllocator(
+    IStateStore store,
+    IComputeService compute,
+    ReplicaIdentity replica,
+    IOptions<OrchestratorOptions> options,
+    TimeProvider timeProvider,
+    IHostApplicationLifetime lifetime,
+    ILogger<AgentAllocator> logger)
+{
+    // Extra lease time beyond the start timeout covers the store writes around the start.
+    internal static readonly TimeSpan LeaseMargin = TimeSpan.FromSeconds(10);
+
+    // LastUsedAt drives reaping at a granularity of hours; skipping sub-second rewrites keeps the warm
+    // path to one read under bursts of calls.
+    private static readonly TimeSpan s_touchGranularity = TimeSpan.FromSeconds(1);
+    private static readonly TimeSpan s_waitPollInterval = TimeSpan.FromMilliseconds(25);
+
+    private readonly KeyedAsyncLock<(string UserId, string RepoHash)> _locks = new();
+
+    // The last failed allocation per key, so callers that queued behind it share its error instead of
+    // each retrying a start that just failed (50 callers and a broken agent must not mean 50 spawns).
+    private readonly ConcurrentDictionary<(string UserId, string RepoHash), (long At, RpcException Error)> _recentFailures = new();
+
+    public async Task<AllocationResult> GetOrAllocateAsync(string userId, string repoHash, string sourcePath, CancellationToken cancellationToken)
+    {
+        var started = timeProvider.GetTimestamp();
+
+        // Warm path: one indexed read and a /proc (or cached) probe, no lock and no RPC.
+        var row = await store.FindAsync(userId, repoHash, cancellationToken);
+        if (row is { State: AgentState.Ready } && await TryReuseAsync(row, cancellationToken))
+        {
+            return Result(row, warm: true, started);
+        }
+
+        var key = (userId, repoHash);
+        // Real monotonic ticks, not the TimeProvider: this orders events, it does not measure domain time.
+        var queuedAt = Stopwatch.GetTimestamp();
+        using (await _locks.AcquireAsync(key, cancellationToken))
+        {
+            if (_recentFailures.TryGetValue(key, out var failure))
+            {
+                if (failure.At >= queuedAt)
+                {
+                    throw failure.Error;
+                }
+
+                // Older than this call: it tries afresh (and the table stays small).
+                _recentFailures.TryRemove(key, out _);
+            }
+
+            var deadline = timeProvider.GetUtcNow() + options.Value.AgentStartTimeout + (LeaseMargin * 2);
+            while (true)
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                row = await store.FindAsync(userId, repoHash, cancellationToken);
+                if (row is null)
+                {
+                    AgentRecord? allocated;
+                    try
+                    {
+                        allocated = await TryAllocateAsync(userId, repoHash, sourcePath, cancellationToken);
+                    }
+                    catch (RpcException e)
+                    {
+                        _recentFailures[key] = (Stopwatch.GetTimestamp(), e);
+                        throw;
+                    }
+
+                    if (allocated is not null)
+                    {
+                        _recentFailures.TryRemove(key, out _);
+                        return Result(allocated, warm: false, started);
+                    }
+
+                    // Another replica inserted first: loop and wait for its row.
+                    continue;
+                }
+
+                var now = timeProvider.GetUtcNow();
+                if (row.State == AgentState.Ready)
+                {
+                    if (await TryReuseAsync(row, cancellationToken))
+                    {
+                        return Result(row, warm: true, started);
+                    }
+
+                    Log.AgentDied(logger, row.AgentId, row.BackendRef, userId, repoHash);
+                    await CleanUpAsync(row, cancellationToken);
+                    continue;
+                }
+
+                if (row.LeaseExpiresAt is not { } leaseExpires || leaseExpires <= now)
+                {
+                    Log.LeaseExpired(logger, row.AgentId, row.State, row.LeaseOwner ?? "(none)");
+                    await CleanUpAsync(row, cancellationToken);
+                    continue;
+                }
+
+                if (now >= deadline)
+                {
+                    throw new RpcException(new Status(
+                        StatusCode.Unavailable,
+                        $"the agent for repository {repoHash} is still {row.State.ToString().ToLowerInvariant()} by orchestrator {row.LeaseOwner}; retry shortly"));
+                }
+
+                await Task.Delay(s_waitPollInterval, cancellationToken);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Claims <paramref name="row"/> (Terminating, our lease), stops its agent and deletes it. A claim that
+    /// loses to another writer does nothing: that writer owns the row now.
+    /// </summary>
+    internal async Task<bool> CleanUpAsync(AgentRecord row, CancellationToken cancellationToken)
+    {
+        var now = timeProvider.GetUtcNow();
+        var claimed = row with
+        {
+            State = AgentState.Terminating,
+            LeaseOwner = replica.Id,
+            LeaseExpiresAt = now + options.Value.AgentStartTimeout + LeaseMargin,
+        };
+        if (!await store.TryUpdateAsync(row, claimed, cancellationToken))
+        {
+            return false;
+        }
+
+        await compute.StopAsync(claimed, cancellationToken);
+        await store.DeleteAsync(row.AgentId, cancellationToken);
+        return true;
+    }
+
+    private async Task<bool> TryReuseAsync(AgentRecord row, CancellationToken cancellationToken)
+    {
+        // Unknown (backend cannot tell right now) is not acted on: handing out a probably-live agent beats
+        // replacing a warm bazel server on a hiccup.
+        if (await compute.ProbeAsync(row, cancellationToken) == AgentHealth.Dead)
+        {
+            return false;
+        }
+
+        var now = timeProvider.GetUtcNow();
+        if (now - row.LastUsedAt >= s_touchGranularity)
+        {
+            await store.TouchAsync(row.AgentId, now, cancellationToken);
+        }
+
+        Log.Reused(logger, row.AgentId, row.UserId, row.RepoHash);
+        return true;
+    }
+
+    private async Task<AgentRecord?> TryAllocateAsync(string userId, string repoHash, string sourcePath, CancellationToken cancellationToken)
+    {
+        var now = timeProvider.GetUtcNow();
+        var record = new AgentRecord(
+            AgentId: AgentIds.New(),
+            UserId: userId,
+            RepoHash: repoHash,
+            SourcePath: sourcePath,
+            Backend: compute.Backend,
+            BackendRef: string.Empty,
+            Address: string.Empty,
+            State: AgentState.Allocating,
+            CreatedAt: now,
+            LastUsedAt: now,
+            LeaseOwner: replica.Id,
+            LeaseExpiresAt: now + options.Value.AgentStartTimeout + LeaseMargin);
+        if (!await store.TryInsertAsync(record, cancellationToken))
+        {
+            return null;
+        }
+
+        Log.Allocating(logger, record.AgentId, userId, repoHash, compute.Backend);
+
+        // The start runs on the host's lifetime, not the caller's: a client that gives up (Ctrl-C) must not
+        // waste a half-started agent that the next call, or the callers queued behind it, will use.
+        var allocation = CompleteAllocationAsync(record, timeProvider.GetTimestamp(), lifetime.ApplicationStopping);
+        return await allocation.WaitAsync(cancellationToken);
+    }
+
+    private async Task<AgentRecord> CompleteAllocationAsync(AgentRecord record, long started, CancellationToken stopping)
+    {
+        StartedAgent agent;
+        try
+        {
+            agent = await compute.StartAsync(
+                new AgentSpec(record.AgentId, record.UserId, record.RepoHash, record.SourcePath),
+                stopping);
+        }
+        catch (Exception e)
+        {
+            Log.AllocationFailed(logger, record.AgentId, record.RepoHash, e.Message);
+            await DiscardAsync(record);
+            throw e switch
+            {
+                ComputeException { Transient: true } => new RpcException(new Status(StatusCode.Unavailable, e.Message)),
+                ComputeException => new RpcException(new Status(StatusCode.FailedPrecondition, e.Message)),
+                OperationCanceledException => new RpcException(new Status(StatusCode.Unavailable, "the orchestrator is shutting down; retry")),
+                _ => e,
+            };
+        }
+
+        var now = timeProvider.GetUtcNow();
+        var ready = record with
+        {
+            BackendRef = agent.BackendRef,
+            Address = agent.Address,
+            State = AgentState.Ready,
+            LastUsedAt = now,
+            LeaseOwner = null,
+            LeaseExpiresAt = null,
+        };
+        if (!await store.TryUpdateAsync(record, ready, CancellationToken.None))
+        {
+            // Our lease lapsed and someone cleaned the row up: this agent is now nobody's.
+            await DiscardAsync(ready);
+            throw new RpcException(new Status(
+                StatusCode.Unavailable,
+                $"starting agent {record.AgentId} outlived its allocation lease; retry"));
+        }
+
+        Log.Allocated(logger, ready.AgentId, ready.BackendRef, ready.Address, timeProvider.GetElapsedTime(started).TotalMilliseconds);
+        return ready;
+    }
+
+    private async Task DiscardAsync(AgentRecord record)
+    {
+        // Best effort: the caller reports the original failure; a row left behind here still carries our
+        // lease, so whoever finds it after the lease lapses finishes the cleanup.
+        try
+        {
+            await compute.StopAsync(record, CancellationToken.None);
+            await store.DeleteAsync(record.AgentId, CancellationToken.None);
+        }
+        catch (Exception e)
+        {
+            Log.DiscardFailed(logger, record.AgentId, e);
+        }
+    }
+
+    private AllocationResult Result(AgentRecord row, bool warm, long started) =>
+        new(row, warm, timeProvider.GetElapsedTime(started));
+
+    private static partial class Log
+    {
+        [LoggerMessage(EventId = 200, Level = LogLevel.Information, Message = "Allocating agent {AgentId} for user {UserId} repo {RepoHash} on backend {Backend}")]
+        public static partial void Allocating(ILogger logger, string agentId, string userId, string repoHash, string backend);
+
+        [LoggerMessage(EventId = 201, Level = LogLevel.Information, Message = "Agent {AgentId} ready: {BackendRef} at {Address} after {Millis:0} ms")]
+        public static partial void Allocated(ILogger logger, string agentId, string backendRef, string address, double millis);
+
+        [LoggerMessage(EventId = 202, Level = LogLevel.Debug, Message = "Reusing agent {AgentId} for user {UserId} repo {RepoHash}")]
+        public static partial void Reused(ILogger logger, string agentId, string userId, string repoHash);
+
+        [LoggerMessage(EventId = 203, Level = LogLevel.Warning, Message = "Agent {AgentId} ({BackendRef}) for user {UserId} repo {RepoHash} is dead; replacing it")]
+        public static partial void AgentDied(ILogger logger, string agentId, string backendRef, string userId, string repoHash);
+
+        [LoggerMessage(EventId = 204, Level = LogLevel.Warning, Message = "Agent {AgentId} is {State} under a lapsed lease of {Owner}; cleaning it up")]
+        public static partial void LeaseExpired(ILogger logger, string agentId, AgentState state, string owner);
+
+        [LoggerMessage(EventId = 205, Level = LogLevel.Error, Message = "Allocating agent {AgentId} for repo {RepoHash} failed: {Reason}")]
+        public static partial void AllocationFailed(ILogger logger, string agentId, string repoHash, string reason);
+
+        [LoggerMessage(EventId = 206, Level = LogLevel.Warning, Message = "Cleaning up failed allocation {AgentId} failed; its lease will let another pass finish it")]
+        public static partial void DiscardFailed(ILogger logger, string agentId, Exception exception);
+    }
+}

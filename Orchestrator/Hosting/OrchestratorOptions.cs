@@ -1,0 +1,165 @@
+using System.Net;
+using Microsoft.Extensions.Options;
+
+namespace Rbs.Orchestrator.Hosting;
+
+/// <summary>
+/// Orchestrator settings: section <c>Orchestrator</c> (env <c>Orchestrator__Key</c>), friendly flags in
+/// <see cref="OrchestratorHost"/>.
+/// </summary>
+internal sealed class OrchestratorOptions
+{
+    public const string SectionName = "Orchestrator";
+
+    /// <summary>Backend name for local subprocess agents.</summary>
+    public const string ProcessBackend = "process";
+
+    /// <summary>Backend name for Kubernetes pod agents.</summary>
+    public const string KubernetesBackend = "kubernetes";
+
+    /// <summary>The single implicit user of local mode.</summary>
+    public const string LocalUser = "local";
+
+    /// <summary>
+    /// Developer mode (<c>--local-mode</c>): agents are local processes, every caller is the implicit user
+    /// "local", and the default listen address is 127.0.0.1. Default: false.
+    /// </summary>
+    public bool LocalMode { get; set; }
+
+    /// <summary>
+    /// Compute backend: "process" or "kubernetes" (<c>--backend</c>). Default: empty, which means "process"
+    /// with <see cref="LocalMode"/> and is an error without it.
+    /// </summary>
+    public string? Backend { get; set; }
+
+    /// <summary>gRPC port (<c>--port</c>). Default: 50051. 0 picks a free port, reported on stdout and in the ready file.</summary>
+    public int Port { get; set; } = 50051;
+
+    /// <summary>
+    /// IP address to listen on (<c>--listen-address</c>). Default: empty, meaning 127.0.0.1 in local mode and
+    /// all interfaces (0.0.0.0) otherwise.
+    /// </summary>
+    public string? ListenAddress { get; set; }
+
+    /// <summary>
+    /// SQLite state file (<c>--state-path</c>); a leading "~/" means the home directory. Agent ready files and
+    /// logs go to <c>agents/</c> beside it. Default: <c>$XDG_STATE_HOME/rbs/orchestrator.db</c>, else
+    /// <c>~/.local/state/rbs/orchestrator.db</c>.
+    /// </summary>
+    public string? StatePath { get; set; }
+
+    /// <summary>
+    /// File written once listening (<c>--ready-file</c>): <c>{"address":"http://127.0.0.1:PORT","pid":N}</c>,
+    /// atomically (temp file + rename). Default: empty (none).
+    /// </summary>
+    public string? ReadyFile { get; set; }
+
+    /// <summary>
+    /// An agent unused for this long, with no running command, is stopped (<c>--idle-ttl</c>).
+    /// Default: 03:00:00.
+    /// </summary>
+    public TimeSpan IdleTtl { get; set; } = TimeSpan.FromHours(3);
+
+    /// <summary>How often the reaper looks for idle and dead agents (<c>--reap-interval</c>). Default: 00:00:30.</summary>
+    public TimeSpan ReapInterval { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>
+    /// How long an agent may take to become reachable (<c>--agent-start-timeout</c>); also bounds the
+    /// allocation lease. Default: 00:00:30.
+    /// </summary>
+    public TimeSpan AgentStartTimeout { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>The backend in effect: <see cref="Backend"/>, or "process" in local mode.</summary>
+    public string GetBackend() =>
+        string.IsNullOrWhiteSpace(Backend) ? (LocalMode ? ProcessBackend : string.Empty) : Backend.Trim().ToLowerInvariant();
+
+    /// <summary>The address Kestrel binds.</summary>
+    public IPAddress GetListenAddress() =>
+        string.IsNullOrWhiteSpace(ListenAddress)
+            ? (LocalMode ? IPAddress.Loopback : IPAddress.Any)
+            : IPAddress.Parse(ListenAddress.Trim());
+
+    /// <summary>The absolute state file path after defaults and "~" expansion.</summary>
+    public string GetStatePath()
+    {
+        if (!string.IsNullOrWhiteSpace(StatePath))
+        {
+            return Path.GetFullPath(ExpandHome(StatePath.Trim()));
+        }
+
+        var stateHome = Environment.GetEnvironmentVariable("XDG_STATE_HOME");
+        if (string.IsNullOrEmpty(stateHome) || !Path.IsPathFullyQualified(stateHome))
+        {
+            stateHome = Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".local", "state");
+        }
+
+        return Path.Combine(stateHome, "rbs", "orchestrator.db");
+    }
+
+    /// <summary>Directory for agent ready files, spec files and logs: <c>&lt;state dir&gt;/agents</c>.</summary>
+    public string GetAgentsDirectory() => Path.Combine(Path.GetDirectoryName(GetStatePath())!, "agents");
+
+    private static string ExpandHome(string path) =>
+        path == "~" || path.StartsWith("~/", StringComparison.Ordinal)
+            ? Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), path.Length > 2 ? path[2..] : string.Empty)
+            : path;
+}
+
+/// <summary>Startup validation with messages that say which flag or key to fix.</summary>
+/// <param name="registrations">When given, also checks that the chosen backend is registered in this build.</param>
+internal sealed class OrchestratorOptionsValidator(IServiceProviderIsKeyedService? registrations = null) : IValidateOptions<OrchestratorOptions>
+{
+    // Agents get twice the TTL as their own idle backstop; a year keeps that arithmetic far from overflow.
+    private static readonly TimeSpan s_maxIdleTtl = TimeSpan.FromDays(365);
+
+    public ValidateOptionsResult Validate(string? name, OrchestratorOptions options)
+    {
+        var failures = new List<string>();
+        var backend = options.GetBackend();
+        if (backend.Length == 0)
+        {
+            failures.Add(
+                "no compute backend configured: pass --local-mode to run agents as local processes, " +
+                "or set Orchestrator:Backend (env Orchestrator__Backend) to 'kubernetes'");
+        }
+        else if (backend is not (OrchestratorOptions.ProcessBackend or OrchestratorOptions.KubernetesBackend))
+        {
+            failures.Add($"Orchestrator:Backend '{options.Backend}' is unknown; use 'process' or 'kubernetes'");
+        }
+        else if (options.LocalMode && backend != OrchestratorOptions.ProcessBackend)
+        {
+            failures.Add($"--local-mode runs agents as local processes; it cannot be combined with Orchestrator:Backend '{options.Backend}'");
+        }
+        else if (registrations is not null && !registrations.IsKeyedService(typeof(Compute.IComputeService), backend))
+        {
+            failures.Add($"compute backend '{backend}' is not available in this build of rbs-orchestrator; use --local-mode for local processes");
+        }
+
+        if (options.Port is < 0 or > 65535)
+        {
+            failures.Add($"--port {options.Port} is out of range (0..65535; 0 picks a free port)");
+        }
+
+        if (!string.IsNullOrWhiteSpace(options.ListenAddress) && !IPAddress.TryParse(options.ListenAddress.Trim(), out _))
+        {
+            failures.Add($"--listen-address '{options.ListenAddress}' is not an IP address (e.g. 127.0.0.1 or 0.0.0.0)");
+        }
+
+        if (options.IdleTtl <= TimeSpan.Zero || options.IdleTtl > s_maxIdleTtl)
+        {
+            failures.Add($"--idle-ttl {options.IdleTtl} must be positive and at most {s_maxIdleTtl} (e.g. 03:00:00)");
+        }
+
+        if (options.ReapInterval <= TimeSpan.Zero)
+        {
+            failures.Add($"--reap-interval {options.ReapInterval} must be positive (e.g. 00:00:30)");
+        }
+
+        if (options.AgentStartTimeout <= TimeSpan.Zero)
+        {
+            failures.Add($"--agent-start-timeout {options.AgentStartTimeout} must be positive (e.g. 00:00:30)");
+        }
+
+        return failures.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(failures);
+    }
+}

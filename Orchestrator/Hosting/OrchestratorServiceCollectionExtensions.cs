@@ -1,0 +1,68 @@
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Options;
+using Rbs.Orchestrator.Allocation;
+using Rbs.Orchestrator.Compute;
+using Rbs.Orchestrator.Compute.Processes;
+using Rbs.Orchestrator.Lifecycle;
+using Rbs.Orchestrator.State;
+
+namespace Rbs.Orchestrator.Hosting;
+
+/// <summary>Registration of the orchestrator's services and endpoints.</summary>
+internal static class OrchestratorServiceCollectionExtensions
+{
+    /// <summary>
+    /// Everything the orchestrator needs. Seams: the state store is <c>TryAdd</c>ed (register another
+    /// <see cref="IStateStore"/> first to replace SQLite); compute backends are keyed singletons of
+    /// <see cref="IComputeService"/> by backend name ("process" here; "kubernetes" registers its own), and
+    /// <c>Orchestrator:Backend</c> picks one.
+    /// </summary>
+    public static IServiceCollection AddOrchestrator(this IServiceCollection services, IConfiguration configuration)
+    {
+        ArgumentNullException.ThrowIfNull(configuration);
+        services.AddOptions<OrchestratorOptions>().BindConfiguration(OrchestratorOptions.SectionName).ValidateOnStart();
+        services.AddSingleton<IValidateOptions<OrchestratorOptions>, OrchestratorOptionsValidator>();
+        services.AddOptions<ProcessComputeOptions>().BindConfiguration(ProcessComputeOptions.SectionName).ValidateOnStart();
+
+        services.TryAddSingleton(TimeProvider.System);
+        services.AddSingleton<ReplicaIdentity>();
+        services.TryAddSingleton<IStateStore, SqliteStateStore>();
+        services.TryAddSingleton<IAgentStatusClient, GrpcAgentStatusClient>();
+
+        services.AddKeyedSingleton<IComputeService, ProcessComputeService>(ProcessComputeService.BackendName);
+        // Only the configured Kubernetes backend is registered: its options are validated at start-up.
+        var backend = configuration.GetSection(OrchestratorOptions.SectionName).Get<OrchestratorOptions>()?.GetBackend();
+        if (backend == OrchestratorOptions.KubernetesBackend)
+        {
+            services.AddKubernetesCompute(configuration);
+        }
+
+        services.AddSingleton(ResolveComputeService);
+
+        services.AddSingleton<AgentAllocator>();
+        // Order matters: adoption (in StartingAsync) runs before the server accepts calls.
+        services.AddHostedService<AgentAdoptionService>();
+        services.AddHostedService<IdleReaper>();
+        services.AddSingleton<ListeningAnnouncer>();
+        services.AddHostedService(sp => sp.GetRequiredService<ListeningAnnouncer>());
+
+        services.AddGrpc();
+        services.AddGrpcHealthChecks();
+        return services;
+    }
+
+    public static IEndpointRouteBuilder MapOrchestrator(this IEndpointRouteBuilder endpoints)
+    {
+        endpoints.MapGrpcService<OrchestratorGrpcService>();
+        endpoints.MapGrpcHealthChecksService();
+        return endpoints;
+    }
+
+    private static IComputeService ResolveComputeService(IServiceProvider services)
+    {
+        var backend = services.GetRequiredService<IOptions<OrchestratorOptions>>().Value.GetBackend();
+        return services.GetKeyedService<IComputeService>(backend)
+            ?? throw new InvalidOperationException(
+                $"compute backend '{backend}' is not registered; use --local-mode (process backend) or Orchestrator:Backend=kubernetes");
+    }
+}

@@ -1,0 +1,51 @@
+using Rbs.Orchestrator.Compute;
+using Rbs.Orchestrator.Compute.Processes;
+using Rbs.Tests.Orchestrator.Infrastructure;
+
+namespace Rbs.Tests.Orchestrator;
+
+/// <summary>ProcessComputeService's stop and discovery behaviour on real processes.</summary>
+public sealed class ProcessComputeServiceTests(ITestOutputHelper output) : IAsyncLifetime
+{
+    private readonly OrchestratorTestContext _context = new(output);
+
+    public Task InitializeAsync() => _context.InitializeAsync();
+
+    public Task DisposeAsync() => _context.DisposeAsync();
+
+    [Fact]
+    public async Task StopEscalatesToSigkillForAnAgentThatIgnoresSigtermAndIsIdempotent()
+    {
+        var orchestrator = await _context.StartOrchestratorAsync(
+            TestAgents.Stubborn, extraArgs: ["--Orchestrator:Process:StopTimeout", "00:00:00.500"]);
+        var response = await orchestrator.GetServerAsync("repo-1", _context.CreateWorkspace("main"));
+        var row = await orchestrator.Store.GetAsync(response.AgentId, CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(10));
+        UnixProcesses.Signal(GetServerTests.Pid(response), UnixProcesses.SigTerm);
+        await Task.Delay(200);
+        Assert.True(UnixProcesses.IsAgentProcess(GetServerTests.Pid(response), response.AgentId), "the stubborn agent should survive SIGTERM");
+
+        await orchestrator.Compute.StopAsync(row!, CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(10));
+        await GetServerTests.WaitUntilAsync(() => !UnixProcesses.IsAgentProcess(GetServerTests.Pid(response), response.AgentId));
+
+        // Stopping an agent that is already gone is success.
+        await orchestrator.Compute.StopAsync(row!, CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.False(File.Exists(orchestrator.Compute.ReadyFilePath(response.AgentId)), "the ready file should be removed with the agent");
+    }
+
+    [Fact]
+    public async Task DiscoverFindsLiveAgentsWithTheirOwnersAndDropsDeadOnes()
+    {
+        var orchestrator = await _context.StartOrchestratorAsync(TestAgents.Fake);
+        var workspace = _context.CreateWorkspace("main");
+        var alive = await orchestrator.GetServerAsync("repo-alive", workspace);
+        var dead = await orchestrator.GetServerAsync("repo-dead", _context.CreateWorkspace("other"));
+        UnixProcesses.Signal(GetServerTests.Pid(dead), UnixProcesses.SigKill);
+        await GetServerTests.WaitUntilAsync(() => !UnixProcesses.IsAgentProcess(GetServerTests.Pid(dead), dead.AgentId));
+
+        var discovered = await orchestrator.Compute.DiscoverAsync(CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(10));
+
+        var agent = Assert.Single(discovered);
+        Assert.Equal(new DiscoveredAgent(alive.AgentId, "local", "repo-alive", workspace, alive.BackendRef, alive.Address), agent);
+        Assert.False(File.Exists(orchestrator.Compute.ReadyFilePath(dead.AgentId)), "a dead agent's ready file should be cleaned up");
+    }
+}
