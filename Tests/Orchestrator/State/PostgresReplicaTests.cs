@@ -4,6 +4,7 @@ using Grpc.Core;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.Configuration;
 using Npgsql;
+using Rbs.Orchestrator.State;
 using Rbs.Orchestrator.State.Postgres;
 using Rbs.Tests.Orchestrator.Infrastructure;
 
@@ -47,6 +48,45 @@ public sealed class PostgresReplicaTests(PostgresServerFixture postgres, ITestOu
     }
 
     [Fact]
+    public async Task AllocationOrphanedByAKilledReplica_IsCleanedUpByAnotherReplica_NoAgentLeftBehind()
+    {
+        var (_, connectionString) = await postgres.CreateDatabaseAsync();
+        var survivor = await _context.StartOrchestratorAsync(TestAgents.Fake, UsePostgres(connectionString));
+        var workspace = _context.CreateWorkspace("main");
+
+        // What a replica killed mid-allocation leaves: an Allocating row under its lease, which has lapsed,
+        // and the agent process it had started but never recorded (no pid in the row).
+        var orphanId = "a" + Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(10));
+        var readyFile = Path.Combine(_context.Root, orphanId + ".ready");
+        using var orphanProcess = System.Diagnostics.Process.Start(TestAgents.Fake, ["--agent-id", orphanId, "--workspace", workspace, "--ready-file", readyFile]);
+        try
+        {
+            await WaitUntilAsync(() => File.Exists(readyFile));
+            var started = DateTimeOffset.UtcNow.AddMinutes(-2);
+            Assert.True(await survivor.Store.TryInsertAsync(
+                new AgentRecord(orphanId, "local", "repo-1", workspace, "process", "", "", AgentState.Allocating,
+                    started, started, "killed-replica/4242/deadbeef", started.AddMinutes(1)),
+                CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(10)));
+
+            var response = await survivor.GetServerAsync("repo-1", workspace);
+
+            Assert.False(response.Warm);
+            Assert.NotEqual(orphanId, response.AgentId);
+            var row = Assert.Single(await survivor.Store.ListAsync(CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(10)));
+            Assert.Equal(response.AgentId, row.AgentId);
+            Assert.Equal(AgentState.Ready, row.State);
+            await WaitUntilAsync(() => orphanProcess.HasExited);
+        }
+        finally
+        {
+            if (!orphanProcess.HasExited)
+            {
+                orphanProcess.Kill();
+            }
+        }
+    }
+
+    [Fact]
     public async Task DatabaseLostWhileServing_GetServerIsUnavailableWithAClearMessage_ThenRecovers()
     {
         var (_, connectionString) = await postgres.CreateDatabaseAsync();
@@ -70,6 +110,16 @@ public sealed class PostgresReplicaTests(PostgresServerFixture postgres, ITestOu
         var again = await orchestrator.GetServerAsync("repo-1", workspace);
         Assert.True(again.Warm);
         Assert.Equal(first.AgentId, again.AgentId);
+    }
+
+    private static async Task WaitUntilAsync(Func<bool> condition)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
+        while (!condition())
+        {
+            Assert.True(DateTime.UtcNow < deadline, "condition not met within 20 s");
+            await Task.Delay(50);
+        }
     }
 
     private static Action<WebApplicationBuilder> UsePostgres(string connectionString) => builder =>
