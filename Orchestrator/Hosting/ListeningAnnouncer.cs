@@ -2,6 +2,7 @@ using System.Text.Json;
 using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.Extensions.Options;
+using Rbs.Orchestrator.State;
 
 namespace Rbs.Orchestrator.Hosting;
 
@@ -14,6 +15,7 @@ internal sealed partial class ListeningAnnouncer(
     IServer server,
     IHostApplicationLifetime lifetime,
     IOptions<OrchestratorOptions> options,
+    IStateStore stateStore,
     ILogger<ListeningAnnouncer> logger) : IHostedService
 {
     private string? _writtenReadyFile;
@@ -45,9 +47,9 @@ internal sealed partial class ListeningAnnouncer(
         Address = address;
         var value = options.Value;
         var mode = value.LocalMode ? "local mode" : $"{value.GetBackend()} backend";
-        Console.Out.WriteLine($"rbs-orchestrator listening on {address} ({mode}, state {value.GetStatePath()})");
+        Console.Out.WriteLine($"rbs-orchestrator listening on {address} ({mode}, state {stateStore.Description})");
         Console.Out.Flush();
-        Log.Listening(logger, address, mode, value.GetStatePath());
+        Log.Listening(logger, address, mode, stateStore.Description);
 
         if (!string.IsNullOrWhiteSpace(value.ReadyFile))
         {
@@ -67,7 +69,7 @@ internal sealed partial class ListeningAnnouncer(
 
     private static partial class Log
     {
-        [LoggerMessage(EventId = 1, Level = LogLevel.Information, Message = "rbs-orchestrator listening on {Address} ({Mode}, state {StatePath})")]
-        public static partial void Listening(ILogger logger, string address, string mode, string statePath);
+        [LoggerMessage(EventId = 1, Level = LogLevel.Information, Message = "rbs-orchestrator listening on {Address} ({Mode}, state {State})")]
+        public static partial void Listening(ILogger logger, string address, string mode, string state);
     }
 }

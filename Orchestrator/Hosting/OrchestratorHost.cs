@@ -1,5 +1,6 @@
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.Options;
+using Rbs.Orchestrator.State.Postgres;
 
 namespace Rbs.Orchestrator.Hosting;
 
@@ -20,6 +21,7 @@ internal static class OrchestratorHost
         ["--agent-start-timeout"] = "Orchestrator:AgentStartTimeout",
         ["--agent-path"] = "Orchestrator:Process:AgentPath",
         ["--build-tool"] = "Orchestrator:Process:BuildTool",
+        ["--postgres"] = "Orchestrator:Postgres:ConnectionString",
     };
 
     // Flags that may appear bare (no value); the command-line provider needs "=true" for those.
@@ -96,6 +98,12 @@ internal static class OrchestratorHost
         {
             await Console.Error.WriteLineAsync($"rbs-orchestrator: {e.Message}");
             return 2;
+        }
+        catch (StateStoreUnavailableException e)
+        {
+            // The message says which database and what to check; a stack trace would only bury it.
+            await Console.Error.WriteLineAsync($"rbs-orchestrator: cannot start: {e.Message}");
+            return 1;
         }
         catch (Exception e)
         {

@@ -5,6 +5,7 @@ using Rbs.Orchestrator.Compute;
 using Rbs.Orchestrator.Compute.Processes;
 using Rbs.Orchestrator.Lifecycle;
 using Rbs.Orchestrator.State;
+using Rbs.Orchestrator.State.Postgres;
 
 namespace Rbs.Orchestrator.Hosting;
 
@@ -26,6 +27,11 @@ internal static class OrchestratorServiceCollectionExtensions
 
         services.TryAddSingleton(TimeProvider.System);
         services.AddSingleton<ReplicaIdentity>();
+        if (configuration.HasPostgresStateStore())
+        {
+            services.AddPostgresStateStore(configuration);
+        }
+
         services.TryAddSingleton<IStateStore, SqliteStateStore>();
         services.TryAddSingleton<IAgentStatusClient, GrpcAgentStatusClient>();
 

@@ -7,6 +7,9 @@ namespace Rbs.Orchestrator.State;
 /// </summary>
 internal interface IStateStore
 {
+    /// <summary>Where the state lives, for logs and the start-up line; never contains a password.</summary>
+    string Description { get; }
+
     /// <summary>Creates or upgrades the schema. Safe when several replicas start at once.</summary>
     Task InitializeAsync(CancellationToken cancellationToken);
 

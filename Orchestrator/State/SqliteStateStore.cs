@@ -58,6 +58,8 @@ internal sealed class SqliteStateStore(IOptions<OrchestratorOptions> options, Ti
     /// <summary>The database file.</summary>
     public string Path { get; } = options.Value.GetStatePath();
 
+    public string Description => "sqlite " + Path;
+
     public async Task InitializeAsync(CancellationToken cancellationToken)
     {
         var directory = System.IO.Path.GetDirectoryName(Path);

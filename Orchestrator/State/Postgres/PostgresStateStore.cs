@@ -41,6 +41,8 @@ internal sealed partial class PostgresStateStore(
     private readonly NpgsqlDataSource _dataSource = BuildDataSource(options.Value);
     private readonly string _target = DescribeTarget(options.Value.ConnectionString);
 
+    public string Description => "postgres " + _target;
+
     public async Task InitializeAsync(CancellationToken cancellationToken)
     {
         // A warm start runs no DDL at all: on Spanner every DDL statement, even a no-op IF NOT EXISTS,
