@@ -3,6 +3,7 @@ using Rbs.V1;
 
 namespace Rbs.Tests.Gateway;
 
+[Collection(TunnelCollection.Name)]
 public sealed class TunnelStreamTests(ITestOutputHelper output) : IAsyncLifetime
 {
     private readonly TunnelTestEnvironment _env = new(output);
