@@ -20,6 +20,9 @@ internal enum RbsTokenKind
 
     /// <summary>A client (user) may open streams to <see cref="RbsTokenClaims.AgentId"/> through the gateway.</summary>
     Session,
+
+    /// <summary>The orchestrator may query the gateway's internal API (agent registration state).</summary>
+    Internal,
 }
 
 /// <summary>The validated content of a token.</summary>
@@ -179,7 +182,12 @@ internal sealed class RbsTokenService
 
     private byte[] Sign(string body) => HMACSHA256.HashData(_key, Encoding.ASCII.GetBytes(body));
 
-    private static string KindName(RbsTokenKind kind) => kind == RbsTokenKind.Join ? "join" : "session";
+    private static string KindName(RbsTokenKind kind) => kind switch
+    {
+        RbsTokenKind.Join => "join",
+        RbsTokenKind.Session => "session",
+        _ => "internal",
+    };
 
     private static bool TryParseKind(string? name, out RbsTokenKind kind)
     {
@@ -190,6 +198,9 @@ internal sealed class RbsTokenService
                 return true;
             case "session":
                 kind = RbsTokenKind.Session;
+                return true;
+            case "internal":
+                kind = RbsTokenKind.Internal;
                 return true;
             default:
                 kind = default;

@@ -20,12 +20,28 @@ internal static partial class TunnelEndpoints
     public static IEndpointRouteBuilder MapAgentTunnels(this IEndpointRouteBuilder endpoints)
     {
         endpoints.Map(ConnectPath, AcceptTunnelAsync);
-        endpoints.MapGet("/internal/v1/agents", (AgentTunnelRegistry registry) => Results.Json(registry.Snapshot(), s_json));
-        endpoints.MapGet("/internal/v1/agents/{agentId}", GetAgentAsync);
+        // Agents reach this endpoint too (and run user builds), so the internal API wants the orchestrator's token.
+        var internalApi = endpoints.MapGroup("/internal/v1").AddEndpointFilter(RequireInternalToken);
+        internalApi.MapGet("/agents", (AgentTunnelRegistry registry) => Results.Json(registry.Snapshot(), s_json));
+        internalApi.MapGet("/agents/{agentId}", GetAgentAsync);
         return endpoints;
     }
 
     private static readonly JsonSerializerOptions s_json = new(JsonSerializerDefaults.Web);
+
+    private static async ValueTask<object?> RequireInternalToken(EndpointFilterInvocationContext context, EndpointFilterDelegate next)
+    {
+        var http = context.HttpContext;
+        var tokens = http.RequestServices.GetRequiredService<RbsTokenService>();
+        var validation = tokens.Validate(BearerToken(http.Request.Headers.Authorization), RbsTokenKind.Internal);
+        if (!validation.IsValid)
+        {
+            http.Response.Headers.WWWAuthenticate = "Bearer error=\"invalid_token\"";
+            return Results.Text($"internal token rejected: {validation.Failure}\n", statusCode: StatusCodes.Status401Unauthorized);
+        }
+
+        return await next(context);
+    }
 
     /// <summary>
     /// 200 with the agent's tunnels when online, else 404. <c>?waitSeconds=N</c> long-polls up to N seconds

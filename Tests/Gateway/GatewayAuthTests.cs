@@ -113,7 +113,7 @@ public sealed class GatewayAuthTests(ITestOutputHelper output) : IAsyncLifetime
         var response = await http.GetAsync(_gateway.PublicAddress + "/internal/v1/agents/agent-alice");
         Assert.Equal(System.Net.HttpStatusCode.NotFound, response.StatusCode);
 
-        using var agentSide = new HttpClient();
+        var agentSide = _env.InternalClient();
         var onAgentEndpoint = await agentSide.GetAsync(_gateway.AgentAddress + "/internal/v1/agents/agent-alice");
         Assert.Equal(System.Net.HttpStatusCode.OK, onAgentEndpoint.StatusCode);
         Assert.Contains("\"online\":true", await onAgentEndpoint.Content.ReadAsStringAsync(), StringComparison.Ordinal);
@@ -152,7 +152,16 @@ public sealed class GatewayRegistrationAndProxyTests(ITestOutputHelper output) :
     public async Task InternalApiLongPollsUntilTheAgentRegisters()
     {
         var gateway = await _env.StartGatewayAsync();
-        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(30) };
+        var http = _env.InternalClient();
+
+        // Agents can reach the agent endpoint too (and run user code): the internal API wants the orchestrator's token.
+        using (var anonymous = new HttpClient())
+        {
+            Assert.Equal(System.Net.HttpStatusCode.Unauthorized, (await anonymous.GetAsync(gateway.AgentAddress + "/internal/v1/agents")).StatusCode);
+            using var withSession = new HttpRequestMessage(HttpMethod.Get, gateway.AgentAddress + "/internal/v1/agents/agent-w");
+            withSession.Headers.Authorization = new("Bearer", _env.SessionToken("agent-w"));
+            Assert.Equal(System.Net.HttpStatusCode.Unauthorized, (await anonymous.SendAsync(withSession)).StatusCode);
+        }
 
         var unknown = await http.GetAsync(gateway.AgentAddress + "/internal/v1/agents/agent-w");
         Assert.Equal(System.Net.HttpStatusCode.NotFound, unknown.StatusCode);

@@ -33,7 +33,20 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
     public string SessionToken(string agentId, string user = "alice", TimeSpan? lifetime = null) =>
         Tokens.Mint(RbsTokenKind.Session, agentId, user, lifetime ?? TimeSpan.FromMinutes(10));
 
-    public async Task<GatewayHost> StartGatewayAsync(string publicListen = "127.0.0.1:0", string agentListen = "127.0.0.1:0", string? orchestrator = null)
+    /// <summary>An HttpClient for the gateway's internal API, authenticated as the orchestrator.</summary>
+    public HttpClient InternalClient()
+    {
+        var http = new HttpClient { Timeout = TimeSpan.FromSeconds(30) };
+        http.DefaultRequestHeaders.Authorization = new("Bearer", Tokens.Mint(RbsTokenKind.Internal, "orchestrator", "orchestrator", TimeSpan.FromMinutes(5)));
+        _disposables.Add(new AsyncDisposable(() =>
+        {
+            http.Dispose();
+            return ValueTask.CompletedTask;
+        }));
+        return http;
+    }
+
+    public async Task<GatewayHost> StartGatewayAsync(string publicListen = "127.0.0.1:0", string agentListen = "127.0.0.1:0", string? orchestrator = null, string? certificatePath = null)
     {
         var builder = WebApplication.CreateBuilder(new WebApplicationOptions { EnvironmentName = "Production" });
         builder.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
@@ -44,6 +57,7 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
             ["Gateway:OrchestratorAddress"] = orchestrator ?? "http://127.0.0.1:1",
             ["Gateway:TunnelKeepAliveInterval"] = "00:00:05",
             ["Gateway:TunnelKeepAliveTimeout"] = "00:00:05",
+            ["Gateway:CertificatePath"] = certificatePath,
         });
         var logs = new TestLoggerProvider(output, "gateway");
         builder.Logging.ClearProviders().SetMinimumLevel(LogLevel.Debug).AddProvider(logs);
@@ -85,12 +99,12 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
         return host;
     }
 
-    public GrpcChannel Channel(string address)
+    public GrpcChannel Channel(string address, SocketsHttpHandler? handler = null)
     {
         var channel = GrpcChannel.ForAddress(address, new GrpcChannelOptions
         {
             MaxReceiveMessageSize = 8 * 1024 * 1024,
-            HttpHandler = new SocketsHttpHandler { EnableMultipleHttp2Connections = true },
+            HttpHandler = handler ?? new SocketsHttpHandler { EnableMultipleHttp2Connections = true },
         });
         _disposables.Add(new AsyncDisposable(() =>
         {
