@@ -104,7 +104,7 @@ internal sealed partial class AgentStreamForwarder(
         else if (interceptor?.SuppressedDestinationReset == true)
         {
             GrpcResponses.AppendStatusTrailers(context, StatusCode.Unavailable,
-                $"the tunnel to agent {route} was lost mid-stream ({error}); the command's state on the agent is unknown, retry");
+                $"the tunnel to agent {route} was lost mid-stream; the command's state on the agent is unknown, retry");
         }
     }
 
@@ -120,8 +120,10 @@ internal sealed partial class AgentStreamForwarder(
 
     /// <summary>
     /// When the agent side fails after the response started, YARP resets the client's stream (the client
-    /// would see a bare INTERNAL_ERROR). For destination-side failures we instead end the stream with a
-    /// gRPC Unavailable status and a message that says the tunnel was lost. Client-side failures reset as usual.
+    /// would see a bare INTERNAL_ERROR or CANCEL). While the client is still connected, the failure came from
+    /// the tunnel side — YARP's error code alone is ambiguous, since either copy direction may notice first —
+    /// so we end the stream with a gRPC Unavailable status and a message that says the tunnel was lost.
+    /// A client that went away gets the reset as usual.
     /// </summary>
     private sealed class ResetInterceptor(HttpContext context, IHttpResetFeature inner) : IHttpResetFeature
     {
@@ -129,8 +131,7 @@ internal sealed partial class AgentStreamForwarder(
 
         public void Reset(int errorCode)
         {
-            var error = context.Features.Get<IForwarderErrorFeature>()?.Error;
-            if (error is ForwarderError.ResponseBodyDestination or ForwarderError.RequestBodyDestination)
+            if (!context.RequestAborted.IsCancellationRequested)
             {
                 SuppressedDestinationReset = true;
                 return;
