@@ -67,12 +67,24 @@ internal sealed class TunnelConnection : ConnectionContext,
             return;
         }
 
-        await Transport.Input.CompleteAsync();
-        await Transport.Output.CompleteAsync();
-        await _stream.DisposeAsync();
-        CancelClosed();
-        _closed.Dispose();
-        _onDisposed(this);
+        try
+        {
+            await Transport.Input.CompleteAsync();
+            // Completing the writer flushes what Kestrel buffered; on a dead tunnel that throws.
+            await Transport.Output.CompleteAsync();
+        }
+        catch (Exception ex) when (ex is IOException or OperationCanceledException or ObjectDisposedException or InvalidOperationException)
+        {
+            // The tunnel is gone; nothing left to flush to.
+        }
+        finally
+        {
+            await _stream.DisposeAsync();
+            CancelClosed();
+            _closed.Dispose();
+            _onDisposed(this);
+        }
+
         await base.DisposeAsync();
     }
 

@@ -3,7 +3,7 @@ using Microsoft.Extensions.Logging;
 
 namespace Rbs.Tests.Gateway;
 
-/// <summary>Routes a host's logs to the test output and records event ids so tests can count them.</summary>
+/// <summary>Routes a host's logs to the test output and counts RBS event ids so tests can assert on them.</summary>
 internal sealed class TestLoggerProvider(ITestOutputHelper output, string prefix) : ILoggerProvider
 {
     private readonly ConcurrentDictionary<int, int> _eventCounts = new();
@@ -18,7 +18,11 @@ internal sealed class TestLoggerProvider(ITestOutputHelper output, string prefix
 
     private void Write(string category, LogLevel level, EventId eventId, string message, Exception? exception)
     {
-        _eventCounts.AddOrUpdate(eventId.Id, 1, (_, n) => n + 1);
+        if (category.StartsWith("Rbs.", StringComparison.Ordinal))
+        {
+            _eventCounts.AddOrUpdate(eventId.Id, 1, (_, n) => n + 1);
+        }
+
         var shortCategory = category[(category.LastIndexOf('.') + 1)..];
         try
         {

@@ -162,3 +162,52 @@ public sealed class TunnelFailureTests(ITestOutputHelper output) : IAsyncLifetim
         return ((IPEndPoint)listener.LocalEndpoint).Port;
     }
 }
+
+[Collection(TunnelCollection.Name)]
+public sealed class TunnelKeepAliveTests(ITestOutputHelper output) : IAsyncLifetime
+{
+    private readonly TunnelTestEnvironment _env = new(output);
+
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    public Task DisposeAsync() => _env.StopAllAsync();
+
+    [Fact]
+    public async Task SilentlyDeadTunnelsAreEvictedOnBothSidesAndTheAgentComesBack()
+    {
+        var gateway = await _env.StartGatewayAsync(keepAliveSeconds: 1);
+        var agentUri = new Uri(gateway.AgentAddress);
+        await using var relay = new FreezableTcpRelay(new IPEndPoint(IPAddress.Loopback, agentUri.Port));
+        var agent = await _env.StartAgentAsync("agent-z", relay.Address, _env.JoinToken("agent-z"), spares: 2, keepAliveSeconds: 1);
+        await TunnelTestEnvironment.EventuallyAsync(() => gateway.IsOnline("agent-z"), TimeSpan.FromSeconds(10), "agent registered through the relay");
+        var client = new V1.Agent.AgentClient(_env.Channel(gateway.PublicAddress));
+        var metadata = TunnelTestEnvironment.Route("agent-z", _env.SessionToken("agent-z"));
+        using var call = client.ExecuteCommand(metadata);
+        await call.RequestStream.WriteAsync(TunnelTestEnvironment.Start("forever"));
+        Assert.True(await call.ResponseStream.MoveNext().WaitAsync(TunnelTestEnvironment.Timeout));
+
+        // The link goes silent: no FIN, no RST. Only pings can tell.
+        output.WriteLine($"{DateTime.UtcNow:HH:mm:ss.fff} freezing the link");
+        relay.Freeze();
+        var ex = await Assert.ThrowsAsync<RpcException>(async () =>
+        {
+            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(15));
+            while (await call.ResponseStream.MoveNext(cts.Token))
+            {
+            }
+        });
+        output.WriteLine($"{DateTime.UtcNow:HH:mm:ss.fff} in-flight stream ended: {ex.StatusCode} {ex.Status.Detail}");
+        Assert.Equal(StatusCode.Unavailable, ex.StatusCode);
+        await TunnelTestEnvironment.EventuallyAsync(() => !gateway.IsOnline("agent-z"), TimeSpan.FromSeconds(15), "gateway evicted the dead tunnels");
+        await TunnelTestEnvironment.EventuallyAsync(() => agent.Status.OpenTunnels == 0, TimeSpan.FromSeconds(15), "agent dropped its dead tunnels");
+
+        // A client arriving now gets a clear Unavailable instead of a request stuck on a dead tunnel.
+        var offline = await Assert.ThrowsAsync<RpcException>(() => client.GetStatusAsync(new GetStatusRequest(), metadata).ResponseAsync.WaitAsync(TunnelTestEnvironment.Timeout));
+        Assert.Equal(StatusCode.Unavailable, offline.StatusCode);
+
+        relay.Thaw();
+        await TunnelTestEnvironment.EventuallyAsync(() => gateway.IsOnline("agent-z"), TimeSpan.FromSeconds(15), "agent re-registered after the link recovered");
+        var result = await TunnelTestEnvironment.RunBytesAsync(client, metadata, 50_000, seed: 4).WaitAsync(TunnelTestEnvironment.Timeout);
+        Assert.Equal(DeterministicBytes.ExpectedSha256(50_000, 4), result.Sha256);
+    }
+}

@@ -46,8 +46,9 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
         return http;
     }
 
-    public async Task<GatewayHost> StartGatewayAsync(string publicListen = "127.0.0.1:0", string agentListen = "127.0.0.1:0", string? orchestrator = null, string? certificatePath = null)
+    public async Task<GatewayHost> StartGatewayAsync(string publicListen = "127.0.0.1:0", string agentListen = "127.0.0.1:0", string? orchestrator = null, string? certificatePath = null, int keepAliveSeconds = 5)
     {
+        var keepAlive = TimeSpan.FromSeconds(keepAliveSeconds).ToString();
         var builder = WebApplication.CreateBuilder(new WebApplicationOptions { EnvironmentName = "Production" });
         builder.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
         {
@@ -55,8 +56,8 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
             ["Gateway:AgentListen"] = agentListen,
             ["Gateway:TokenKey"] = Key,
             ["Gateway:OrchestratorAddress"] = orchestrator ?? "http://127.0.0.1:1",
-            ["Gateway:TunnelKeepAliveInterval"] = "00:00:05",
-            ["Gateway:TunnelKeepAliveTimeout"] = "00:00:05",
+            ["Gateway:TunnelKeepAliveInterval"] = keepAlive,
+            ["Gateway:TunnelKeepAliveTimeout"] = keepAlive,
             ["Gateway:CertificatePath"] = certificatePath,
         });
         var logs = new TestLoggerProvider(output, "gateway");
@@ -72,8 +73,9 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
         return host;
     }
 
-    public async Task<AgentHost> StartAgentAsync(string agentId, string gatewayAgentAddress, string joinToken, int spares = 2)
+    public async Task<AgentHost> StartAgentAsync(string agentId, string gatewayAgentAddress, string joinToken, int spares = 2, int keepAliveSeconds = 5)
     {
+        var keepAlive = TimeSpan.FromSeconds(keepAliveSeconds).ToString();
         var builder = WebApplication.CreateBuilder(new WebApplicationOptions { EnvironmentName = "Production" });
         builder.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
         {
@@ -81,8 +83,9 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
             ["Agent:Tunnel:JoinToken"] = joinToken,
             ["Agent:Tunnel:SpareConnections"] = spares.ToString(System.Globalization.CultureInfo.InvariantCulture),
             ["Agent:Tunnel:ReconnectMaxDelay"] = "00:00:01",
-            ["Agent:Tunnel:KeepAliveInterval"] = "00:00:05",
-            ["Agent:Tunnel:KeepAliveTimeout"] = "00:00:05",
+            ["Agent:Tunnel:KeepAliveInterval"] = keepAlive,
+            ["Agent:Tunnel:KeepAliveTimeout"] = keepAlive,
+            ["Agent:Tunnel:ConnectTimeout"] = "00:00:02",
         });
         var logs = new TestLoggerProvider(output, "agent " + agentId);
         builder.Logging.ClearProviders().SetMinimumLevel(LogLevel.Debug).AddProvider(logs);
