@@ -4,6 +4,7 @@ using System.Threading.Channels;
 using Microsoft.Extensions.Options;
 using Rbs.Agent.Tunnel;
 using Rbs.Gateway.Hosting;
+using Rbs.Gateway.Security;
 
 namespace Rbs.Gateway.Tunnel;
 
@@ -29,7 +30,7 @@ internal sealed partial class AgentTunnelRegistry(IOptions<GatewayOptions> optio
     /// <summary>False when the agent id is already online for another user (a second identity must not hijack it).</summary>
     public bool CanRegister(string agentId, string userId) =>
         !_agents.TryGetValue(agentId, out var existing) || existing.LiveCount == 0
-        || RbsTokenServiceEquals(existing.UserId, userId);
+        || RbsTokenService.FixedTimeEquals(existing.UserId, userId);
 
     /// <summary>Adds a freshly accepted tunnel as idle; null when the gateway is stopping or the id belongs to another user.</summary>
     public GatewayTunnel? Add(string agentId, string userId, WebSocketTunnelStream stream)
@@ -126,8 +127,6 @@ internal sealed partial class AgentTunnelRegistry(IOptions<GatewayOptions> optio
             agent.Dispose();
         }
     }
-
-    private static bool RbsTokenServiceEquals(string a, string b) => Security.RbsTokenService.FixedTimeEquals(a, b);
 
     private static partial class Log
     {

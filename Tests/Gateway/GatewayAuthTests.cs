@@ -230,3 +230,32 @@ public sealed class GatewayRegistrationAndProxyTests(ITestOutputHelper output) :
             });
     }
 }
+
+[Collection(TunnelCollection.Name)]
+public sealed class AgentRegistrationClientTests(ITestOutputHelper output) : IAsyncLifetime
+{
+    private readonly TunnelTestEnvironment _env = new(output);
+
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    public Task DisposeAsync() => _env.StopAllAsync();
+
+    [Fact]
+    public async Task OrchestratorSideClientWaitsForRegistrationAndDetectsAKeyMismatch()
+    {
+        var gateway = await _env.StartGatewayAsync();
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(60) };
+        var registration = new Rbs.Gateway.Registration.AgentRegistrationClient(http, new Uri(gateway.AgentAddress), _env.Tokens);
+
+        Assert.False(await registration.WaitUntilRegisteredAsync("agent-q", TimeSpan.FromMilliseconds(300), CancellationToken.None).WaitAsync(TunnelTestEnvironment.Timeout));
+
+        var waiting = registration.WaitUntilRegisteredAsync("agent-q", TimeSpan.FromSeconds(20), CancellationToken.None);
+        await _env.StartAgentAsync("agent-q", gateway.AgentAddress, _env.JoinToken("agent-q"), spares: 1);
+        Assert.True(await waiting.WaitAsync(TunnelTestEnvironment.Timeout));
+
+        var otherKey = new Rbs.Gateway.Security.RbsTokenService(Convert.FromBase64String(Rbs.Gateway.Security.RbsTokenService.GenerateKey()), TimeProvider.System);
+        var mismatched = new Rbs.Gateway.Registration.AgentRegistrationClient(http, new Uri(gateway.AgentAddress), otherKey);
+        var ex = await Assert.ThrowsAsync<InvalidOperationException>(() => mismatched.IsRegisteredAsync("agent-q", TimeSpan.Zero, CancellationToken.None));
+        Assert.Contains("same token key", ex.Message, StringComparison.Ordinal);
+    }
+}
