@@ -94,3 +94,51 @@ public sealed class TunnelLoadTests(ITestOutputHelper output) : IAsyncLifetime
         Assert.Equal(0, exit);
     }
 }
+
+[Collection(TunnelCollection.Name)]
+public sealed class MultiAgentRoutingTests(ITestOutputHelper output) : IAsyncLifetime
+{
+    private readonly TunnelTestEnvironment _env = new(output);
+
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    public Task DisposeAsync() => _env.StopAllAsync();
+
+    [Fact]
+    public async Task EachStreamReachesExactlyTheAgentItsRouteNames()
+    {
+        const int Agents = 5;
+        var gateway = await _env.StartGatewayAsync();
+        var agents = await Task.WhenAll(Enumerable.Range(0, Agents).Select(i =>
+            _env.StartAgentAsync($"agent-{i}", gateway.AgentAddress, _env.JoinToken($"agent-{i}", $"user-{i}"), spares: 1)));
+        await TunnelTestEnvironment.EventuallyAsync(() => Enumerable.Range(0, Agents).All(i => gateway.IsOnline($"agent-{i}")), TimeSpan.FromSeconds(15), "all agents registered");
+        var client = new V1.Agent.AgentClient(_env.Channel(gateway.PublicAddress));
+
+        var calls = Enumerable.Range(0, Agents * 8).Select(async n =>
+        {
+            var i = n % Agents;
+            using var call = client.ExecuteCommand(TunnelTestEnvironment.Route($"agent-{i}", _env.SessionToken($"agent-{i}", $"user-{i}")));
+            await call.RequestStream.WriteAsync(TunnelTestEnvironment.Start("bytes", "1000", n.ToString(System.Globalization.CultureInfo.InvariantCulture)));
+            Assert.True(await call.ResponseStream.MoveNext());
+            var servedBy = call.ResponseStream.Current.Started.AgentId;
+            while (await call.ResponseStream.MoveNext())
+            {
+            }
+
+            return (Expected: $"agent-{i}", ServedBy: servedBy);
+        });
+        var results = await Task.WhenAll(calls).WaitAsync(TimeSpan.FromSeconds(60));
+
+        Assert.All(results, r => Assert.Equal(r.Expected, r.ServedBy));
+        var snapshot = gateway.Registry.Snapshot();
+        Assert.Equal(Agents, snapshot.Count);
+        Assert.All(snapshot, s => Assert.Equal("user-" + s.AgentId["agent-".Length..], s.UserId));
+
+        // One agent leaving does not disturb the others.
+        await agents[0].StopAsync();
+        await TunnelTestEnvironment.EventuallyAsync(() => !gateway.IsOnline("agent-0"), TimeSpan.FromSeconds(15), "agent-0 offline");
+        var status = await client.GetStatusAsync(new GetStatusRequest(), TunnelTestEnvironment.Route("agent-1", _env.SessionToken("agent-1", "user-1")))
+            .ResponseAsync.WaitAsync(TunnelTestEnvironment.Timeout);
+        Assert.Equal("agent-1", status.AgentId);
+    }
+}
