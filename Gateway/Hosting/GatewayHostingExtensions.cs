@@ -1,6 +1,7 @@
 using System.Net;
 using Grpc.Core;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Options;
 using Rbs.Gateway.Security;
 using Rbs.Gateway.Tunnel;
@@ -30,7 +31,7 @@ internal static class GatewayHostingExtensions
                 "Gateway timeouts and intervals must be positive.")
             .ValidateOnStart();
 
-        services.TryAddSingletonTimeProvider();
+        services.TryAddSingleton(TimeProvider.System);
         services.AddSingleton(sp =>
         {
             var o = sp.GetRequiredService<IOptions<GatewayOptions>>().Value;
@@ -87,14 +88,6 @@ internal static class GatewayHostingExtensions
             }
         }));
         return app;
-    }
-
-    private static void TryAddSingletonTimeProvider(this IServiceCollection services)
-    {
-        if (!services.Any(d => d.ServiceType == typeof(TimeProvider)))
-        {
-            services.AddSingleton(TimeProvider.System);
-        }
     }
 
     private static InMemoryConfigProvider OrchestratorProxyConfig(GatewayOptions options) => new(

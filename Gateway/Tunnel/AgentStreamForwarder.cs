@@ -90,7 +90,7 @@ internal sealed partial class AgentStreamForwarder(
         }
 
         var exception = context.Features.Get<IForwarderErrorFeature>()?.Exception;
-        Log.ForwardFailed(logger, route, error, exception?.ToString() ?? "");
+        Log.ForwardFailed(logger, route, error, exception);
         if (context.RequestAborted.IsCancellationRequested)
         {
             return;
@@ -149,7 +149,7 @@ internal sealed partial class AgentStreamForwarder(
         [LoggerMessage(EventId = 131, Level = LogLevel.Warning, Message = "Stream to agent {AgentId} denied for user {UserId}: token is for another agent or user")]
         public static partial void StreamForbidden(ILogger logger, string agentId, string userId);
 
-        [LoggerMessage(EventId = 132, Level = LogLevel.Warning, Message = "Stream to agent {AgentId} failed: {Error} {Reason}")]
-        public static partial void ForwardFailed(ILogger logger, string agentId, ForwarderError error, string reason);
+        [LoggerMessage(EventId = 132, Level = LogLevel.Warning, Message = "Stream to agent {AgentId} failed: {Error}")]
+        public static partial void ForwardFailed(ILogger logger, string agentId, ForwarderError error, Exception? exception);
     }
 }
