@@ -1,7 +1,12 @@
-// Shared by both ends of a tunnel; the gateway links this file as source (Gateway.csproj).
+// Shared by both ends of a tunnel; the gateway links this file as source (Gateway.csproj defines RBS_GATEWAY,
+// so the two copies have different names where both are visible, e.g. in Rbs.Tests).
 using System.Net.WebSockets;
 
+#if RBS_GATEWAY
+namespace Rbs.Gateway.Tunnel;
+#else
 namespace Rbs.Agent.Tunnel;
+#endif
 
 /// <summary>
 /// A WebSocket as a byte stream carrying one inner HTTP/2 connection. Every read goes through one

@@ -1,8 +1,6 @@
 using System.Collections.Concurrent;
 using System.Net;
-using System.Threading.Channels;
 using Microsoft.Extensions.Options;
-using Rbs.Agent.Tunnel;
 using Rbs.Gateway.Hosting;
 using Rbs.Gateway.Security;
 
@@ -11,14 +9,33 @@ namespace Rbs.Gateway.Tunnel;
 /// <summary>
 /// Which agents are connected, and their tunnels. An agent is online while it has at least one live tunnel
 /// (idle or carrying an inner HTTP/2 connection). Identities come only from validated join tokens.
+/// An agent's entry (and its HTTP/2 client) outlives short outages: a request that raced a reconnect waits
+/// for the new tunnels on the same entry instead of failing on a disposed one. Entries offline longer than
+/// <see cref="OfflineRetention"/> are dropped.
 /// </summary>
-internal sealed partial class AgentTunnelRegistry(IOptions<GatewayOptions> options, ILoggerFactory loggerFactory) : IDisposable
+internal sealed partial class AgentTunnelRegistry : IDisposable
 {
+    /// <summary>How long an offline agent's entry is kept for it to come back.</summary>
+    public static readonly TimeSpan OfflineRetention = TimeSpan.FromMinutes(2);
+
     private readonly ConcurrentDictionary<string, AgentTunnels> _agents = new(StringComparer.Ordinal);
     private readonly Lock _lock = new();
-    private readonly ILogger _logger = loggerFactory.CreateLogger<AgentTunnelRegistry>();
+    private readonly IOptions<GatewayOptions> _options;
+    private readonly ILoggerFactory _loggerFactory;
+    private readonly TimeProvider _timeProvider;
+    private readonly ILogger _logger;
+    private readonly ITimer _sweepTimer;
     private TaskCompletionSource _changed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private bool _stopping;
+
+    public AgentTunnelRegistry(IOptions<GatewayOptions> options, ILoggerFactory loggerFactory, TimeProvider timeProvider)
+    {
+        _options = options;
+        _loggerFactory = loggerFactory;
+        _timeProvider = timeProvider;
+        _logger = loggerFactory.CreateLogger<AgentTunnelRegistry>();
+        _sweepTimer = timeProvider.CreateTimer(_ => SweepOffline(), null, OfflineRetention, OfflineRetention);
+    }
 
     /// <summary>The agent's tunnels when it is online, else null.</summary>
     public AgentTunnels? FindOnline(string agentId) =>
@@ -36,6 +53,7 @@ internal sealed partial class AgentTunnelRegistry(IOptions<GatewayOptions> optio
     public GatewayTunnel? Add(string agentId, string userId, WebSocketTunnelStream stream)
     {
         AgentTunnels agent;
+        AgentTunnels? replaced = null;
         GatewayTunnel tunnel;
         TaskCompletionSource changed;
         lock (_lock)
@@ -45,12 +63,19 @@ internal sealed partial class AgentTunnelRegistry(IOptions<GatewayOptions> optio
                 return null;
             }
 
-            agent = _agents.GetOrAdd(agentId, id => new AgentTunnels(id, userId, options.Value, loggerFactory));
+            if (_agents.TryGetValue(agentId, out var existing) && !RbsTokenService.FixedTimeEquals(existing.UserId, userId))
+            {
+                // Offline entry of another owner (CanRegister allowed it): start afresh, never share its client.
+                _agents.TryRemove(agentId, out replaced);
+            }
+
+            agent = _agents.GetOrAdd(agentId, id => new AgentTunnels(id, userId, _options.Value, _loggerFactory));
             tunnel = agent.Add(stream);
             changed = _changed;
             _changed = new(TaskCreationOptions.RunContinuationsAsynchronously);
         }
 
+        replaced?.Dispose();
         changed.TrySetResult();
         Log.TunnelAdded(_logger, agentId, agent.LiveCount, agent.IdleCount);
         return tunnel;
@@ -59,19 +84,38 @@ internal sealed partial class AgentTunnelRegistry(IOptions<GatewayOptions> optio
     public void Remove(GatewayTunnel tunnel)
     {
         var agent = tunnel.Agent;
-        var becameOffline = false;
+        int live;
         lock (_lock)
         {
-            if (agent.Remove(tunnel) == 0 && _agents.TryRemove(new KeyValuePair<string, AgentTunnels>(agent.AgentId, agent)))
+            live = agent.Remove(tunnel, _timeProvider.GetUtcNow());
+        }
+
+        Log.TunnelRemoved(_logger, agent.AgentId, live);
+        if (live == 0)
+        {
+            Log.AgentOffline(_logger, agent.AgentId);
+        }
+    }
+
+    /// <summary>Drops entries (and their HTTP/2 clients) of agents offline longer than <see cref="OfflineRetention"/>.</summary>
+    internal void SweepOffline()
+    {
+        var cutoff = _timeProvider.GetUtcNow() - OfflineRetention;
+        List<AgentTunnels> dropped = [];
+        lock (_lock)
+        {
+            foreach (var agent in _agents.Values)
             {
-                becameOffline = true;
+                if (agent.LiveCount == 0 && agent.OfflineSince is { } since && since <= cutoff
+                    && _agents.TryRemove(new KeyValuePair<string, AgentTunnels>(agent.AgentId, agent)))
+                {
+                    dropped.Add(agent);
+                }
             }
         }
 
-        Log.TunnelRemoved(_logger, agent.AgentId, agent.LiveCount);
-        if (becameOffline)
+        foreach (var agent in dropped)
         {
-            Log.AgentOffline(_logger, agent.AgentId);
             agent.Dispose();
         }
     }
@@ -121,6 +165,7 @@ internal sealed partial class AgentTunnelRegistry(IOptions<GatewayOptions> optio
 
     public void Dispose()
     {
+        _sweepTimer.Dispose();
         AbortAll();
         foreach (var agent in _agents.Values)
         {
@@ -151,7 +196,10 @@ internal sealed record AgentTunnelSnapshot(string AgentId, string UserId, bool O
 /// </summary>
 internal sealed partial class AgentTunnels : IDisposable
 {
-    private readonly Channel<GatewayTunnel> _idle = Channel.CreateUnbounded<GatewayTunnel>();
+    // Newest first: an older idle tunnel is the likelier one to have died unnoticed (the stale-tunnel race).
+    private readonly LinkedList<GatewayTunnel> _idle = new();
+    private readonly SemaphoreSlim _idleCount = new(0);
+    private readonly CancellationTokenSource _disposed = new();
     private readonly HashSet<GatewayTunnel> _all = [];
     private readonly GatewayOptions _options;
     private readonly ILogger _logger;
@@ -204,19 +252,33 @@ internal sealed partial class AgentTunnels : IDisposable
         lock (_all)
         {
             _all.Add(tunnel);
+            OfflineSince = null;
         }
 
-        _idle.Writer.TryWrite(tunnel);
+        lock (_idle)
+        {
+            _idle.AddFirst(tunnel);
+        }
+
+        _idleCount.Release();
         _ = WatchIdleAsync(tunnel);
         return tunnel;
     }
 
+    /// <summary>When the last tunnel closed (null while online).</summary>
+    public DateTimeOffset? OfflineSince { get; private set; }
+
     /// <summary>Returns the number of live tunnels left.</summary>
-    public int Remove(GatewayTunnel tunnel)
+    public int Remove(GatewayTunnel tunnel, DateTimeOffset now)
     {
         lock (_all)
         {
             _all.Remove(tunnel);
+            if (_all.Count == 0)
+            {
+                OfflineSince = now;
+            }
+
             return _all.Count;
         }
     }
@@ -237,7 +299,7 @@ internal sealed partial class AgentTunnels : IDisposable
 
     public void Dispose()
     {
-        _idle.Writer.TryComplete();
+        _disposed.Cancel();
         if (_invoker.IsValueCreated)
         {
             _invoker.Value.Dispose();
@@ -247,24 +309,40 @@ internal sealed partial class AgentTunnels : IDisposable
     /// <summary>Takes an idle tunnel for a new inner HTTP/2 connection, skipping ones that died meanwhile.</summary>
     private async ValueTask<Stream> AcquireAsync(CancellationToken cancellationToken)
     {
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _disposed.Token);
         try
         {
             while (true)
             {
-                var tunnel = await _idle.Reader.ReadAsync(cancellationToken);
-                if (tunnel.TryClaim())
+                await _idleCount.WaitAsync(linked.Token);
+                GatewayTunnel? tunnel;
+                lock (_idle)
+                {
+                    tunnel = _idle.First?.Value;
+                    if (tunnel is not null)
+                    {
+                        _idle.RemoveFirst();
+                    }
+                }
+
+                // (A count without a tunnel belongs to one the idle watch already evicted.)
+                if (tunnel is not null
+                    // A completed pending receive on an idle tunnel means it already closed: skip it even
+                    // if the idle watch has not run yet.
+                    && !tunnel.Stream.WaitForDataAsync().IsCompleted
+                    && tunnel.TryClaim())
                 {
                     Log.TunnelClaimed(_logger, AgentId);
                     return tunnel.Stream;
                 }
             }
         }
-        catch (OperationCanceledException)
+        catch (OperationCanceledException) when (!_disposed.IsCancellationRequested)
         {
             throw new HttpRequestException(HttpRequestError.ConnectionError,
                 $"agent {AgentId} has no idle tunnel to the gateway (waited up to {_options.TunnelAcquireTimeout.TotalSeconds:0.#} s)");
         }
-        catch (ChannelClosedException)
+        catch (OperationCanceledException)
         {
             throw new HttpRequestException(HttpRequestError.ConnectionError, $"agent {AgentId} is no longer connected to the gateway");
         }
@@ -280,6 +358,11 @@ internal sealed partial class AgentTunnels : IDisposable
         var received = await tunnel.Stream.WaitForDataAsync();
         if (tunnel.TryMarkDead())
         {
+            lock (_idle)
+            {
+                _idle.Remove(tunnel);
+            }
+
             if (received > 0)
             {
                 Log.IdleTunnelSpoke(_logger, AgentId);

@@ -1,7 +1,6 @@
 using System.Net.WebSockets;
 using System.Text.Json;
 using Microsoft.Extensions.Options;
-using Rbs.Agent.Tunnel;
 using Rbs.Gateway.Hosting;
 using Rbs.Gateway.Security;
 
