@@ -1,0 +1,64 @@
+namespace Rbs.Agent.Tunnel;
+
+/// <summary>
+/// Tunnel mode (section <c>Agent:Tunnel</c>, env <c>Agent__Tunnel__Key</c>): the agent listens on nothing and
+/// dials out to the gateway's agent endpoint; Kestrel serves the agent's gRPC over those connections.
+/// Enabled when <see cref="GatewayAddress"/> is set.
+/// </summary>
+internal sealed class AgentTunnelOptions
+{
+    public const string SectionName = "Agent:Tunnel";
+
+    /// <summary>The gateway's agent endpoint, e.g. <c>http://rbs-gateway:8081</c> (<c>https</c>/<c>wss</c> for TLS). Flag <c>--gateway</c>. Default none (tunnel mode off).</summary>
+    public string? GatewayAddress { get; set; }
+
+    /// <summary>Join token minted by the orchestrator for this agent id. Flag <c>--join-token</c>. Default none.</summary>
+    public string? JoinToken { get; set; }
+
+    /// <summary>File holding the join token (preferred over the command line, which other users can read). Flag <c>--join-token-file</c>. Default none.</summary>
+    public string? JoinTokenFile { get; set; }
+
+    /// <summary>Idle tunnel connections kept open; one is replaced as soon as the gateway starts using it. Default <c>2</c>.</summary>
+    public int SpareConnections { get; set; } = 2;
+
+    /// <summary>First reconnect delay (the cap of the first jittered wait). Default <c>00:00:00.100</c>.</summary>
+    public TimeSpan ReconnectInitialDelay { get; set; } = TimeSpan.FromMilliseconds(100);
+
+    /// <summary>Cap of the exponential reconnect delay (full jitter below it). Default <c>00:00:30</c>.</summary>
+    public TimeSpan ReconnectMaxDelay { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>WebSocket ping interval on tunnels. Default <c>00:00:15</c>.</summary>
+    public TimeSpan KeepAliveInterval { get; set; } = TimeSpan.FromSeconds(15);
+
+    /// <summary>A tunnel whose gateway does not answer a ping within this time is dropped and redialled. Default <c>00:00:10</c>.</summary>
+    public TimeSpan KeepAliveTimeout { get; set; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Timeout of one WebSocket connect to the gateway. Default <c>00:00:10</c>.</summary>
+    public TimeSpan ConnectTimeout { get; set; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>When the gateway rejects the join token (4xx, final), stop the agent instead of idling without a tunnel. Default <c>true</c>.</summary>
+    public bool StopOnRejection { get; set; } = true;
+
+    /// <summary>Friendly flags for the agent's command line (merge into the agent's switch mappings).</summary>
+    public static readonly Dictionary<string, string> SwitchMappings = new(StringComparer.Ordinal)
+    {
+        ["--gateway"] = $"{SectionName}:{nameof(GatewayAddress)}",
+        ["--join-token"] = $"{SectionName}:{nameof(JoinToken)}",
+        ["--join-token-file"] = $"{SectionName}:{nameof(JoinTokenFile)}",
+    };
+
+    /// <summary>The WebSocket URI of the gateway's tunnel endpoint.</summary>
+    public Uri ConnectUri()
+    {
+        var address = GatewayAddress ?? throw new InvalidOperationException("Agent:Tunnel:GatewayAddress is not set.");
+        var builder = new UriBuilder(address.Contains("://", StringComparison.Ordinal) ? address : "http://" + address);
+        builder.Scheme = builder.Scheme switch
+        {
+            "http" or "ws" => "ws",
+            "https" or "wss" => "wss",
+            _ => throw new FormatException($"Agent:Tunnel:GatewayAddress '{address}' must be http(s):// or ws(s)://."),
+        };
+        builder.Path = builder.Path.TrimEnd('/') + "/tunnel/v1/connect";
+        return builder.Uri;
+    }
+}

@@ -1,0 +1,119 @@
+using System.Net;
+using Grpc.Core;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Options;
+using Rbs.Gateway.Security;
+using Rbs.Gateway.Tunnel;
+using Yarp.ReverseProxy.Configuration;
+using Yarp.ReverseProxy.Forwarder;
+
+namespace Rbs.Gateway.Hosting;
+
+internal static class GatewayHostingExtensions
+{
+    public const string OrchestratorRoutePrefix = "/rbs.v1.Orchestrator/";
+    public const string AgentRoutePrefix = "/rbs.v1.Agent/";
+
+    /// <summary>Options, tokens, tunnels, the forwarder and both Kestrel endpoints.</summary>
+    public static WebApplicationBuilder AddGateway(this WebApplicationBuilder builder)
+    {
+        var services = builder.Services;
+        services.AddOptions<GatewayOptions>()
+            .BindConfiguration(GatewayOptions.SectionName)
+            .ValidateDataAnnotations()
+            .Validate(o => !string.IsNullOrWhiteSpace(o.TokenKey) || !string.IsNullOrWhiteSpace(o.TokenKeyFile),
+                "A token key is required: set Gateway:TokenKey (base64, >= 32 bytes) or pass --token-key-file (the orchestrator's key).")
+            .Validate(o => Uri.TryCreate(o.OrchestratorAddress, UriKind.Absolute, out var uri) && uri.Scheme is "http" or "https",
+                "Gateway:OrchestratorAddress must be an absolute http:// or https:// address.")
+            .Validate(o => o.TunnelKeepAliveInterval > TimeSpan.Zero && o.TunnelKeepAliveTimeout > TimeSpan.Zero && o.TunnelAcquireTimeout > TimeSpan.Zero
+                && o.AgentStreamIdleTimeout > TimeSpan.Zero && o.JoinTokenRenewalLifetime > TimeSpan.Zero && o.OrchestratorCallTimeout > TimeSpan.Zero,
+                "Gateway timeouts and intervals must be positive.")
+            .ValidateOnStart();
+
+        services.TryAddSingleton(TimeProvider.System);
+        services.AddSingleton(sp =>
+        {
+            var o = sp.GetRequiredService<IOptions<GatewayOptions>>().Value;
+            var key = !string.IsNullOrWhiteSpace(o.TokenKey) ? RbsTokenService.DecodeKey(o.TokenKey) : RbsTokenService.ReadKeyFile(o.TokenKeyFile!);
+            return new RbsTokenService(key, sp.GetRequiredService<TimeProvider>());
+        });
+        services.AddSingleton<AgentTunnelRegistry>();
+        services.AddSingleton<AgentStreamForwarder>();
+        services.AddSingleton<GatewayEndpoints>();
+        services.AddHostedService<GatewayReadyFile>();
+
+        services.AddOptions<KestrelServerOptions>()
+            .Configure<IOptions<GatewayOptions>, GatewayEndpoints>((kestrel, options, endpoints) => endpoints.Configure(kestrel, options.Value));
+
+        services.AddReverseProxy();
+        services.AddSingleton<IProxyConfigProvider>(sp => OrchestratorProxyConfig(sp.GetRequiredService<IOptions<GatewayOptions>>().Value));
+        return builder;
+    }
+
+    public static WebApplication MapGateway(this WebApplication app)
+    {
+        var registry = app.Services.GetRequiredService<AgentTunnelRegistry>();
+        app.Lifetime.ApplicationStopping.Register(registry.AbortAll);
+
+        // Client routes only on the public endpoint; tunnels and the internal API only on the agent endpoint.
+        app.Use((context, next) =>
+        {
+            var path = context.Request.Path;
+            var agentPath = path.StartsWithSegments("/tunnel") || path.StartsWithSegments("/internal");
+            var allowed = path.StartsWithSegments("/healthz")
+                || (agentPath ? GatewayEndpoints.IsAgent(context) : GatewayEndpoints.IsPublic(context));
+            if (!allowed)
+            {
+                context.Response.StatusCode = StatusCodes.Status404NotFound;
+                return Task.CompletedTask;
+            }
+
+            return next(context);
+        });
+        app.UseWebSockets();
+
+        app.MapGet("/healthz", () => "ok");
+        app.MapAgentTunnels();
+        app.MapPost(AgentRoutePrefix + "{**method}", (HttpContext context, AgentStreamForwarder forwarder) => forwarder.ForwardAsync(context));
+        app.MapReverseProxy(proxy => proxy.Use(async (context, next) =>
+        {
+            await next();
+            // The orchestrator is down or unreachable: say so in gRPC terms instead of a bare 502.
+            if (context.Features.Get<IForwarderErrorFeature>() is { } error && !context.Response.HasStarted && !context.RequestAborted.IsCancellationRequested)
+            {
+                var address = context.RequestServices.GetRequiredService<IOptions<GatewayOptions>>().Value.OrchestratorAddress;
+                await GrpcResponses.WriteStatusAsync(context, StatusCode.Unavailable,
+                    $"the gateway cannot reach the orchestrator at {address} ({error.Error}: {error.Exception?.GetBaseException().Message})");
+            }
+        }));
+        return app;
+    }
+
+    private static InMemoryConfigProvider OrchestratorProxyConfig(GatewayOptions options) => new(
+        [
+            new RouteConfig
+            {
+                RouteId = "orchestrator",
+                ClusterId = "orchestrator",
+                Match = new RouteMatch { Path = OrchestratorRoutePrefix + "{**method}" },
+            },
+        ],
+        [
+            new ClusterConfig
+            {
+                ClusterId = "orchestrator",
+                Destinations = new Dictionary<string, DestinationConfig>(StringComparer.Ordinal)
+                {
+                    ["orchestrator"] = new() { Address = options.OrchestratorAddress },
+                },
+                HttpRequest = new ForwarderRequestConfig
+                {
+                    // gRPC needs HTTP/2 end to end; h2c only works with prior knowledge.
+                    Version = HttpVersion.Version20,
+                    VersionPolicy = HttpVersionPolicy.RequestVersionExact,
+                    ActivityTimeout = options.OrchestratorCallTimeout,
+                },
+            },
+        ]);
+}

@@ -1,0 +1,65 @@
+using System.ComponentModel.DataAnnotations;
+
+namespace Rbs.Gateway.Hosting;
+
+/// <summary>Configuration of rbs-gateway (section <c>Gateway</c>, env <c>Gateway__Key</c>).</summary>
+internal sealed class GatewayOptions
+{
+    public const string SectionName = "Gateway";
+
+    /// <summary>Client endpoint (jbazel): gRPC over HTTP/2, TLS when <see cref="CertificatePath"/> is set. Flag <c>--public-listen</c>. Default <c>127.0.0.1:8080</c>.</summary>
+    [Required]
+    public string PublicListen { get; set; } = "127.0.0.1:8080";
+
+    /// <summary>Agent endpoint: tunnel WebSockets and the internal registration API; keep it cluster-internal. Flag <c>--agent-listen</c>. Default <c>127.0.0.1:8081</c>.</summary>
+    [Required]
+    public string AgentListen { get; set; } = "127.0.0.1:8081";
+
+    /// <summary>Where <c>/rbs.v1.Orchestrator/*</c> calls are proxied (h2c or https). Flag <c>--orchestrator</c>. Default <c>http://127.0.0.1:50051</c>.</summary>
+    [Required]
+    public string OrchestratorAddress { get; set; } = "http://127.0.0.1:50051";
+
+    /// <summary>PFX/PKCS#12 certificate for TLS on the public endpoint. Default none (h2c).</summary>
+    public string? CertificatePath { get; set; }
+
+    /// <summary>Password of <see cref="CertificatePath"/>. Default none.</summary>
+    public string? CertificatePassword { get; set; }
+
+    /// <summary>Base64 HMAC key (≥ 32 bytes) shared with the orchestrator for join and session tokens. Default none (then <see cref="TokenKeyFile"/> is required).</summary>
+    public string? TokenKey { get; set; }
+
+    /// <summary>File holding the base64 token key (a mounted secret). Flag <c>--token-key-file</c>. Default none.</summary>
+    public string? TokenKeyFile { get; set; }
+
+    /// <summary>WebSocket ping interval and HTTP/2 ping delay on tunnels. Default <c>00:00:15</c>.</summary>
+    public TimeSpan TunnelKeepAliveInterval { get; set; } = TimeSpan.FromSeconds(15);
+
+    /// <summary>A tunnel whose peer does not answer a ping within this time is evicted. Default <c>00:00:10</c>.</summary>
+    public TimeSpan TunnelKeepAliveTimeout { get; set; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>How long a new inner HTTP/2 connection waits for an idle tunnel of its agent. Default <c>00:00:05</c>.</summary>
+    public TimeSpan TunnelAcquireTimeout { get; set; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>A client stream with no bytes in either direction for this long is cancelled (a quiet bazel phase must fit). Default <c>1.00:00:00</c>.</summary>
+    public TimeSpan AgentStreamIdleTimeout { get; set; } = TimeSpan.FromDays(1);
+
+    /// <summary>Lifetime of the refreshed join token returned to an agent on every tunnel connect (lets agents re-register after a gateway restart although the orchestrator's join token was short-lived). Default <c>00:30:00</c>.</summary>
+    public TimeSpan JoinTokenRenewalLifetime { get; set; } = TimeSpan.FromMinutes(30);
+
+    /// <summary>Upper bound for a proxied orchestrator call (GetServer may wait for a cold agent). Default <c>00:10:00</c>.</summary>
+    public TimeSpan OrchestratorCallTimeout { get; set; } = TimeSpan.FromMinutes(10);
+
+    /// <summary>Once both endpoints listen, <c>{"publicAddress":..,"agentAddress":..,"pid":..}</c> is written here (atomically). Flag <c>--ready-file</c>. Default none.</summary>
+    public string? ReadyFile { get; set; }
+
+    /// <summary>Maps the friendly command-line flags to configuration keys.</summary>
+    public static readonly Dictionary<string, string> SwitchMappings = new(StringComparer.Ordinal)
+    {
+        ["--public-listen"] = $"{SectionName}:{nameof(PublicListen)}",
+        ["--agent-listen"] = $"{SectionName}:{nameof(AgentListen)}",
+        ["--orchestrator"] = $"{SectionName}:{nameof(OrchestratorAddress)}",
+        ["--token-key-file"] = $"{SectionName}:{nameof(TokenKeyFile)}",
+        ["--ready-file"] = $"{SectionName}:{nameof(ReadyFile)}",
+        ["--certificate"] = $"{SectionName}:{nameof(CertificatePath)}",
+    };
+}

@@ -1,0 +1,135 @@
+using System.Net.WebSockets;
+using System.Text.Json;
+using Microsoft.Extensions.Options;
+using Rbs.Gateway.Hosting;
+using Rbs.Gateway.Security;
+
+namespace Rbs.Gateway.Tunnel;
+
+/// <summary>The agent endpoint: tunnel WebSockets and the internal registration API.</summary>
+internal static partial class TunnelEndpoints
+{
+    public const string ConnectPath = "/tunnel/v1/connect";
+
+    /// <summary>Response header on the 101: a fresh join token the agent uses for its later connects.</summary>
+    public const string RenewedJoinTokenHeader = "rbs-join-token";
+
+    private const int MaxWaitSeconds = 120;
+
+    public static IEndpointRouteBuilder MapAgentTunnels(this IEndpointRouteBuilder endpoints)
+    {
+        endpoints.Map(ConnectPath, AcceptTunnelAsync);
+        // Agents reach this endpoint too (and run user builds), so the internal API wants the orchestrator's token.
+        var internalApi = endpoints.MapGroup("/internal/v1").AddEndpointFilter(RequireInternalToken);
+        internalApi.MapGet("/agents", (AgentTunnelRegistry registry) => Results.Json(registry.Snapshot(), s_json));
+        internalApi.MapGet("/agents/{agentId}", GetAgentAsync);
+        return endpoints;
+    }
+
+    private static readonly JsonSerializerOptions s_json = new(JsonSerializerDefaults.Web);
+
+    private static async ValueTask<object?> RequireInternalToken(EndpointFilterInvocationContext context, EndpointFilterDelegate next)
+    {
+        var http = context.HttpContext;
+        var tokens = http.RequestServices.GetRequiredService<RbsTokenService>();
+        var validation = tokens.Validate(BearerToken(http.Request.Headers.Authorization), RbsTokenKind.Internal);
+        if (!validation.IsValid)
+        {
+            http.Response.Headers.WWWAuthenticate = "Bearer error=\"invalid_token\"";
+            return Results.Text($"internal token rejected: {validation.Failure}\n", statusCode: StatusCodes.Status401Unauthorized);
+        }
+
+        return await next(context);
+    }
+
+    /// <summary>
+    /// 200 with the agent's tunnels when online, else 404. <c>?waitSeconds=N</c> long-polls up to N seconds
+    /// for the agent to register, so the orchestrator's GetServer can return once the agent is reachable.
+    /// </summary>
+    private static async Task<IResult> GetAgentAsync(string agentId, int? waitSeconds, AgentTunnelRegistry registry, TimeProvider timeProvider, CancellationToken cancellationToken)
+    {
+        var wait = TimeSpan.FromSeconds(Math.Clamp(waitSeconds ?? 0, 0, MaxWaitSeconds));
+        var agent = wait > TimeSpan.Zero
+            ? await registry.WaitOnlineAsync(agentId, wait, timeProvider, cancellationToken)
+            : registry.FindOnline(agentId);
+        return agent is null
+            ? Results.Json(new AgentTunnelSnapshot(agentId, "", false, 0, 0), s_json, statusCode: StatusCodes.Status404NotFound)
+            : Results.Json(agent.ToSnapshot(), s_json);
+    }
+
+    private static async Task AcceptTunnelAsync(HttpContext context, RbsTokenService tokens, AgentTunnelRegistry registry, IOptions<GatewayOptions> options, ILoggerFactory loggerFactory)
+    {
+        var logger = loggerFactory.CreateLogger(typeof(TunnelEndpoints).FullName!);
+
+        // Authenticate before the upgrade: a rejected agent gets a plain 4xx it can treat as final.
+        var validation = tokens.Validate(BearerToken(context.Request.Headers.Authorization), RbsTokenKind.Join);
+        if (validation.Claims is not { } claims)
+        {
+            Log.TunnelRejected(logger, context.Connection.RemoteIpAddress?.ToString() ?? "?", validation.Failure!);
+            context.Response.StatusCode = StatusCodes.Status401Unauthorized;
+            context.Response.Headers.WWWAuthenticate = "Bearer error=\"invalid_token\"";
+            await context.Response.WriteAsync($"join token rejected: {validation.Failure}\n", context.RequestAborted);
+            return;
+        }
+
+        if (!context.WebSockets.IsWebSocketRequest)
+        {
+            context.Response.StatusCode = StatusCodes.Status400BadRequest;
+            await context.Response.WriteAsync("expected a WebSocket upgrade\n", context.RequestAborted);
+            return;
+        }
+
+        if (!registry.CanRegister(claims.AgentId, claims.UserId))
+        {
+            Log.TunnelForbidden(logger, claims.AgentId);
+            context.Response.StatusCode = StatusCodes.Status403Forbidden;
+            await context.Response.WriteAsync($"agent {claims.AgentId} is already registered by another user\n", context.RequestAborted);
+            return;
+        }
+
+        var o = options.Value;
+        context.Response.Headers[RenewedJoinTokenHeader] = tokens.Mint(RbsTokenKind.Join, claims.AgentId, claims.UserId, o.JoinTokenRenewalLifetime);
+        var webSocket = await context.WebSockets.AcceptWebSocketAsync(new WebSocketAcceptContext
+        {
+            KeepAliveInterval = o.TunnelKeepAliveInterval,
+            KeepAliveTimeout = o.TunnelKeepAliveTimeout,
+        });
+
+        var stream = new WebSocketTunnelStream(webSocket);
+        var tunnel = registry.Add(claims.AgentId, claims.UserId, stream);
+        if (tunnel is null)
+        {
+            await stream.DisposeAsync();
+            return;
+        }
+
+        try
+        {
+            // The request lives as long as the tunnel: until the inner HTTP/2 connection is done with it,
+            // the idle watch evicts it, or the gateway stops.
+            await stream.Closed;
+        }
+        finally
+        {
+            registry.Remove(tunnel);
+            await stream.DisposeAsync();
+        }
+    }
+
+    internal static string? BearerToken(string? authorization)
+    {
+        const string Prefix = "Bearer ";
+        return authorization is not null && authorization.StartsWith(Prefix, StringComparison.OrdinalIgnoreCase)
+            ? authorization[Prefix.Length..].Trim()
+            : null;
+    }
+
+    private static partial class Log
+    {
+        [LoggerMessage(EventId = 120, Level = LogLevel.Warning, Message = "Tunnel from {Remote} rejected: {Reason}")]
+        public static partial void TunnelRejected(ILogger logger, string remote, string reason);
+
+        [LoggerMessage(EventId = 121, Level = LogLevel.Warning, Message = "Tunnel for agent {AgentId} refused: the id is online for another user")]
+        public static partial void TunnelForbidden(ILogger logger, string agentId);
+    }
+}

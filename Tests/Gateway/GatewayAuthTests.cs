@@ -1,0 +1,261 @@
+using Grpc.Core;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Rbs.V1;
+
+namespace Rbs.Tests.Gateway;
+
+[Collection(TunnelCollection.Name)]
+public sealed class GatewayAuthTests(ITestOutputHelper output) : IAsyncLifetime
+{
+    private readonly TunnelTestEnvironment _env = new(output);
+    private GatewayHost _gateway = null!;
+    private V1.Agent.AgentClient _client = null!;
+
+    public async Task InitializeAsync()
+    {
+        _gateway = await _env.StartGatewayAsync();
+        var alice = await _env.StartAgentAsync("agent-alice", _gateway.AgentAddress, _env.JoinToken("agent-alice", "alice"), spares: 1);
+        var bob = await _env.StartAgentAsync("agent-bob", _gateway.AgentAddress, _env.JoinToken("agent-bob", "bob"), spares: 1);
+        await Task.WhenAll(alice.Status.FirstConnected, bob.Status.FirstConnected).WaitAsync(TunnelTestEnvironment.Timeout);
+        await TunnelTestEnvironment.EventuallyAsync(() => _gateway.IsOnline("agent-alice") && _gateway.IsOnline("agent-bob"), TimeSpan.FromSeconds(10), "agents registered");
+        _client = new V1.Agent.AgentClient(_env.Channel(_gateway.PublicAddress));
+    }
+
+    public Task DisposeAsync() => _env.StopAllAsync();
+
+    private async Task<RpcException> StatusAsync(Metadata metadata)
+    {
+        return await Assert.ThrowsAsync<RpcException>(() =>
+            _client.GetStatusAsync(new GetStatusRequest(), metadata).ResponseAsync.WaitAsync(TunnelTestEnvironment.Timeout));
+    }
+
+    [Fact]
+    public async Task OwnerWithAValidSessionTokenReachesTheAgent()
+    {
+        var status = await _client.GetStatusAsync(new GetStatusRequest(), TunnelTestEnvironment.Route("agent-alice", _env.SessionToken("agent-alice", "alice")))
+            .ResponseAsync.WaitAsync(TunnelTestEnvironment.Timeout);
+        Assert.Equal("agent-alice", status.AgentId);
+    }
+
+    [Fact]
+    public async Task MissingSessionTokenIsUnauthenticated()
+    {
+        var ex = await StatusAsync(TunnelTestEnvironment.Route("agent-alice", sessionToken: null));
+        Assert.Equal(StatusCode.Unauthenticated, ex.StatusCode);
+        Assert.Contains("no token was presented", ex.Status.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task ForgedExpiredOrJoinTokensAreUnauthenticated()
+    {
+        var forged = new Rbs.Gateway.Security.RbsTokenService(Convert.FromBase64String(Rbs.Gateway.Security.RbsTokenService.GenerateKey()), TimeProvider.System)
+            .Mint(Rbs.Gateway.Security.RbsTokenKind.Session, "agent-alice", "alice", TimeSpan.FromMinutes(5));
+        Assert.Equal(StatusCode.Unauthenticated, (await StatusAsync(TunnelTestEnvironment.Route("agent-alice", forged))).StatusCode);
+
+        var past = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(DateTimeOffset.UtcNow.AddHours(-1));
+        var expired = new Rbs.Gateway.Security.RbsTokenService(Convert.FromBase64String(_env.Key), past)
+            .Mint(Rbs.Gateway.Security.RbsTokenKind.Session, "agent-alice", "alice", TimeSpan.FromMinutes(5));
+        var ex = await StatusAsync(TunnelTestEnvironment.Route("agent-alice", expired));
+        Assert.Equal(StatusCode.Unauthenticated, ex.StatusCode);
+        Assert.Contains("expired", ex.Status.Detail, StringComparison.Ordinal);
+
+        // An agent's join token is not a client credential.
+        Assert.Equal(StatusCode.Unauthenticated, (await StatusAsync(TunnelTestEnvironment.Route("agent-alice", _env.JoinToken("agent-alice", "alice")))).StatusCode);
+    }
+
+    [Fact]
+    public async Task TokenForAgentAUsedWithRouteBIsPermissionDenied()
+    {
+        var ex = await StatusAsync(TunnelTestEnvironment.Route("agent-alice", _env.SessionToken("agent-bob", "bob")));
+        Assert.Equal(StatusCode.PermissionDenied, ex.StatusCode);
+    }
+
+    [Fact]
+    public async Task UserBCannotReachUserAsAgentEvenWithATokenNamingIt()
+    {
+        // A token naming alice's agent but minted for bob (e.g. a buggy or compromised minting path) is still refused:
+        // the agent's owner comes from its join token.
+        var ex = await StatusAsync(TunnelTestEnvironment.Route("agent-alice", _env.SessionToken("agent-alice", "bob")));
+        Assert.Equal(StatusCode.PermissionDenied, ex.StatusCode);
+
+        using var call = _client.ExecuteCommand(TunnelTestEnvironment.Route("agent-alice", _env.SessionToken("agent-bob", "bob")));
+        var streamEx = await Assert.ThrowsAsync<RpcException>(async () =>
+        {
+            await call.RequestStream.WriteAsync(TunnelTestEnvironment.Start("bytes", "10", "1"));
+            await call.ResponseStream.MoveNext().WaitAsync(TunnelTestEnvironment.Timeout);
+        });
+        Assert.Equal(StatusCode.PermissionDenied, streamEx.StatusCode);
+    }
+
+    [Fact]
+    public async Task OfflineAgentIsUnavailableWithAClearMessage()
+    {
+        var ex = await StatusAsync(TunnelTestEnvironment.Route("agent-ghost", _env.SessionToken("agent-ghost")));
+        Assert.Equal(StatusCode.Unavailable, ex.StatusCode);
+        Assert.Contains("agent agent-ghost is not connected to the gateway", ex.Status.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task MissingRouteIsInvalidArgument()
+    {
+        var metadata = new Metadata { { "authorization", "Bearer " + _env.SessionToken("agent-alice") } };
+        Assert.Equal(StatusCode.InvalidArgument, (await StatusAsync(metadata)).StatusCode);
+    }
+
+    [Fact]
+    public async Task AgentAndInternalRoutesAreNotServedOnThePublicEndpoint()
+    {
+        using var http = new HttpClient(new SocketsHttpHandler()) { DefaultRequestVersion = System.Net.HttpVersion.Version20, DefaultVersionPolicy = HttpVersionPolicy.RequestVersionExact };
+        var response = await http.GetAsync(_gateway.PublicAddress + "/internal/v1/agents/agent-alice");
+        Assert.Equal(System.Net.HttpStatusCode.NotFound, response.StatusCode);
+
+        var agentSide = _env.InternalClient();
+        var onAgentEndpoint = await agentSide.GetAsync(_gateway.AgentAddress + "/internal/v1/agents/agent-alice");
+        Assert.Equal(System.Net.HttpStatusCode.OK, onAgentEndpoint.StatusCode);
+        Assert.Contains("\"online\":true", await onAgentEndpoint.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        Assert.Contains("\"userId\":\"alice\"", await onAgentEndpoint.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task SecondIdentityCannotRegisterAnOnlineAgentId()
+    {
+        var hijacker = await _env.StartAgentAsync("agent-alice", _gateway.AgentAddress, _env.JoinToken("agent-alice", "mallory"), spares: 1);
+        var reason = await hijacker.Status.Rejected.WaitAsync(TunnelTestEnvironment.Timeout);
+        Assert.Contains("403", reason, StringComparison.Ordinal);
+        Assert.Equal("alice", _gateway.Registry.FindOnline("agent-alice")!.UserId);
+    }
+}
+
+[Collection(TunnelCollection.Name)]
+public sealed class GatewayRegistrationAndProxyTests(ITestOutputHelper output) : IAsyncLifetime
+{
+    private readonly TunnelTestEnvironment _env = new(output);
+    private WebApplication? _orchestrator;
+
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    public async Task DisposeAsync()
+    {
+        await _env.StopAllAsync();
+        if (_orchestrator is not null)
+        {
+            await _orchestrator.StopAsync();
+            await _orchestrator.DisposeAsync();
+        }
+    }
+
+    [Fact]
+    public async Task InternalApiLongPollsUntilTheAgentRegisters()
+    {
+        var gateway = await _env.StartGatewayAsync();
+        var http = _env.InternalClient();
+
+        // Agents can reach the agent endpoint too (and run user code): the internal API wants the orchestrator's token.
+        using (var anonymous = new HttpClient())
+        {
+            Assert.Equal(System.Net.HttpStatusCode.Unauthorized, (await anonymous.GetAsync(gateway.AgentAddress + "/internal/v1/agents")).StatusCode);
+            using var withSession = new HttpRequestMessage(HttpMethod.Get, gateway.AgentAddress + "/internal/v1/agents/agent-w");
+            withSession.Headers.Authorization = new("Bearer", _env.SessionToken("agent-w"));
+            Assert.Equal(System.Net.HttpStatusCode.Unauthorized, (await anonymous.SendAsync(withSession)).StatusCode);
+        }
+
+        var unknown = await http.GetAsync(gateway.AgentAddress + "/internal/v1/agents/agent-w");
+        Assert.Equal(System.Net.HttpStatusCode.NotFound, unknown.StatusCode);
+
+        // The orchestrator's view: ask, then start the agent; the answer arrives when it registers.
+        var waiting = http.GetAsync(gateway.AgentAddress + "/internal/v1/agents/agent-w?waitSeconds=20");
+        await Task.Delay(200);
+        Assert.False(waiting.IsCompleted);
+        await _env.StartAgentAsync("agent-w", gateway.AgentAddress, _env.JoinToken("agent-w"));
+        var registered = await waiting.WaitAsync(TunnelTestEnvironment.Timeout);
+        Assert.Equal(System.Net.HttpStatusCode.OK, registered.StatusCode);
+        var body = await registered.Content.ReadAsStringAsync();
+        output.WriteLine(body);
+        Assert.Contains("\"agentId\":\"agent-w\"", body, StringComparison.Ordinal);
+        Assert.Contains("\"online\":true", body, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task OrchestratorCallsAreProxiedThroughThePublicEndpoint()
+    {
+        _orchestrator = await StartStandInOrchestratorAsync();
+        var orchestratorAddress = _orchestrator.Urls.First();
+        var gateway = await _env.StartGatewayAsync(orchestrator: orchestratorAddress);
+        var client = new V1.Orchestrator.OrchestratorClient(_env.Channel(gateway.PublicAddress));
+
+        var response = await client.GetServerAsync(new GetServerRequest { RepoHash = "abc123", SourcePath = "/src" }, new Metadata { { "authorization", "Bearer api-key-1" } })
+            .ResponseAsync.WaitAsync(TunnelTestEnvironment.Timeout);
+
+        Assert.Equal("agent-for-abc123", response.AgentId);
+        // Client metadata reaches the orchestrator unchanged (it authenticates the API key itself).
+        Assert.Equal("Bearer api-key-1", response.BackendRef);
+    }
+
+    [Fact]
+    public async Task UnreachableOrchestratorIsUnavailableWithItsAddress()
+    {
+        var gateway = await _env.StartGatewayAsync(orchestrator: "http://127.0.0.1:1");
+        var client = new V1.Orchestrator.OrchestratorClient(_env.Channel(gateway.PublicAddress));
+
+        var ex = await Assert.ThrowsAsync<RpcException>(() => client.GetServerAsync(new GetServerRequest { RepoHash = "abc" }).ResponseAsync.WaitAsync(TunnelTestEnvironment.Timeout));
+
+        Assert.Equal(StatusCode.Unavailable, ex.StatusCode);
+        Assert.Contains("cannot reach the orchestrator at http://127.0.0.1:1", ex.Status.Detail, StringComparison.Ordinal);
+    }
+
+    private async Task<WebApplication> StartStandInOrchestratorAsync()
+    {
+        var builder = WebApplication.CreateBuilder(new WebApplicationOptions { EnvironmentName = "Production" });
+        builder.Logging.ClearProviders().AddProvider(new TestLoggerProvider(output, "orchestrator"));
+        builder.WebHost.ConfigureKestrel(k => k.Listen(System.Net.IPAddress.Loopback, 0, l => l.Protocols = HttpProtocols.Http2));
+        builder.Services.AddGrpc();
+        var app = builder.Build();
+        app.MapGrpcService<StandInOrchestrator>();
+        await app.StartAsync().WaitAsync(TunnelTestEnvironment.Timeout);
+        return app;
+    }
+
+    private sealed class StandInOrchestrator : V1.Orchestrator.OrchestratorBase
+    {
+        public override Task<GetServerResponse> GetServer(GetServerRequest request, ServerCallContext context) =>
+            Task.FromResult(new GetServerResponse
+            {
+                AgentId = "agent-for-" + request.RepoHash,
+                BackendRef = context.RequestHeaders.GetValue("authorization") ?? "",
+                ConnectMode = ConnectMode.Tunnel,
+            });
+    }
+}
+
+[Collection(TunnelCollection.Name)]
+public sealed class AgentRegistrationClientTests(ITestOutputHelper output) : IAsyncLifetime
+{
+    private readonly TunnelTestEnvironment _env = new(output);
+
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    public Task DisposeAsync() => _env.StopAllAsync();
+
+    [Fact]
+    public async Task OrchestratorSideClientWaitsForRegistrationAndDetectsAKeyMismatch()
+    {
+        var gateway = await _env.StartGatewayAsync();
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(60) };
+        var registration = new Rbs.Gateway.Registration.AgentRegistrationClient(http, new Uri(gateway.AgentAddress), _env.Tokens);
+
+        Assert.False(await registration.WaitUntilRegisteredAsync("agent-q", TimeSpan.FromMilliseconds(300), CancellationToken.None).WaitAsync(TunnelTestEnvironment.Timeout));
+
+        var waiting = registration.WaitUntilRegisteredAsync("agent-q", TimeSpan.FromSeconds(20), CancellationToken.None);
+        await _env.StartAgentAsync("agent-q", gateway.AgentAddress, _env.JoinToken("agent-q"), spares: 1);
+        Assert.True(await waiting.WaitAsync(TunnelTestEnvironment.Timeout));
+
+        var otherKey = new Rbs.Gateway.Security.RbsTokenService(Convert.FromBase64String(Rbs.Gateway.Security.RbsTokenService.GenerateKey()), TimeProvider.System);
+        var mismatched = new Rbs.Gateway.Registration.AgentRegistrationClient(http, new Uri(gateway.AgentAddress), otherKey);
+        var ex = await Assert.ThrowsAsync<InvalidOperationException>(() => mismatched.IsRegisteredAsync("agent-q", TimeSpan.Zero, CancellationToken.None));
+        Assert.Contains("same token key", ex.Message, StringComparison.Ordinal);
+    }
+}

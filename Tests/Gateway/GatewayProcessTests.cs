@@ -1,0 +1,149 @@
+using System.Diagnostics;
+using System.Net.Security;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
+using System.Text.Json;
+using Grpc.Core;
+using Rbs.V1;
+
+namespace Rbs.Tests.Gateway;
+
+[Collection(TunnelCollection.Name)]
+public sealed class GatewayProcessTests(ITestOutputHelper output) : IAsyncLifetime
+{
+    private readonly TunnelTestEnvironment _env = new(output);
+    private readonly string _dir = Directory.CreateTempSubdirectory("rbs-gateway-test-").FullName;
+
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    public async Task DisposeAsync()
+    {
+        await _env.StopAllAsync();
+        Directory.Delete(_dir, recursive: true);
+    }
+
+    [Fact]
+    public async Task GatewayExecutableTakesItsFlagsAndWritesTheReadyFile()
+    {
+        var keyFile = Path.Combine(_dir, "token.key");
+        await File.WriteAllTextAsync(keyFile, _env.Key + "\n");
+        var readyFile = Path.Combine(_dir, "ready.json");
+        using var process = Start(true,
+            "--public-listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0", "--orchestrator", "http://127.0.0.1:1",
+            "--token-key-file", keyFile, "--ready-file", readyFile);
+        try
+        {
+            await TunnelTestEnvironment.EventuallyAsync(() => File.Exists(readyFile) || process.HasExited, TimeSpan.FromSeconds(30), "ready file");
+            Assert.False(process.HasExited, "rbs-gateway exited early");
+            using var ready = JsonDocument.Parse(await File.ReadAllTextAsync(readyFile));
+            var publicAddress = ready.RootElement.GetProperty("publicAddress").GetString()!;
+            var agentAddress = ready.RootElement.GetProperty("agentAddress").GetString()!;
+            Assert.Equal(process.Id, ready.RootElement.GetProperty("pid").GetInt32());
+            Assert.StartsWith("http://127.0.0.1:", agentAddress, StringComparison.Ordinal);
+
+            // A stand-in agent registers with the spawned gateway using the same key, and a client reaches it.
+            var agent = await _env.StartAgentAsync("agent-p", agentAddress, _env.JoinToken("agent-p"), spares: 1);
+            await agent.Status.FirstConnected.WaitAsync(TunnelTestEnvironment.Timeout);
+            var client = new V1.Agent.AgentClient(_env.Channel(publicAddress));
+            var result = await TunnelTestEnvironment.RunBytesAsync(client, TunnelTestEnvironment.Route("agent-p", _env.SessionToken("agent-p")), 65_537, seed: 11, exitCode: 2)
+                .WaitAsync(TunnelTestEnvironment.Timeout);
+            Assert.Equal(DeterministicBytes.ExpectedSha256(65_537, 11), result.Sha256);
+            Assert.Equal(2, result.ExitCode);
+        }
+        finally
+        {
+            process.Kill(entireProcessTree: true);
+            await process.WaitForExitAsync().WaitAsync(TunnelTestEnvironment.Timeout);
+        }
+    }
+
+    [Fact]
+    public async Task GatewayWithoutATokenKeyRefusesToStartWithAClearMessage()
+    {
+        using var process = Start(false, "--public-listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0");
+        var stderr = process.StandardError.ReadToEndAsync();
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        await process.WaitForExitAsync().WaitAsync(TunnelTestEnvironment.Timeout);
+        var text = await stderr + await stdout;
+        output.WriteLine(text);
+        Assert.NotEqual(0, process.ExitCode);
+        Assert.Contains("--token-key-file", text, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task PublicEndpointServesTlsWhenACertificateIsConfigured()
+    {
+        using var rsa = RSA.Create(2048);
+        var request = new CertificateRequest("CN=rbs-gateway-test", rsa, HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1);
+        var san = new SubjectAlternativeNameBuilder();
+        san.AddIpAddress(System.Net.IPAddress.Loopback);
+        request.CertificateExtensions.Add(san.Build());
+        using var certificate = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(1));
+        var pfx = Path.Combine(_dir, "gateway.pfx");
+        await File.WriteAllBytesAsync(pfx, certificate.Export(X509ContentType.Pfx));
+
+        var gateway = await _env.StartGatewayAsync(certificatePath: pfx);
+        Assert.StartsWith("https://", gateway.PublicAddress, StringComparison.Ordinal);
+        var agent = await _env.StartAgentAsync("agent-tls", gateway.AgentAddress, _env.JoinToken("agent-tls"), spares: 1);
+        await agent.Status.FirstConnected.WaitAsync(TunnelTestEnvironment.Timeout);
+
+        var thumbprint = certificate.GetCertHashString(HashAlgorithmName.SHA256);
+        var handler = new SocketsHttpHandler
+        {
+            SslOptions = new SslClientAuthenticationOptions
+            {
+                // Pin the test's self-signed certificate.
+                RemoteCertificateValidationCallback = (_, cert, _, _) => cert is not null && cert.GetCertHashString(HashAlgorithmName.SHA256) == thumbprint,
+            },
+        };
+        var client = new V1.Agent.AgentClient(_env.Channel(gateway.PublicAddress, handler));
+        var status = await client.GetStatusAsync(new GetStatusRequest(), TunnelTestEnvironment.Route("agent-tls", _env.SessionToken("agent-tls")))
+            .ResponseAsync.WaitAsync(TunnelTestEnvironment.Timeout);
+        Assert.Equal("agent-tls", status.AgentId);
+    }
+
+    /// <param name="pipeToTestOutput">Drain stdout/stderr into the test log (else the caller reads them).</param>
+    private Process Start(bool pipeToTestOutput, params string[] args)
+    {
+        var exe = Path.Combine(AppContext.BaseDirectory, "rbs-gateway");
+        var info = new ProcessStartInfo(exe)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        foreach (var arg in args)
+        {
+            info.ArgumentList.Add(arg);
+        }
+
+        output.WriteLine($"starting {exe} {string.Join(' ', args)}");
+        var process = Process.Start(info)!;
+        if (pipeToTestOutput)
+        {
+            process.OutputDataReceived += (_, e) => WriteLine(e.Data);
+            process.ErrorDataReceived += (_, e) => WriteLine(e.Data);
+            process.BeginOutputReadLine();
+            process.BeginErrorReadLine();
+        }
+
+        return process;
+    }
+
+    private void WriteLine(string? line)
+    {
+        if (line is null)
+        {
+            return;
+        }
+
+        try
+        {
+            output.WriteLine("[rbs-gateway] " + line);
+        }
+        catch (InvalidOperationException)
+        {
+            // The test already finished.
+        }
+    }
+}

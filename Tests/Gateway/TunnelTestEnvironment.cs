@@ -1,0 +1,245 @@
+using System.Security.Cryptography;
+using Grpc.Core;
+using Grpc.Net.Client;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Rbs.Agent.Tunnel;
+using Rbs.Gateway.Hosting;
+using Rbs.Gateway.Security;
+using Rbs.Gateway.Tunnel;
+using Rbs.V1;
+
+namespace Rbs.Tests.Gateway;
+
+/// <summary>Real Kestrel hosts on 127.0.0.1: a gateway, stand-in agents dialling out to it, gRPC clients.</summary>
+/// <remarks>Not IAsyncDisposable on purpose: test classes call <see cref="StopAllAsync"/> from IAsyncLifetime.</remarks>
+internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
+{
+    public static readonly TimeSpan Timeout = TimeSpan.FromSeconds(30);
+
+    private readonly List<IAsyncDisposable> _disposables = [];
+
+    public string Key { get; } = RbsTokenService.GenerateKey();
+
+    public RbsTokenService Tokens => new(Convert.FromBase64String(Key), TimeProvider.System);
+
+    public string JoinToken(string agentId, string user = "alice", TimeSpan? lifetime = null) =>
+        Tokens.Mint(RbsTokenKind.Join, agentId, user, lifetime ?? TimeSpan.FromMinutes(10));
+
+    public string SessionToken(string agentId, string user = "alice", TimeSpan? lifetime = null) =>
+        Tokens.Mint(RbsTokenKind.Session, agentId, user, lifetime ?? TimeSpan.FromMinutes(10));
+
+    /// <summary>An HttpClient for the gateway's internal API, authenticated as the orchestrator.</summary>
+    public HttpClient InternalClient()
+    {
+        var http = new HttpClient { Timeout = TimeSpan.FromSeconds(30) };
+        http.DefaultRequestHeaders.Authorization = new("Bearer", Tokens.Mint(RbsTokenKind.Internal, "orchestrator", "orchestrator", TimeSpan.FromMinutes(5)));
+        _disposables.Add(new AsyncDisposable(() =>
+        {
+            http.Dispose();
+            return ValueTask.CompletedTask;
+        }));
+        return http;
+    }
+
+    public async Task<GatewayHost> StartGatewayAsync(string publicListen = "127.0.0.1:0", string agentListen = "127.0.0.1:0", string? orchestrator = null, string? certificatePath = null, int keepAliveSeconds = 5)
+    {
+        var keepAlive = TimeSpan.FromSeconds(keepAliveSeconds).ToString();
+        var builder = WebApplication.CreateBuilder(new WebApplicationOptions { EnvironmentName = "Production" });
+        builder.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Gateway:PublicListen"] = publicListen,
+            ["Gateway:AgentListen"] = agentListen,
+            ["Gateway:TokenKey"] = Key,
+            ["Gateway:OrchestratorAddress"] = orchestrator ?? "http://127.0.0.1:1",
+            ["Gateway:TunnelKeepAliveInterval"] = keepAlive,
+            ["Gateway:TunnelKeepAliveTimeout"] = keepAlive,
+            ["Gateway:CertificatePath"] = certificatePath,
+        });
+        var logs = new TestLoggerProvider(output, "gateway");
+        builder.Logging.ClearProviders().SetMinimumLevel(LogLevel.Debug).AddProvider(logs);
+        builder.WebHost.UseShutdownTimeout(TimeSpan.FromSeconds(2));
+        builder.AddGateway();
+        var app = builder.Build();
+        app.MapGateway();
+        await app.StartAsync().WaitAsync(Timeout);
+        var host = new GatewayHost(app, logs);
+        _disposables.Add(host);
+        output.WriteLine($"gateway: public {host.PublicAddress}, agents {host.AgentAddress}");
+        return host;
+    }
+
+    public async Task<AgentHost> StartAgentAsync(string agentId, string gatewayAgentAddress, string joinToken, int spares = 2, int keepAliveSeconds = 5)
+    {
+        var keepAlive = TimeSpan.FromSeconds(keepAliveSeconds).ToString();
+        var builder = WebApplication.CreateBuilder(new WebApplicationOptions { EnvironmentName = "Production" });
+        builder.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Agent:Tunnel:GatewayAddress"] = gatewayAgentAddress,
+            ["Agent:Tunnel:JoinToken"] = joinToken,
+            ["Agent:Tunnel:SpareConnections"] = spares.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            ["Agent:Tunnel:ReconnectMaxDelay"] = "00:00:01",
+            ["Agent:Tunnel:KeepAliveInterval"] = keepAlive,
+            ["Agent:Tunnel:KeepAliveTimeout"] = keepAlive,
+            ["Agent:Tunnel:ConnectTimeout"] = "00:00:02",
+        });
+        var logs = new TestLoggerProvider(output, "agent " + agentId);
+        builder.Logging.ClearProviders().SetMinimumLevel(LogLevel.Debug).AddProvider(logs);
+        builder.WebHost.UseShutdownTimeout(TimeSpan.FromSeconds(2));
+        Assert.True(builder.Configuration.IsAgentTunnelEnabled());
+        builder.WebHost.UseAgentTunnel();
+        builder.Services.AddGrpc();
+        builder.Services.AddSingleton(new StandInAgentService(agentId));
+        var app = builder.Build();
+        app.MapGrpcService<StandInAgentService>();
+        await app.StartAsync().WaitAsync(Timeout);
+        var host = new AgentHost(app, logs);
+        _disposables.Add(host);
+        return host;
+    }
+
+    public GrpcChannel Channel(string address, SocketsHttpHandler? handler = null)
+    {
+        var channel = GrpcChannel.ForAddress(address, new GrpcChannelOptions
+        {
+            MaxReceiveMessageSize = 8 * 1024 * 1024,
+            HttpHandler = handler ?? new SocketsHttpHandler { EnableMultipleHttp2Connections = true },
+        });
+        _disposables.Add(new AsyncDisposable(() =>
+        {
+            channel.Dispose();
+            return ValueTask.CompletedTask;
+        }));
+        return channel;
+    }
+
+    public static Metadata Route(string agentId, string? sessionToken)
+    {
+        var metadata = new Metadata { { AgentStreamForwarder.RouteHeader, agentId } };
+        if (sessionToken is not null)
+        {
+            metadata.Add("authorization", "Bearer " + sessionToken);
+        }
+
+        return metadata;
+    }
+
+    /// <summary>Runs <c>bytes N SEED EXIT</c> and returns the SHA-256 of stdout, its length and the exit code.</summary>
+    public static async Task<(byte[] Sha256, long Length, int ExitCode)> RunBytesAsync(V1.Agent.AgentClient client, Metadata metadata, long length, int seed, int exitCode = 0, CancellationToken cancellationToken = default)
+    {
+        using var call = client.ExecuteCommand(metadata, cancellationToken: cancellationToken);
+        await call.RequestStream.WriteAsync(Start("bytes", length.ToString(System.Globalization.CultureInfo.InvariantCulture), seed.ToString(System.Globalization.CultureInfo.InvariantCulture), exitCode.ToString(System.Globalization.CultureInfo.InvariantCulture)), cancellationToken);
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        long received = 0;
+        int? exit = null;
+        await foreach (var frame in call.ResponseStream.ReadAllAsync(cancellationToken))
+        {
+            switch (frame.FrameCase)
+            {
+                case ServerFrame.FrameOneofCase.Stdout:
+                    hash.AppendData(frame.Stdout.Span);
+                    received += frame.Stdout.Length;
+                    break;
+                case ServerFrame.FrameOneofCase.Exit:
+                    exit = frame.Exit.Code;
+                    break;
+            }
+        }
+
+        await call.RequestStream.CompleteAsync();
+        return (hash.GetHashAndReset(), received, exit ?? throw new InvalidOperationException("the stream ended without an exit frame"));
+    }
+
+    public static ClientFrame Start(params string[] args)
+    {
+        var start = new StartCommand { InvocationId = Guid.NewGuid().ToString() };
+        start.Args.AddRange(args);
+        return new ClientFrame { Start = start };
+    }
+
+    /// <summary>Polls until <paramref name="condition"/> holds (state that has no event to await).</summary>
+    public static async Task EventuallyAsync(Func<bool> condition, TimeSpan timeout, string what)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        while (!condition())
+        {
+            if (DateTime.UtcNow > deadline)
+            {
+                Assert.Fail($"timed out after {timeout.TotalSeconds} s waiting for: {what}");
+            }
+
+            await Task.Delay(20);
+        }
+    }
+
+    public async Task StopAllAsync()
+    {
+        for (var i = _disposables.Count - 1; i >= 0; i--)
+        {
+            await _disposables[i].DisposeAsync();
+        }
+    }
+
+    private sealed class AsyncDisposable(Func<ValueTask> dispose) : IAsyncDisposable
+    {
+        public ValueTask DisposeAsync() => dispose();
+    }
+}
+
+internal sealed class GatewayHost(WebApplication app, TestLoggerProvider logs) : IAsyncDisposable
+{
+    private int _stopped;
+
+    public WebApplication App => app;
+
+    public TestLoggerProvider Logs => logs;
+
+    public string PublicAddress => app.Services.GetRequiredService<GatewayEndpoints>().PublicAddress;
+
+    public string AgentAddress => app.Services.GetRequiredService<GatewayEndpoints>().AgentAddress;
+
+    public AgentTunnelRegistry Registry => app.Services.GetRequiredService<AgentTunnelRegistry>();
+
+    public bool IsOnline(string agentId) => Registry.FindOnline(agentId) is not null;
+
+    public async Task StopAsync()
+    {
+        if (Interlocked.Exchange(ref _stopped, 1) == 0)
+        {
+            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+            await app.StopAsync(cts.Token);
+            await app.DisposeAsync();
+        }
+    }
+
+    public async ValueTask DisposeAsync() => await StopAsync();
+}
+
+internal sealed class AgentHost(WebApplication app, TestLoggerProvider logs) : IAsyncDisposable
+{
+    private int _stopped;
+
+    public WebApplication App => app;
+
+    public TestLoggerProvider Logs => logs;
+
+    public AgentTunnelStatus Status => app.Services.GetRequiredService<AgentTunnelStatus>();
+
+    public CancellationToken Stopping => app.Services.GetRequiredService<IHostApplicationLifetime>().ApplicationStopping;
+
+    public async Task StopAsync()
+    {
+        if (Interlocked.Exchange(ref _stopped, 1) == 0)
+        {
+            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+            await app.StopAsync(cts.Token);
+            await app.DisposeAsync();
+        }
+    }
+
+    public async ValueTask DisposeAsync() => await StopAsync();
+}
