@@ -60,8 +60,9 @@ internal sealed partial class IdleReaper(
 
         var ttl = options.Value.IdleTtl;
         var removed = 0;
-        foreach (var row in await store.ListAsync(cancellationToken))
+        foreach (var listed in await store.ListAsync(cancellationToken))
         {
+            var row = listed;
             var now = timeProvider.GetUtcNow();
             if (row.State != AgentState.Ready)
             {
@@ -127,6 +128,16 @@ internal sealed partial class IdleReaper(
                 return removed;
             }
 
+            // The listing is as old as the pass and the status call took a while: a GetServer on any replica
+            // may have handed the agent out since (it moves LastUsedAt). Claim the row as it is now; the
+            // claim rewrites LastUsedAt, so this is the last moment such a hand-out is visible.
+            var current = await store.GetAsync(row.AgentId, cancellationToken);
+            if (current is not { State: AgentState.Ready } || current.LastUsedAt > row.LastUsedAt)
+            {
+                continue;
+            }
+
+            row = current;
             var claimed = row with
             {
                 State = AgentState.Terminating,
