@@ -79,8 +79,9 @@ public sealed class MultiReplicaProcessTests(PostgresServerFixture postgres, ITe
         var workspace = CreateWorkspace();
         // A's agent never becomes ready, so A is allocating for as long as we like; its short start timeout
         // makes its allocation lease short (start timeout + the allocator's fixed margin).
-        var startA = StartReplicaAsync("A", connectionString, TestAgents.Hanging, "--agent-start-timeout", "00:00:02");
-        var startB = StartReplicaAsync("B", connectionString, RealAgent, "--build-tool", "/bin/true");
+        // No reaper passes during the test: B's GetServer, not its reaper, is what must clean up.
+        var startA = StartReplicaAsync("A", connectionString, TestAgents.Hanging, "--agent-start-timeout", "00:00:02", "--reap-interval", "00:10:00");
+        var startB = StartReplicaAsync("B", connectionString, RealAgent, "--build-tool", "/bin/true", "--reap-interval", "00:10:00");
         var a = await startA;
         var b = await startB;
 
@@ -125,7 +126,7 @@ public sealed class MultiReplicaProcessTests(PostgresServerFixture postgres, ITe
         var (_, connectionString) = await postgres.CreateDatabaseAsync();
         var workspace = CreateWorkspace();
         // The agent's own idle exit is at twice the TTL; the reaper (every 0.3 s) must act well before that.
-        string[] reaping = ["--idle-ttl", "00:00:02", "--reap-interval", "00:00:00.3", "--build-tool", "/bin/true"];
+        string[] reaping = ["--idle-ttl", "00:00:03", "--reap-interval", "00:00:00.3", "--build-tool", "/bin/true"];
         var replicas = await Task.WhenAll(
             StartReplicaAsync("r1", connectionString, RealAgent, reaping),
             StartReplicaAsync("r2", connectionString, RealAgent, reaping));
