@@ -3,6 +3,7 @@
 #   warm no-op build:  jbazel (direct)  vs  local bazel  vs  ssh localhost bazel
 #   1 GiB stdout:      jbazel run       vs  ssh localhost bazel run  vs  local bazel run | pipe  (plus raw ssh cat / pipe)
 #   GetServer:         warm p50/p99 and cold (agent spawn) p50
+#   State store:       GetServer on SQLite vs PostgreSQL, allocation throughput of 1 vs 2 replicas (bench/state.sh)
 # Usage: bash bench/run.sh   (installs openssh-server, hyperfine when missing; runs its own sshd on 127.0.0.1:2222)
 source "$(dirname "${BASH_SOURCE[0]}")/../e2e/lib.sh"
 BENCH_DIR="$REPO_ROOT/bench"
@@ -79,6 +80,9 @@ mapfile -t gib < <(hf_shell gib \
 log "GetServer latency"
 read -r gs_p50 gs_p99 gs_cold < <("$RBS_ARTIFACTS/rbs-bench/rbs-bench" getserver "$RBS_ORCHESTRATOR" "$E2E_TMP/ws-jbazel" 2000 10)
 
+log "state store: SQLite vs PostgreSQL, replicas"
+mapfile -t state_rows < <(bash "$BENCH_DIR/state.sh")
+
 ms() { awk -v s="$1" 'BEGIN { printf "%.1f ms", s * 1000 }'; }
 mibs() { awk -v s="$1" 'BEGIN { printf "%.0f MiB/s", 1024 / s }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
@@ -96,3 +100,4 @@ echo "| 1 GiB raw, local pipe (head \| cat) | $(mibs "${gib[3]}") | | |"
 echo "| 1 GiB raw, ssh localhost cat | $(mibs "${gib[4]}") | $(ratio "${gib[3]}" "${gib[4]}") of pipe | |"
 echo "| GetServer warm p50 / p99 | $gs_p50 ms / $gs_p99 ms | | < 5 ms |"
 echo "| GetServer cold (agent spawn) p50 | $gs_cold ms | | < 500 ms |"
+printf '%s\n' "${state_rows[@]}"

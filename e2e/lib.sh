@@ -91,10 +91,11 @@ stop_orchestrator() {
     wait "$ORCH_PID" 2>/dev/null || true
 }
 
-# Agents this run started (their ready files carry the pids).
+# Agents this run started (their ready files carry the pids), in every state dir of the run
+# ($E2E_TMP/state, and $E2E_TMP/state-* of extra orchestrators, e.g. replicas on one database).
 agent_pids() {
     local f
-    for f in "$E2E_TMP"/state/agents/*.json; do
+    for f in "$E2E_TMP"/state/agents/*.json "$E2E_TMP"/state-*/agents/*.json; do
         [ -e "$f" ] && jq -r .pid "$f"
     done
     return 0

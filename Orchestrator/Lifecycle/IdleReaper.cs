@@ -24,6 +24,9 @@ internal sealed partial class IdleReaper(
 {
     public const string LeaseName = "reaper";
 
+    // Whether the last lease attempt succeeded: only changes of hands are logged, not every renewal.
+    private bool _holdsLease;
+
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         using var timer = new PeriodicTimer(options.Value.ReapInterval, timeProvider);
@@ -50,21 +53,26 @@ internal sealed partial class IdleReaper(
     /// <summary>One reaping pass. Returns how many agents it stopped or forgot.</summary>
     internal async Task<int> ReapOnceAsync(CancellationToken cancellationToken)
     {
-        var interval = options.Value.ReapInterval;
-        if (!await store.TryAcquireLeaseAsync(LeaseName, replica.Id, interval * 3, cancellationToken))
+        if (!await HoldLeaseAsync(cancellationToken))
         {
             return 0;
         }
 
         var ttl = options.Value.IdleTtl;
         var removed = 0;
-        foreach (var row in await store.ListAsync(cancellationToken))
+        foreach (var listed in await store.ListAsync(cancellationToken))
         {
+            var row = listed;
             var now = timeProvider.GetUtcNow();
             if (row.State != AgentState.Ready)
             {
                 if (row.LeaseExpiresAt is not { } leaseExpires || leaseExpires <= now)
                 {
+                    if (!await HoldLeaseAsync(cancellationToken))
+                    {
+                        return removed;
+                    }
+
                     Log.LapsedLease(logger, row.AgentId, row.State, row.LeaseOwner ?? "(none)");
                     removed += await allocator.CleanUpAsync(row, cancellationToken) ? 1 : 0;
                 }
@@ -75,6 +83,11 @@ internal sealed partial class IdleReaper(
             var health = await compute.ProbeAsync(row, cancellationToken);
             if (health == AgentHealth.Dead)
             {
+                if (!await HoldLeaseAsync(cancellationToken))
+                {
+                    return removed;
+                }
+
                 Log.ForgotDead(logger, row.AgentId, row.BackendRef);
                 removed += await allocator.CleanUpAsync(row, cancellationToken) ? 1 : 0;
                 continue;
@@ -110,6 +123,21 @@ internal sealed partial class IdleReaper(
                 continue;
             }
 
+            if (!await HoldLeaseAsync(cancellationToken))
+            {
+                return removed;
+            }
+
+            // The listing is as old as the pass and the status call took a while: a GetServer on any replica
+            // may have handed the agent out since (it moves LastUsedAt). Claim the row as it is now; the
+            // claim rewrites LastUsedAt, so this is the last moment such a hand-out is visible.
+            var current = await store.GetAsync(row.AgentId, cancellationToken);
+            if (current is not { State: AgentState.Ready } || current.LastUsedAt > row.LastUsedAt)
+            {
+                continue;
+            }
+
+            row = current;
             var claimed = row with
             {
                 State = AgentState.Terminating,
@@ -139,6 +167,35 @@ internal sealed partial class IdleReaper(
         return removed;
     }
 
+    /// <summary>
+    /// Takes or renews the reaper lease. A pass renews it before every stop, so a long pass (many idle
+    /// agents, each stop waiting up to its timeout) never outlives its lease while another replica starts
+    /// reaping too; the lease covers three intervals plus one stop (bounded like a termination lease).
+    /// The price is failover: a holder that dies is replaced after that long, which is nothing next to
+    /// an idle TTL of hours.
+    /// </summary>
+    private async Task<bool> HoldLeaseAsync(CancellationToken cancellationToken)
+    {
+        var value = options.Value;
+        var duration = (value.ReapInterval * 3) + value.AgentStartTimeout + AgentAllocator.LeaseMargin;
+        var held = await store.TryAcquireLeaseAsync(LeaseName, replica.Id, duration, cancellationToken);
+        if (held != _holdsLease)
+        {
+            if (held)
+            {
+                Log.LeaseTaken(logger, replica.Id);
+            }
+            else
+            {
+                Log.LeaseLost(logger, replica.Id);
+            }
+
+            _holdsLease = held;
+        }
+
+        return held;
+    }
+
     private static partial class Log
     {
         [LoggerMessage(EventId = 500, Level = LogLevel.Information, Message = "Reaping agent {AgentId} ({BackendRef}): idle for {IdleFor}")]
@@ -158,5 +215,11 @@ internal sealed partial class IdleReaper(
 
         [LoggerMessage(EventId = 505, Level = LogLevel.Error, Message = "Reaper pass failed")]
         public static partial void PassFailed(ILogger logger, Exception exception);
+
+        [LoggerMessage(EventId = 506, Level = LogLevel.Information, Message = "This replica ({ReplicaId}) now holds the reaper lease and reaps for all replicas")]
+        public static partial void LeaseTaken(ILogger logger, string replicaId);
+
+        [LoggerMessage(EventId = 507, Level = LogLevel.Information, Message = "This replica ({ReplicaId}) no longer holds the reaper lease; another replica reaps")]
+        public static partial void LeaseLost(ILogger logger, string replicaId);
     }
 }

@@ -4,42 +4,105 @@ using Grpc.Net.Client;
 using Rbs.V1;
 
 // rbs-bench getserver <orchestrator-url> <source-path> <warm-calls> <cold-calls>
-// Prints "warm_p50_ms warm_p99_ms cold_p50_ms" on one line. Cold calls use fresh repo hashes (new agents).
-if (args.Length != 5 || args[0] != "getserver")
+//   Prints "warm_p50_ms warm_p99_ms cold_p50_ms" on one line. Cold calls use fresh repo hashes (new agents).
+// rbs-bench allocate <url1,url2,...> <source-path> <allocations> <concurrency>
+//   Issues <allocations> GetServer calls for distinct fresh repo hashes (each one allocates an agent),
+//   round-robin over the orchestrators, at most <concurrency> in flight. Prints
+//   "allocations_per_second p50_ms p99_ms". The agents stay running: the caller cleans them up.
+const string Usage =
+    "usage: rbs-bench getserver <orchestrator-url> <source-path> <warm-calls> <cold-calls>\n" +
+    "       rbs-bench allocate <url1,url2,...> <source-path> <allocations> <concurrency>";
+if (args.Length != 5 || args[0] is not ("getserver" or "allocate"))
 {
-    Console.Error.WriteLine("usage: rbs-bench getserver <orchestrator-url> <source-path> <warm-calls> <cold-calls>");
+    Console.Error.WriteLine(Usage);
     return 2;
 }
 
-var warmCalls = int.Parse(args[3], CultureInfo.InvariantCulture);
-var coldCalls = int.Parse(args[4], CultureInfo.InvariantCulture);
-using var channel = GrpcChannel.ForAddress(args[1]);
-var client = new Orchestrator.OrchestratorClient(channel);
-var repo = "bench-" + Guid.NewGuid().ToString("N");
+return args[0] == "getserver"
+    ? await GetServerAsync(args[1], args[2], Count(args[3]), Count(args[4]))
+    : await AllocateAsync(args[1].Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), args[2], Count(args[3]), Count(args[4]));
 
-async Task<double> TimeAsync(string repoHash)
+static int Count(string value) => int.Parse(value, NumberStyles.None, CultureInfo.InvariantCulture);
+
+static async Task<double> TimeAsync(Orchestrator.OrchestratorClient client, string repoHash, string sourcePath)
 {
     var sw = Stopwatch.StartNew();
-    await client.GetServerAsync(new GetServerRequest { RepoHash = repoHash, SourcePath = args[2] });
+    await client.GetServerAsync(
+        new GetServerRequest { RepoHash = repoHash, SourcePath = sourcePath },
+        deadline: DateTime.UtcNow.AddMinutes(2));
     return sw.Elapsed.TotalMilliseconds;
 }
 
-await TimeAsync(repo); // allocate once; the rest is warm
-for (var i = 0; i < 20; i++)
+static async Task<int> GetServerAsync(string url, string sourcePath, int warmCalls, int coldCalls)
 {
-    await TimeAsync(repo); // JIT and connection warm-up
+    using var channel = GrpcChannel.ForAddress(url);
+    var client = new Orchestrator.OrchestratorClient(channel);
+    var repo = "bench-" + Guid.NewGuid().ToString("N");
+
+    await TimeAsync(client, repo, sourcePath); // allocate once; the rest is warm
+    for (var i = 0; i < 20; i++)
+    {
+        await TimeAsync(client, repo, sourcePath); // JIT and connection warm-up
+    }
+
+    var warm = new List<double>();
+    for (var i = 0; i < warmCalls; i++)
+    {
+        warm.Add(await TimeAsync(client, repo, sourcePath));
+    }
+
+    var cold = new List<double>();
+    for (var i = 0; i < coldCalls; i++)
+    {
+        cold.Add(await TimeAsync(client, "bench-cold-" + Guid.NewGuid().ToString("N"), sourcePath));
+    }
+
+    Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+        $"{Percentile(warm, 0.5):F2} {Percentile(warm, 0.99):F2} {Percentile(cold, 0.5):F1}"));
+    return 0;
 }
 
-var warm = new List<double>();
-for (var i = 0; i < warmCalls; i++)
+static async Task<int> AllocateAsync(string[] urls, string sourcePath, int allocations, int concurrency)
 {
-    warm.Add(await TimeAsync(repo));
-}
+    if (urls.Length == 0 || allocations == 0 || concurrency == 0)
+    {
+        Console.Error.WriteLine(Usage);
+        return 2;
+    }
 
-var cold = new List<double>();
-for (var i = 0; i < coldCalls; i++)
-{
-    cold.Add(await TimeAsync("bench-cold-" + Guid.NewGuid().ToString("N")));
+    var channels = urls.Select(url => GrpcChannel.ForAddress(url)).ToList();
+    try
+    {
+        var clients = channels.Select(channel => new Orchestrator.OrchestratorClient(channel)).ToList();
+        // Warm each orchestrator's JIT and connection with a warm call, so the timing is allocation work.
+        var warmRepo = "bench-alloc-warm-" + Guid.NewGuid().ToString("N");
+        await TimeAsync(clients[0], warmRepo, sourcePath);
+        foreach (var client in clients)
+        {
+            await TimeAsync(client, warmRepo, sourcePath);
+        }
+
+        var latencies = new double[allocations];
+        var run = "bench-alloc-" + Guid.NewGuid().ToString("N")[..8];
+        var total = Stopwatch.StartNew();
+        await Parallel.ForEachAsync(
+            Enumerable.Range(0, allocations),
+            new ParallelOptions { MaxDegreeOfParallelism = concurrency },
+            async (i, _) => latencies[i] = await TimeAsync(clients[i % clients.Count], $"{run}-{i}", sourcePath));
+        var seconds = total.Elapsed.TotalSeconds;
+
+        var sorted = latencies.ToList();
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"{allocations / seconds:F1} {Percentile(sorted, 0.5):F0} {Percentile(sorted, 0.99):F0}"));
+        return 0;
+    }
+    finally
+    {
+        foreach (var channel in channels)
+        {
+            channel.Dispose();
+        }
+    }
 }
 
 static double Percentile(List<double> values, double p)
@@ -52,7 +115,3 @@ static double Percentile(List<double> values, double p)
     var sorted = values.Order().ToList();
     return sorted[Math.Clamp((int)Math.Ceiling(p * sorted.Count) - 1, 0, sorted.Count - 1)];
 }
-
-Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-    $"{Percentile(warm, 0.5):F2} {Percentile(warm, 0.99):F2} {Percentile(cold, 0.5):F1}"));
-return 0;

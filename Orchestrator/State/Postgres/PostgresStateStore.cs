@@ -318,9 +318,11 @@ internal sealed partial class PostgresStateStore(
         var retriedAfterLoss = false;
         for (var attempt = 1; ; attempt++)
         {
+            var opened = false;
             try
             {
                 await using var connection = await _dataSource.OpenConnectionAsync(cancellationToken);
+                opened = true;
                 return await body(connection, retriedAfterLoss, cancellationToken);
             }
             catch (PostgresException ex) when (ex.SqlState is "40001" or "40P01" && attempt < MaxConflictAttempts)
@@ -328,8 +330,11 @@ internal sealed partial class PostgresStateStore(
                 Log.SerializationConflict(logger, operation, ex.SqlState, attempt);
                 await Task.Delay(TimeSpan.FromMilliseconds(Random.Shared.Next(5, 20) * attempt), cancellationToken);
             }
-            catch (Exception ex) when (!retriedAfterLoss && IsConnectionLoss(ex, cancellationToken))
+            catch (Exception ex) when (opened && !retriedAfterLoss && IsConnectionLoss(ex, cancellationToken))
             {
+                // Only a connection that worked and then died is worth a second try: a fresh connect that
+                // failed (refused, unknown host, timeout) would fail the same way again a moment later,
+                // doubling the wait and the log lines for nothing.
                 // The idle connections in the pool most likely died with this one; drop them so the
                 // retry (and every request after it) opens a fresh connection.
                 retriedAfterLoss = true;

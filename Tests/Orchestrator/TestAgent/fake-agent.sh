@@ -2,7 +2,8 @@
 # Test stand-in for rbs-agent (lifecycle tests only: it serves no gRPC). Accepts the agent's contract
 # flags, writes the ready file atomically like the real agent, then becomes a plain `sleep` whose argv[0]
 # still carries the agent id (exec -a), so the orchestrator's "pid alive and is our agent" probe works
-# and SIGTERM ends it with no child left behind.
+# and SIGTERM ends it with no child left behind. The workspace stays in argv[0] too, so a test can find
+# every agent it spawned (and any orphan) by its temp directory.
 set -euo pipefail
 agent_id="" ready_file="" workspace=""
 while [[ $# -gt 0 ]]; do
@@ -19,4 +20,4 @@ echo "fake-agent $agent_id starting in $workspace"
 # Nothing listens: a port from the discard range is enough for tests that never dial the agent.
 printf '{"agentId":"%s","pid":%d,"address":"http://127.0.0.1:9"}' "$agent_id" "$$" > "$ready_file.tmp"
 mv "$ready_file.tmp" "$ready_file"
-exec -a "rbs-fake-agent --agent-id $agent_id" sleep 3600
+exec -a "rbs-fake-agent --agent-id $agent_id --workspace $workspace" sleep 3600

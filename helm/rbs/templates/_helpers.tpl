@@ -116,16 +116,16 @@ Tests/Helm/HelmChartConfigKeyTests.cs checks every `name: X__Y` below against th
       name: {{ include "rbs.secretName" $ }}
       key: api-key-{{ $i }}
 {{- end }}
+{{- /*
+State store: the orchestrator picks PostgreSQL when Orchestrator:Postgres:ConnectionString is set, SQLite
+(Orchestrator:StatePath) otherwise. postgres and spanner both use the PostgreSQL store: Spanner is reached
+through PGAdapter, which speaks the PostgreSQL protocol (a sidecar on localhost, or the dev emulator's pod).
+*/}}
 {{- if eq .Values.state.type "sqlite" }}
-- name: Orchestrator__StateStore
-  value: sqlite
 - name: Orchestrator__StatePath
   value: {{ .Values.state.sqlite.path | quote }}
 {{- else }}
-{{- /* postgres and spanner (PGAdapter speaks the PostgreSQL protocol) both use the PostgreSQL store. */}}
-- name: Orchestrator__StateStore
-  value: postgres
-- name: Orchestrator__PostgresConnectionString
+- name: Orchestrator__Postgres__ConnectionString
 {{- if eq .Values.state.type "postgres" }}
   valueFrom:
     secretKeyRef:
@@ -134,7 +134,7 @@ Tests/Helm/HelmChartConfigKeyTests.cs checks every `name: X__Y` below against th
 {{- else if .Values.state.spanner.emulator.enabled }}
   value: {{ printf "Host=%s-spanner-emulator;Port=5432;Database=%s;SSL Mode=Disable" (include "rbs.fullname" .) .Values.state.spanner.database | quote }}
 {{- else }}
-  value: {{ printf "Host=127.0.0.1;Port=5432;Database=%s;SSL Mode=Disable" .Values.state.spanner.database | quote }}
+  value: {{ printf "Host=localhost;Port=5432;Database=%s;SSL Mode=Disable" .Values.state.spanner.database | quote }}
 {{- end }}
 {{- end }}
 - name: Orchestrator__Kubernetes__Namespace
