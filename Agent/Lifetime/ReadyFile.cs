@@ -10,8 +10,8 @@ namespace Rbs.Agent.Lifetime;
 /// <summary>
 /// Tells the spawner the agent is ready: once Kestrel listens, writes <c>{"agentId","pid","address"}</c> to
 /// <c>&lt;ready-file&gt;.tmp</c> and renames it over <c>&lt;ready-file&gt;</c>, so a reader never sees a partial file.
-/// In tunnel mode "ready" means the first tunnel to the gateway is open (the agent is registered); the address is then
-/// the direct listener's when there is one (<c>--listen</c>), else <c>tunnel</c>.
+/// A tunnel-only agent (<c>--gateway</c> without <c>--listen</c>) is "ready" once its first tunnel to the gateway is open
+/// (it is registered), and its address is <c>tunnel</c>. With a direct listener the file is written once listening.
 /// </summary>
 internal sealed partial class ReadyFile(
     IOptions<AgentOptions> options,
@@ -59,13 +59,16 @@ internal sealed partial class ReadyFile(
 
     private void OnStarted()
     {
-        if (services.GetService<AgentTunnelStatus>() is { } tunnel)
+        // With a direct listener the agent is reachable as soon as it listens (direct mode must not depend on the
+        // gateway); a tunnel-only agent is reachable once its first tunnel is up.
+        var address = BoundAddress(server);
+        if (address is null && services.GetService<AgentTunnelStatus>() is { } tunnel)
         {
             _ = WriteWhenTunnelConnectedAsync(tunnel);
             return;
         }
 
-        WriteReadyFile(BoundAddress(server));
+        WriteReadyFile(address);
     }
 
     private async Task WriteWhenTunnelConnectedAsync(AgentTunnelStatus tunnel)

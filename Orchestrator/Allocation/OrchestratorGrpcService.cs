@@ -23,10 +23,10 @@ internal sealed partial class OrchestratorGrpcService(
     public override async Task<GetServerResponse> GetServer(GetServerRequest request, ServerCallContext context)
     {
         var userId = authenticator.Authenticate(context.RequestHeaders);
-        var mode = tunnels.Resolve(request.ConnectMode);
         var sourcePath = GetServerRequestValidator.Validate(
             request,
             sourceMustExist: options.Value.GetBackend() == OrchestratorOptions.ProcessBackend);
+        var mode = tunnels.Resolve(request.ConnectMode);
 
         AllocationResult result;
         try
