@@ -28,6 +28,18 @@ public sealed class GatewayDownTests(ITestOutputHelper output)
         Assert.Empty(Directory.EnumerateFiles(stack.AgentsDirectory, "*.json"));
         Assert.Empty(Directory.EnumerateFiles(stack.AgentsDirectory, "*.join"));
 
+        // jbazel shows the reason as one line and exits 38 (transient: start the gateway and run again).
+        await using (var jbazel = JBazelProcess.Start(output, workspace.Root, workspace.Home, new Dictionary<string, string?>(),
+            [$"--rbs_orchestrator={stack.OrchestratorAddress}", "--rbs_connect=tunnel", $"--rbs_api_key={TunnelStack.AliceKey}", "exit", "0"]))
+        {
+            jbazel.StandardInput.Close();
+            Assert.Equal(38, await jbazel.WaitForExitAsync(TunnelStack.Timeout));
+            Assert.Contains("could not provide an agent (Unavailable)", jbazel.StderrText, StringComparison.Ordinal);
+            Assert.Contains(stack.AgentAddress, jbazel.StderrText, StringComparison.Ordinal);
+        }
+
+        Assert.Empty(Directory.EnumerateFiles(stack.AgentsDirectory, "*.json"));
+
         // Direct mode does not depend on the gateway: process agents also listen on loopback.
         var direct = await stack.GetServerAsync(TunnelStack.AliceKey, workspace.Root, ConnectMode.Direct, stack.OrchestratorAddress);
         Assert.Equal(ConnectMode.Direct, direct.ConnectMode);
