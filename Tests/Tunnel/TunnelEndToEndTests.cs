@@ -1,8 +1,12 @@
+using System.Diagnostics;
 using System.Security.Cryptography;
+using System.Text.Json;
 using System.Text.RegularExpressions;
 using Grpc.Core;
 using Grpc.Net.Client;
 using Rbs.Orchestrator.Compute.Processes;
+using Rbs.Orchestrator.Security;
+using Rbs.Tests.Agent;
 using Rbs.Tests.JBazel;
 using Rbs.V1;
 
@@ -161,6 +165,107 @@ public sealed partial class TunnelEndToEndTests : IClassFixture<TunnelStackFixtu
         UnixProcesses.Signal(pid, UnixProcesses.SigKill);
         Assert.Equal(38, await jbazel.WaitForExitAsync(s_timeout));
         Assert.Contains(status.AgentId, jbazel.StderrText, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task TunnelOnlyAgentOpensNoListeningSocketAndServesThroughTheGateway()
+    {
+        var tokens = new RbsTokenService(RbsTokenService.ReadKeyFile(_stack.KeyFile), TimeProvider.System);
+        var agentId = "tunnel-only-" + Guid.NewGuid().ToString("N")[..8];
+        var joinFile = Path.Combine(_workspace.Base, "join");
+        await File.WriteAllTextAsync(joinFile, tokens.Mint(RbsTokenKind.Join, agentId, "alice", TimeSpan.FromMinutes(5)));
+        var readyFile = Path.Combine(_workspace.Base, "agent.json");
+        var info = new ProcessStartInfo(Path.Combine(AppContext.BaseDirectory, "rbs-agent")) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var arg in new[] { "--agent-id", agentId, "--workspace", _workspace.Root, "--build-tool", FakeBazel.Path,
+            "--gateway", _stack.AgentAddress, "--join-token-file", joinFile, "--ready-file", readyFile })
+        {
+            info.ArgumentList.Add(arg);
+        }
+
+        using var agent = Process.Start(info)!;
+        agent.OutputDataReceived += (_, e) => Log(e.Data);
+        agent.ErrorDataReceived += (_, e) => Log(e.Data);
+        agent.BeginOutputReadLine();
+        agent.BeginErrorReadLine();
+        try
+        {
+            using var cts = new CancellationTokenSource(s_timeout);
+            while (!File.Exists(readyFile))
+            {
+                Assert.False(agent.HasExited, "rbs-agent exited before it was ready");
+                await Task.Delay(25, cts.Token);
+            }
+
+            using (var ready = JsonDocument.Parse(await File.ReadAllTextAsync(readyFile)))
+            {
+                Assert.Equal("tunnel", ready.RootElement.GetProperty("address").GetString());
+                Assert.Equal(agent.Id, ready.RootElement.GetProperty("pid").GetInt32());
+            }
+
+            Assert.Empty(ListeningSockets(agent.Id));
+
+            using var channel = GrpcChannel.ForAddress(_stack.PublicAddress);
+            var client = new V1.Agent.AgentClient(channel);
+            var status = await client.GetStatusAsync(new GetStatusRequest(),
+                Headers(agentId, tokens.Mint(RbsTokenKind.Session, agentId, "alice", TimeSpan.FromMinutes(5)))).ResponseAsync.WaitAsync(s_timeout);
+            Assert.Equal(agentId, status.AgentId);
+
+            // Bob's token names the agent but the tunnel was joined as alice.
+            var denied = await Assert.ThrowsAsync<RpcException>(() => client.GetStatusAsync(new GetStatusRequest(),
+                Headers(agentId, tokens.Mint(RbsTokenKind.Session, agentId, "bob", TimeSpan.FromMinutes(5)))).ResponseAsync.WaitAsync(s_timeout));
+            Assert.Equal(StatusCode.PermissionDenied, denied.StatusCode);
+        }
+        finally
+        {
+            agent.Kill(entireProcessTree: true);
+            await agent.WaitForExitAsync().WaitAsync(s_timeout);
+        }
+    }
+
+    /// <summary>TCP sockets in LISTEN state owned by <paramref name="pid"/> (from /proc).</summary>
+    private static List<string> ListeningSockets(int pid)
+    {
+        var inodes = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var fd in Directory.EnumerateFileSystemEntries($"/proc/{pid}/fd"))
+        {
+            var target = new FileInfo(fd).LinkTarget;
+            if (target is not null && target.StartsWith("socket:[", StringComparison.Ordinal))
+            {
+                inodes.Add(target[8..^1]);
+            }
+        }
+
+        var listening = new List<string>();
+        foreach (var table in new[] { "/proc/net/tcp", "/proc/net/tcp6" })
+        {
+            foreach (var line in File.ReadLines(table).Skip(1))
+            {
+                var fields = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+                if (fields.Length > 9 && fields[3] == "0A" && inodes.Contains(fields[9]))
+                {
+                    listening.Add($"{table}: {fields[1]}");
+                }
+            }
+        }
+
+        return listening;
+    }
+
+    private void Log(string? line)
+    {
+        if (line is null)
+        {
+            return;
+        }
+
+        try
+        {
+            _output.WriteLine("[rbs-agent] " + line);
+        }
+        catch (InvalidOperationException)
+        {
+            // The test already finished.
+        }
     }
 
     private JBazelProcess Start(string? apiKey, string[] toolArgs, bool closeStdin = true)

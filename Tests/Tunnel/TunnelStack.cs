@@ -34,6 +34,9 @@ public sealed class TunnelStack : IAsyncDisposable
 
     public string Root { get; }
 
+    /// <summary>The base64 token key shared by gateway and orchestrator.</summary>
+    public string KeyFile => Path.Combine(Root, "token.key");
+
     public string StatePath => Path.Combine(Root, "state", "orchestrator.db");
 
     public string AgentsDirectory => Path.Combine(Root, "state", "agents");
@@ -68,7 +71,7 @@ public sealed class TunnelStack : IAsyncDisposable
 
     private async Task StartCoreAsync(bool withGateway)
     {
-        var keyFile = Path.Combine(Root, "token.key");
+        var keyFile = KeyFile;
         await File.WriteAllTextAsync(keyFile, RbsTokenService.GenerateKey() + "\n");
         var apiKeysFile = Path.Combine(Root, "api-keys");
         await File.WriteAllTextAsync(apiKeysFile, $"# user:key\nalice:{AliceKey}\n\nbob:{BobKey}\n");
