@@ -4,10 +4,7 @@ using Rbs.Agent.Hosting;
 // rbs-agent: runs the configured build tool for ExecuteCommand streams. Flags and keys: Hosting/AgentOptions.cs.
 try
 {
-    var builder = AgentHost.CreateBuilder(args);
-    builder.Services.AddAgent(builder.Configuration);
-    var app = builder.Build();
-    app.MapAgent();
+    var app = AgentHost.Build(args);
     await app.RunAsync();
 }
 catch (OptionsValidationException ex)

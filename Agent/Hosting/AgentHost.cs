@@ -1,10 +1,15 @@
+using Rbs.Agent.Tunnel;
+
 namespace Rbs.Agent.Hosting;
 
 /// <summary>Builds the agent's WebApplication from command-line arguments (Program.cs and in-process tests).</summary>
 internal static class AgentHost
 {
-    /// <summary>The friendly flags of the cross-component contract, mapped onto the <c>Agent</c> section.</summary>
-    public static readonly IReadOnlyDictionary<string, string> SwitchMappings = new Dictionary<string, string>(StringComparer.Ordinal)
+    /// <summary>
+    /// The friendly flags of the cross-component contract, mapped onto the <c>Agent</c> section, plus tunnel mode's
+    /// (<c>--gateway</c>, <c>--join-token</c>, <c>--join-token-file</c>; <see cref="AgentTunnelOptions.SwitchMappings"/>).
+    /// </summary>
+    public static readonly IReadOnlyDictionary<string, string> SwitchMappings = new Dictionary<string, string>(AgentTunnelOptions.SwitchMappings, StringComparer.Ordinal)
     {
         ["--agent-id"] = $"{AgentOptions.SectionName}:{nameof(AgentOptions.AgentId)}",
         ["--workspace"] = $"{AgentOptions.SectionName}:{nameof(AgentOptions.Workspace)}",
@@ -29,14 +34,20 @@ internal static class AgentHost
     }
 
     /// <summary>
-    /// The whole agent, wired exactly as Program.cs wires it (keep the two in step). <paramref name="configure"/> runs
-    /// before AddAgent, so tests can add logging or replace services such as TimeProvider.
+    /// The whole agent; Program.cs runs exactly this. <paramref name="configure"/> runs before AddAgent, so tests can
+    /// add logging or replace services such as TimeProvider. With <c>--gateway</c> the agent dials out to the gateway
+    /// and listens on a socket only when <c>--listen</c> was given explicitly.
     /// </summary>
     public static WebApplication Build(string[] args, Action<WebApplicationBuilder>? configure = null)
     {
         var builder = CreateBuilder(args);
         configure?.Invoke(builder);
         builder.Services.AddAgent(builder.Configuration);
+        if (builder.Configuration.IsAgentTunnelEnabled())
+        {
+            builder.WebHost.UseAgentTunnel();
+        }
+
         var app = builder.Build();
         app.MapAgent();
         return app;

@@ -19,7 +19,8 @@ internal sealed class AgentOptions
 
     /// <summary>
     /// The h2c endpoint, <c>host:port</c> (an IP address or <c>localhost</c>; port 0 = ephemeral).
-    /// Default <c>127.0.0.1:0</c>; pods use <c>0.0.0.0:9011</c>.
+    /// Default <c>127.0.0.1:0</c>; pods use <c>0.0.0.0:9011</c>. In tunnel mode (<c>--gateway</c>) the agent listens
+    /// only when this is set explicitly.
     /// </summary>
     public string Listen { get; set; } = "127.0.0.1:0";
 

@@ -3,6 +3,7 @@ using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Options;
 using Rbs.Agent.Execution;
 using Rbs.Agent.Lifetime;
+using Rbs.Agent.Tunnel;
 
 namespace Rbs.Agent.Hosting;
 
@@ -60,6 +61,13 @@ internal static class AgentServiceCollectionExtensions
         {
             var options = new AgentOptions();
             configuration.GetSection(AgentOptions.SectionName).Bind(options);
+            if (configuration.IsAgentTunnelEnabled() && configuration[$"{AgentOptions.SectionName}:{nameof(AgentOptions.Listen)}"] is null)
+            {
+                // Tunnel mode opens no listening socket unless --listen asks for one (pods: kubelet probes; process
+                // agents: loopback for direct mode on the same host).
+                return;
+            }
+
             if (!ListenAddress.TryParse(options.Listen, out var endPoint, out var port))
             {
                 // AgentOptionsValidator reports this with the flag to fix when the host starts.

@@ -3,19 +3,26 @@ using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.Extensions.Options;
 using Rbs.Agent.Hosting;
+using Rbs.Agent.Tunnel;
 
 namespace Rbs.Agent.Lifetime;
 
 /// <summary>
 /// Tells the spawner the agent is ready: once Kestrel listens, writes <c>{"agentId","pid","address"}</c> to
 /// <c>&lt;ready-file&gt;.tmp</c> and renames it over <c>&lt;ready-file&gt;</c>, so a reader never sees a partial file.
+/// A tunnel-only agent (<c>--gateway</c> without <c>--listen</c>) is "ready" once its first tunnel to the gateway is open
+/// (it is registered), and its address is <c>tunnel</c>. With a direct listener the file is written once listening.
 /// </summary>
 internal sealed partial class ReadyFile(
     IOptions<AgentOptions> options,
     IServer server,
     IHostApplicationLifetime lifetime,
+    IServiceProvider services,
     ILogger<ReadyFile> logger) : IHostedService
 {
+    /// <summary>The ready file's address of an agent that has no listener, only tunnels.</summary>
+    public const string TunnelOnlyAddress = "tunnel";
+
     public Task StartAsync(CancellationToken cancellationToken)
     {
         // ApplicationStarted fires after the server has bound its addresses.
@@ -27,7 +34,8 @@ internal sealed partial class ReadyFile(
 
     /// <summary>The first address the server bound, e.g. <c>http://127.0.0.1:41234</c>; null when it has none.</summary>
     internal static string? BoundAddress(IServer server) =>
-        server.Features.Get<IServerAddressesFeature>()?.Addresses.FirstOrDefault();
+        server.Features.Get<IServerAddressesFeature>()?.Addresses
+            .FirstOrDefault(a => !a.Contains(TunnelEndPoint.HostPrefix, StringComparison.Ordinal));
 
     internal static void Write(string path, string agentId, int pid, string address)
     {
@@ -51,7 +59,30 @@ internal sealed partial class ReadyFile(
 
     private void OnStarted()
     {
+        // With a direct listener the agent is reachable as soon as it listens (direct mode must not depend on the
+        // gateway); a tunnel-only agent is reachable once its first tunnel is up.
         var address = BoundAddress(server);
+        if (address is null && services.GetService<AgentTunnelStatus>() is { } tunnel)
+        {
+            _ = WriteWhenTunnelConnectedAsync(tunnel);
+            return;
+        }
+
+        WriteReadyFile(address);
+    }
+
+    private async Task WriteWhenTunnelConnectedAsync(AgentTunnelStatus tunnel)
+    {
+        // A rejected join token stops the agent (StopOnRejection): then there is nothing to announce.
+        var first = await Task.WhenAny(tunnel.FirstConnected, tunnel.Rejected, Task.Delay(Timeout.Infinite, lifetime.ApplicationStopping));
+        if (first == tunnel.FirstConnected)
+        {
+            WriteReadyFile(BoundAddress(server) ?? TunnelOnlyAddress);
+        }
+    }
+
+    private void WriteReadyFile(string? address)
+    {
         Log.Listening(logger, options.Value.AgentId, address ?? "(no listener)", Environment.ProcessId);
         var path = options.Value.ReadyFile;
         if (string.IsNullOrEmpty(path) || address is null)

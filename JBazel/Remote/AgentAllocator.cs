@@ -61,6 +61,11 @@ internal sealed class AgentAllocator(ChannelPool channels, RbsSettings settings)
         var at = settings.Orchestrator.OriginalString;
         return ex.StatusCode switch
         {
+            // The orchestrator (or the gateway in front of it) answered, but could not provide a reachable agent now,
+            // e.g. a tunnel-mode agent did not register at the gateway: its detail says why.
+            StatusCode.Unavailable when ex.Status.DebugException is null && !string.IsNullOrWhiteSpace(ex.Status.Detail) =>
+                new RemoteFailure(ExitCodes.TransientRemoteError,
+                    $"the orchestrator at {at} could not provide an agent (Unavailable): {ex.Status.Detail}. Run the command again."),
             StatusCode.Unavailable => new RemoteFailure(ExitCodes.TransientRemoteError,
                 $"cannot reach the orchestrator at {at} ({RemoteFailure.Describe(ex)}). " +
                 "Start it with 'rbs-orchestrator --local-mode', or point --rbs_orchestrator / RBS_ORCHESTRATOR at it."),

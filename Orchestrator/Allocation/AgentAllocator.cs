@@ -5,6 +5,7 @@ using Microsoft.Extensions.Options;
 using Rbs.Orchestrator.Compute;
 using Rbs.Orchestrator.Hosting;
 using Rbs.Orchestrator.State;
+using Rbs.Orchestrator.Tunnel;
 
 namespace Rbs.Orchestrator.Allocation;
 
@@ -23,6 +24,7 @@ internal sealed record AllocationResult(AgentRecord Agent, bool Warm, TimeSpan E
 internal sealed partial class AgentAllocator(
     IStateStore store,
     IComputeService compute,
+    GatewayTunnels tunnels,
     ReplicaIdentity replica,
     IOptions<OrchestratorOptions> options,
     TimeProvider timeProvider,
@@ -150,6 +152,7 @@ internal sealed partial class AgentAllocator(
 
         await compute.StopAsync(claimed, cancellationToken);
         await store.DeleteAsync(row.AgentId, cancellationToken);
+        tunnels.Forget(row.AgentId);
         return true;
     }
 
@@ -207,7 +210,8 @@ internal sealed partial class AgentAllocator(
         try
         {
             agent = await compute.StartAsync(
-                new AgentSpec(record.AgentId, record.UserId, record.RepoHash, record.SourcePath),
+                // With a gateway configured every agent also dials out, so one agent serves both connect modes.
+                new AgentSpec(record.AgentId, record.UserId, record.RepoHash, record.SourcePath, tunnels.SpecFor(record.AgentId, record.UserId)),
                 stopping);
         }
         catch (Exception e)

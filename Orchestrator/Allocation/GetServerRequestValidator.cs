@@ -21,11 +21,9 @@ internal static class GetServerRequestValidator
         {
             case ConnectMode.Unspecified:
             case ConnectMode.Direct:
-                break;
             case ConnectMode.Tunnel:
-                throw new RpcException(new Status(
-                    StatusCode.FailedPrecondition,
-                    "tunnel mode needs a gateway (not configured); request direct mode (CONNECT_MODE_DIRECT) or configure a gateway"));
+                // Whether tunnel mode is available (a gateway is configured) is GatewayTunnels.Resolve's call.
+                break;
             default:
                 throw Invalid($"connect_mode {(int)request.ConnectMode} is unknown; use CONNECT_MODE_DIRECT or CONNECT_MODE_TUNNEL");
         }

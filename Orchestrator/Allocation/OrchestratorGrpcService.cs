@@ -2,27 +2,40 @@ using System.Data.Common;
 using Grpc.Core;
 using Microsoft.Extensions.Options;
 using Rbs.Orchestrator.Hosting;
+using Rbs.Orchestrator.Security;
+using Rbs.Orchestrator.Tunnel;
 using Rbs.V1;
 
 namespace Rbs.Orchestrator.Allocation;
 
-/// <summary><c>rbs.v1.Orchestrator</c>: hands out the warm agent for (caller, repository).</summary>
+/// <summary>
+/// <c>rbs.v1.Orchestrator</c>: hands out the warm agent for (caller, repository), reachable in the requested connect
+/// mode: direct (the agent's own address) or tunnel (the gateway's public address, the agent's route and a session
+/// token; only once the agent is registered at the gateway).
+/// </summary>
 internal sealed partial class OrchestratorGrpcService(
     AgentAllocator allocator,
+    ApiKeyAuthenticator authenticator,
+    GatewayTunnels tunnels,
     IOptions<OrchestratorOptions> options,
     ILogger<OrchestratorGrpcService> logger) : V1.Orchestrator.OrchestratorBase
 {
     public override async Task<GetServerResponse> GetServer(GetServerRequest request, ServerCallContext context)
     {
-        var userId = ResolveUser();
+        var userId = authenticator.Authenticate(context.RequestHeaders);
         var sourcePath = GetServerRequestValidator.Validate(
             request,
             sourceMustExist: options.Value.GetBackend() == OrchestratorOptions.ProcessBackend);
+        var mode = tunnels.Resolve(request.ConnectMode);
 
         AllocationResult result;
         try
         {
             result = await allocator.GetOrAllocateAsync(userId, request.RepoHash, sourcePath, context.CancellationToken);
+            if (mode == ConnectMode.Tunnel)
+            {
+                result = await EnsureRegisteredAsync(result, userId, request.RepoHash, sourcePath, context.CancellationToken);
+            }
         }
         catch (DbException e)
         {
@@ -36,7 +49,7 @@ internal sealed partial class OrchestratorGrpcService(
         }
 
         var agent = result.Agent;
-        return new GetServerResponse
+        var response = new GetServerResponse
         {
             AgentId = agent.AgentId,
             Address = agent.Address,
@@ -47,25 +60,56 @@ internal sealed partial class OrchestratorGrpcService(
             WorkspacePath = agent.SourcePath,
             AllocationMillis = (long)result.Elapsed.TotalMilliseconds,
         };
-    }
-
-    private string ResolveUser()
-    {
-        if (options.Value.LocalMode)
+        if (mode == ConnectMode.Tunnel)
         {
-            return OrchestratorOptions.LocalUser;
+            // The client talks only to the gateway; the route and the (user, agent) session token get it to this agent.
+            response.ConnectMode = ConnectMode.Tunnel;
+            response.Address = tunnels.PublicAddress;
+            response.Route = agent.AgentId;
+            response.SessionToken = tunnels.MintSession(agent.AgentId, userId);
         }
 
-        // Seam for API-key authentication (the gateway/security work): until it exists, only local mode
-        // has a caller identity, and handing out agents to anonymous callers would be worse than refusing.
-        throw new RpcException(new Status(
-            StatusCode.Unauthenticated,
-            "this orchestrator has no client authentication configured; run it with --local-mode for a single local user"));
+        return response;
+    }
+
+    /// <summary>
+    /// Returns once the agent has a live tunnel. A fresh agent that does not register is stopped (never leaked) and the
+    /// client gets Unavailable; a warm agent that never registered (e.g. started before the gateway was configured) is
+    /// replaced once. A gateway that cannot be asked leaves a warm agent alone.
+    /// </summary>
+    private async Task<AllocationResult> EnsureRegisteredAsync(
+        AllocationResult result, string userId, string repoHash, string sourcePath, CancellationToken cancellationToken)
+    {
+        for (var attempt = 0; ; attempt++)
+        {
+            var check = await tunnels.CheckRegisteredAsync(result.Agent, fresh: !result.Warm, cancellationToken);
+            if (check.Registered)
+            {
+                return result;
+            }
+
+            if (result.Warm && check.GatewayUnreachable)
+            {
+                throw new RpcException(new Status(StatusCode.Unavailable, check.Message ?? "the gateway is unavailable"));
+            }
+
+            Log.Unregistered(logger, result.Agent.AgentId, result.Warm, check.Message ?? string.Empty);
+            await allocator.CleanUpAsync(result.Agent, CancellationToken.None);
+            if (!result.Warm || attempt > 0)
+            {
+                throw new RpcException(new Status(StatusCode.Unavailable, check.Message ?? "the agent did not register at the gateway"));
+            }
+
+            result = await allocator.GetOrAllocateAsync(userId, repoHash, sourcePath, cancellationToken);
+        }
     }
 
     private static partial class Log
     {
         [LoggerMessage(EventId = 300, Level = LogLevel.Error, Message = "GetServer for repo {RepoHash} failed: state store error {Reason}")]
         public static partial void StoreFailed(ILogger logger, string repoHash, string reason);
+
+        [LoggerMessage(EventId = 301, Level = LogLevel.Warning, Message = "Agent {AgentId} (warm: {Warm}) is not registered at the gateway; stopping it: {Reason}")]
+        public static partial void Unregistered(ILogger logger, string agentId, bool warm, string reason);
     }
 }

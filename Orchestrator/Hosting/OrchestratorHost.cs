@@ -22,6 +22,11 @@ internal static class OrchestratorHost
         ["--agent-path"] = "Orchestrator:Process:AgentPath",
         ["--build-tool"] = "Orchestrator:Process:BuildTool",
         ["--postgres"] = "Orchestrator:Postgres:ConnectionString",
+        ["--default-connect-mode"] = "Orchestrator:DefaultConnectMode",
+        ["--api-keys-file"] = "Orchestrator:ApiKeysFile",
+        ["--gateway-public-address"] = "Orchestrator:Gateway:PublicAddress",
+        ["--gateway-agent-address"] = "Orchestrator:Gateway:AgentAddress",
+        ["--token-key-file"] = "Orchestrator:Gateway:TokenKeyFile",
     };
 
     // Flags that may appear bare (no value); the command-line provider needs "=true" for those.

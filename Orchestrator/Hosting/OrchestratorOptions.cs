@@ -1,5 +1,8 @@
 using System.Net;
 using Microsoft.Extensions.Options;
+using Rbs.Orchestrator.Security;
+using Rbs.Orchestrator.Tunnel;
+using Rbs.V1;
 
 namespace Rbs.Orchestrator.Hosting;
 
@@ -68,6 +71,31 @@ internal sealed class OrchestratorOptions
     /// allocation lease. Default: 00:00:30.
     /// </summary>
     public TimeSpan AgentStartTimeout { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>
+    /// Connect mode for clients that do not ask for one (<c>--default-connect-mode</c>): "direct" or "tunnel".
+    /// Default: empty, meaning tunnel when a gateway is configured (<c>Orchestrator:Gateway:PublicAddress</c>), else direct.
+    /// </summary>
+    public string? DefaultConnectMode { get; set; }
+
+    /// <summary>
+    /// Client API keys (env <c>Orchestrator__ApiKeys__0__User</c> / <c>Orchestrator__ApiKeys__0__Key</c>). When any key is
+    /// configured (here or in <see cref="ApiKeysFile"/>), every GetServer must present one as
+    /// <c>authorization: Bearer &lt;key&gt;</c>. Default: none (local mode: implicit user "local"; otherwise clients are refused).
+    /// </summary>
+    public List<ApiKeyEntry> ApiKeys { get; set; } = [];
+
+    /// <summary>File of API keys, one <c>user:key</c> per line, <c>#</c> comments (<c>--api-keys-file</c>). Default: none.</summary>
+    public string? ApiKeysFile { get; set; }
+
+    /// <summary>The connect mode for UNSPECIFIED requests, given the gateway configuration.</summary>
+    public ConnectMode GetDefaultConnectMode(OrchestratorGatewayOptions gateway) =>
+        DefaultConnectMode?.Trim().ToLowerInvariant() switch
+        {
+            "tunnel" => ConnectMode.Tunnel,
+            "direct" => ConnectMode.Direct,
+            _ => string.IsNullOrWhiteSpace(gateway.PublicAddress) ? ConnectMode.Direct : ConnectMode.Tunnel,
+        };
 
     /// <summary>The backend in effect: <see cref="Backend"/>, or "process" in local mode.</summary>
     public string GetBackend() =>
@@ -153,6 +181,21 @@ internal sealed class OrchestratorOptionsValidator(IServiceProviderIsKeyedServic
         if (options.ReapInterval <= TimeSpan.Zero)
         {
             failures.Add($"--reap-interval {options.ReapInterval} must be positive (e.g. 00:00:30)");
+        }
+
+        if (!string.IsNullOrWhiteSpace(options.DefaultConnectMode)
+            && options.DefaultConnectMode.Trim().ToLowerInvariant() is not ("direct" or "tunnel"))
+        {
+            failures.Add($"--default-connect-mode '{options.DefaultConnectMode}' is unknown; use 'direct' or 'tunnel'");
+        }
+
+        try
+        {
+            ApiKeyAuthenticator.Load(options);
+        }
+        catch (Exception e) when (e is FormatException or IOException or UnauthorizedAccessException)
+        {
+            failures.Add($"API keys: {e.Message}");
         }
 
         if (options.AgentStartTimeout <= TimeSpan.Zero)

@@ -4,8 +4,10 @@ using Rbs.Orchestrator.Allocation;
 using Rbs.Orchestrator.Compute;
 using Rbs.Orchestrator.Compute.Processes;
 using Rbs.Orchestrator.Lifecycle;
+using Rbs.Orchestrator.Security;
 using Rbs.Orchestrator.State;
 using Rbs.Orchestrator.State.Postgres;
+using Rbs.Orchestrator.Tunnel;
 
 namespace Rbs.Orchestrator.Hosting;
 
@@ -24,6 +26,10 @@ internal static class OrchestratorServiceCollectionExtensions
         services.AddOptions<OrchestratorOptions>().BindConfiguration(OrchestratorOptions.SectionName).ValidateOnStart();
         services.AddSingleton<IValidateOptions<OrchestratorOptions>, OrchestratorOptionsValidator>();
         services.AddOptions<ProcessComputeOptions>().BindConfiguration(ProcessComputeOptions.SectionName).ValidateOnStart();
+        services.AddOptions<OrchestratorGatewayOptions>().BindConfiguration(OrchestratorGatewayOptions.SectionName).ValidateOnStart();
+        services.AddSingleton<IValidateOptions<OrchestratorGatewayOptions>, OrchestratorGatewayOptionsValidator>();
+        services.AddSingleton<ApiKeyAuthenticator>();
+        services.AddSingleton<GatewayTunnels>();
 
         services.TryAddSingleton(TimeProvider.System);
         services.AddSingleton<ReplicaIdentity>();

@@ -120,9 +120,9 @@ internal sealed class KubernetesComputeOptions
 
     /// <summary>
     /// Environment variable that carries the gateway join token to a tunnel-mode agent (kept out of the pod's
-    /// command line). Default "Agent__JoinToken", i.e. the agent's <c>Agent:JoinToken</c> setting.
+    /// command line). Default "Agent__Tunnel__JoinToken", i.e. the agent's <c>Agent:Tunnel:JoinToken</c> setting.
     /// </summary>
-    public string JoinTokenEnvironmentVariable { get; set; } = "Agent__JoinToken";
+    public string JoinTokenEnvironmentVariable { get; set; } = "Agent__Tunnel__JoinToken";
 }
 
 /// <summary>One pod toleration (<c>Orchestrator__Kubernetes__Tolerations__0__Key=...</c>).</summary>

@@ -13,7 +13,10 @@ namespace Rbs.Orchestrator.Compute.Processes;
 /// stdin from /dev/null and its output appended to <c>&lt;state dir&gt;/agents/&lt;id&gt;.log</c>, so it
 /// survives an orchestrator restart and a terminal's Ctrl-C; the orchestrator re-adopts it by pid and id.
 /// Files per agent in that directory: <c>&lt;id&gt;.json</c> (the agent's ready file), <c>&lt;id&gt;.spec</c>
-/// (who it belongs to, for re-adoption), <c>&lt;id&gt;.log</c>.
+/// (who it belongs to, for re-adoption), <c>&lt;id&gt;.log</c>, and with a gateway <c>&lt;id&gt;.join</c> (its join
+/// token, mode 0600, so the token never appears on a command line).
+/// Agents always listen on 127.0.0.1 (direct mode from this host); with a <see cref="TunnelSpec"/> they also dial out
+/// to the gateway (tunnel mode from anywhere). A loopback listener is unreachable from other hosts and namespaces.
 /// </summary>
 internal sealed partial class ProcessComputeService(
     IOptions<OrchestratorOptions> orchestratorOptions,
@@ -38,17 +41,16 @@ internal sealed partial class ProcessComputeService(
 
     public async Task<StartedAgent> StartAsync(AgentSpec spec, CancellationToken cancellationToken)
     {
-        if (spec.Tunnel is not null)
-        {
-            throw new ComputeException("process agents cannot run in tunnel mode yet (no gateway configured); use direct mode", transient: false);
-        }
-
         var (fileName, prefixArguments) = ResolveAgentCommand();
         Directory.CreateDirectory(_agentsDirectory);
         var readyFile = ReadyFilePath(spec.AgentId);
         var logFile = LogFilePath(spec.AgentId);
         File.Delete(readyFile);
         await WriteSpecFileAsync(spec, cancellationToken);
+        if (spec.Tunnel is { } tunnel)
+        {
+            await WriteJoinTokenFileAsync(spec.AgentId, tunnel.JoinToken, cancellationToken);
+        }
 
         var startInfo = new ProcessStartInfo("/bin/sh") { UseShellExecute = false };
         startInfo.ArgumentList.Add("-c");
@@ -178,6 +180,7 @@ internal sealed partial class ProcessComputeService(
                 // Leftovers of an agent that is gone; its log stays for post-mortems.
                 File.Delete(file);
                 File.Delete(SpecFilePath(agentId));
+                File.Delete(JoinTokenFilePath(agentId));
                 continue;
             }
 
@@ -200,6 +203,28 @@ internal sealed partial class ProcessComputeService(
 
     private string SpecFilePath(string agentId) => Path.Combine(_agentsDirectory, agentId + ".spec");
 
+    internal string JoinTokenFilePath(string agentId) => Path.Combine(_agentsDirectory, agentId + ".join");
+
+    private async Task WriteJoinTokenFileAsync(string agentId, string joinToken, CancellationToken cancellationToken)
+    {
+        // Created 0600 from the start (no window where another user could read it), then renamed into place.
+        var path = JoinTokenFilePath(agentId);
+        var temporary = path + ".tmp";
+        File.Delete(temporary);
+        var streamOptions = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write };
+        if (!OperatingSystem.IsWindows())
+        {
+            streamOptions.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+        }
+
+        await using (var stream = new FileStream(temporary, streamOptions))
+        {
+            await stream.WriteAsync(System.Text.Encoding.ASCII.GetBytes(joinToken), cancellationToken);
+        }
+
+        File.Move(temporary, path, overwrite: true);
+    }
+
     private List<string> AgentArguments(AgentSpec spec, string readyFile)
     {
         var idleTtl = orchestratorOptions.Value.IdleTtl;
@@ -218,6 +243,14 @@ internal sealed partial class ProcessComputeService(
         {
             arguments.Add("--build-tool");
             arguments.Add(options.Value.BuildTool);
+        }
+
+        if (spec.Tunnel is { } tunnel)
+        {
+            arguments.Add("--gateway");
+            arguments.Add(tunnel.GatewayAddress);
+            arguments.Add("--join-token-file");
+            arguments.Add(JoinTokenFilePath(spec.AgentId));
         }
 
         return arguments;
@@ -356,6 +389,7 @@ internal sealed partial class ProcessComputeService(
         File.Delete(ReadyFilePath(agentId));
         File.Delete(ReadyFilePath(agentId) + ".tmp");
         File.Delete(SpecFilePath(agentId));
+        File.Delete(JoinTokenFilePath(agentId));
     }
 
     private async Task WriteSpecFileAsync(AgentSpec spec, CancellationToken cancellationToken)

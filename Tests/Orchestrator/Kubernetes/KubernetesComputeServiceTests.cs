@@ -105,7 +105,7 @@ public sealed class KubernetesComputeServiceTests(ITestOutputHelper output) : IA
         var container = Assert.Single(_server.CreatedPods).Spec.Containers[0];
         Assert.Equal(["--agent-id", "a1", "--workspace", "/workspace", "--listen", "0.0.0.0:9011", "--gateway", "http://rbs-gateway:8081"], container.Args);
         Assert.DoesNotContain(container.Args, a => a.Contains("secret-join-token", StringComparison.Ordinal));
-        Assert.Contains(container.Env, e => e.Name == "Agent__JoinToken" && e.Value == "secret-join-token");
+        Assert.Contains(container.Env, e => e.Name == "Agent__Tunnel__JoinToken" && e.Value == "secret-join-token");
     }
 
     [Fact]

@@ -94,15 +94,19 @@ Tests/Helm/HelmChartConfigKeyTests.cs checks every `name: X__Y` below against th
   value: {{ .Values.orchestrator.port | quote }}
 - name: Orchestrator__DefaultConnectMode
   value: {{ .Values.orchestrator.defaultConnectMode | quote }}
-- name: Orchestrator__GatewayAddress
+{{- /* Without a public address there is no gateway for clients: agents then do not dial out and tunnel mode is off
+       (with defaultConnectMode tunnel the orchestrator refuses to start and says so). */}}
+{{- if include "rbs.gatewayPublicAddress" . }}
+- name: Orchestrator__Gateway__PublicAddress
   value: {{ include "rbs.gatewayPublicAddress" . | quote }}
-- name: Orchestrator__AgentGatewayAddress
+- name: Orchestrator__Gateway__AgentAddress
   value: {{ include "rbs.agentGatewayAddress" . | quote }}
+{{- end }}
 {{- with .Values.orchestrator.agentIdleTimeout }}
 - name: Orchestrator__IdleTtl
   value: {{ . | quote }}
 {{- end }}
-- name: Orchestrator__TokenSigningKey
+- name: Orchestrator__Gateway__TokenKey
   valueFrom:
     secretKeyRef:
       name: {{ include "rbs.secretName" . }}
@@ -195,17 +199,13 @@ through PGAdapter, which speaks the PostgreSQL protocol (a sidecar on localhost,
 {{- end -}}
 
 {{- define "rbs.gatewayEnv" -}}
-- name: Kestrel__Endpoints__Grpc__Url
-  value: {{ printf "http://0.0.0.0:%v" .Values.gateway.ports.grpc | quote }}
-- name: Kestrel__Endpoints__Grpc__Protocols
-  value: Http2
-- name: Kestrel__Endpoints__Tunnel__Url
-  value: {{ printf "http://0.0.0.0:%v" .Values.gateway.ports.tunnel | quote }}
-- name: Kestrel__Endpoints__Tunnel__Protocols
-  value: Http1
+- name: Gateway__PublicListen
+  value: {{ printf "0.0.0.0:%v" .Values.gateway.ports.grpc | quote }}
+- name: Gateway__AgentListen
+  value: {{ printf "0.0.0.0:%v" .Values.gateway.ports.tunnel | quote }}
 - name: Gateway__OrchestratorAddress
   value: {{ printf "http://%s-orchestrator.%s.svc:%v" (include "rbs.fullname" .) .Release.Namespace .Values.orchestrator.port | quote }}
-- name: Gateway__TokenSigningKey
+- name: Gateway__TokenKey
   valueFrom:
     secretKeyRef:
       name: {{ include "rbs.secretName" . }}
