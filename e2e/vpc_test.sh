@@ -51,14 +51,16 @@ ALICE_KEY="alice-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 BOB_KEY="bob-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 mkdir -p "$E2E_TMP/state"
 
-C "$RBS_ARTIFACTS/rbs-gateway/rbs-gateway" --public-listen "$CLUSTER_IP:8080" --agent-listen 127.0.0.1:8081 \
+# Started with `ip netns exec` directly (not through C): a backgrounded function would be a subshell whose pid
+# is not the server's.
+ip netns exec "$NS_C" "$RBS_ARTIFACTS/rbs-gateway/rbs-gateway" --public-listen "$CLUSTER_IP:8080" --agent-listen 127.0.0.1:8081 \
     --orchestrator "$ORCH_DIRECT" --token-key-file "$KEY_FILE" --ready-file "$E2E_TMP/gateway.json" \
     >>"$E2E_TMP/gateway.log" 2>&1 &
 GATEWAY_PID=$!
 CLEANUP_PIDS+=("$GATEWAY_PID")
 wait_ready_file "$E2E_TMP/gateway.json" publicAddress "$GATEWAY_PID" >/dev/null
 
-C env Orchestrator__ApiKeys__0__User=alice Orchestrator__ApiKeys__0__Key="$ALICE_KEY" \
+ip netns exec "$NS_C" env Orchestrator__ApiKeys__0__User=alice Orchestrator__ApiKeys__0__Key="$ALICE_KEY" \
     Orchestrator__ApiKeys__1__User=bob Orchestrator__ApiKeys__1__Key="$BOB_KEY" \
     "$RBS_ARTIFACTS/rbs-orchestrator/rbs-orchestrator" --local-mode --port 50051 \
     --state-path "$E2E_TMP/state/orchestrator.db" --ready-file "$E2E_TMP/state/orchestrator.json" \
