@@ -12,6 +12,7 @@ using Microsoft.Extensions.Options;
 using Microsoft.Extensions.Time.Testing;
 using Rbs.Agent.Execution;
 using Rbs.Agent.Hosting;
+using Rbs.Tests.Infrastructure;
 using Rbs.V1;
 using static Rbs.Tests.Agent.ExecuteCommandTests;
 
@@ -112,7 +113,7 @@ public sealed class AgentHostTests(ITestOutputHelper output)
             builder =>
             {
                 builder.Logging.ClearProviders();
-                builder.Logging.AddProvider(new XunitLoggerProvider(output));
+                builder.Logging.AddProvider(new TestOutputLoggerProvider(output));
                 builder.Services.AddSingleton<TimeProvider>(time);
             });
         await app.StartAsync().WaitAsync(s_timeout);

@@ -7,6 +7,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using Rbs.Agent.Hosting;
 using Rbs.Agent.Lifetime;
+using Rbs.Tests.Infrastructure;
 using Rbs.V1;
 
 namespace Rbs.Tests.Agent;
@@ -57,7 +58,7 @@ internal sealed class TestAgent : IAsyncDisposable
         var app = AgentHost.Build(args, builder =>
         {
             builder.Logging.ClearProviders();
-            builder.Logging.AddProvider(new XunitLoggerProvider(output));
+            builder.Logging.AddProvider(new TestOutputLoggerProvider(output));
             builder.Logging.SetMinimumLevel(LogLevel.Warning);
             builder.Logging.AddFilter("Rbs", LogLevel.Debug);
         });

@@ -4,6 +4,7 @@ using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
+using Rbs.Tests.Infrastructure;
 using Rbs.V1;
 
 namespace Rbs.Tests.Gateway;
@@ -210,7 +211,7 @@ public sealed class GatewayRegistrationAndProxyTests(ITestOutputHelper output) :
     private async Task<WebApplication> StartStandInOrchestratorAsync()
     {
         var builder = WebApplication.CreateBuilder(new WebApplicationOptions { EnvironmentName = "Production" });
-        builder.Logging.ClearProviders().AddProvider(new TestLoggerProvider(output, "orchestrator"));
+        builder.Logging.ClearProviders().AddProvider(new TestOutputLoggerProvider(output, "orchestrator"));
         builder.WebHost.ConfigureKestrel(k => k.Listen(System.Net.IPAddress.Loopback, 0, l => l.Protocols = HttpProtocols.Http2));
         builder.Services.AddGrpc();
         var app = builder.Build();

@@ -11,6 +11,7 @@ using Rbs.Agent.Tunnel;
 using Rbs.Gateway.Hosting;
 using Rbs.Gateway.Security;
 using Rbs.Gateway.Tunnel;
+using Rbs.Tests.Infrastructure;
 using Rbs.V1;
 
 namespace Rbs.Tests.Gateway;
@@ -60,7 +61,7 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
             ["Gateway:TunnelKeepAliveTimeout"] = keepAlive,
             ["Gateway:CertificatePath"] = certificatePath,
         });
-        var logs = new TestLoggerProvider(output, "gateway");
+        var logs = new TestOutputLoggerProvider(output, "gateway");
         builder.Logging.ClearProviders().SetMinimumLevel(LogLevel.Debug).AddProvider(logs);
         builder.WebHost.UseShutdownTimeout(TimeSpan.FromSeconds(2));
         builder.AddGateway();
@@ -87,7 +88,7 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
             ["Agent:Tunnel:KeepAliveTimeout"] = keepAlive,
             ["Agent:Tunnel:ConnectTimeout"] = "00:00:02",
         });
-        var logs = new TestLoggerProvider(output, "agent " + agentId);
+        var logs = new TestOutputLoggerProvider(output, "agent " + agentId);
         builder.Logging.ClearProviders().SetMinimumLevel(LogLevel.Debug).AddProvider(logs);
         builder.WebHost.UseShutdownTimeout(TimeSpan.FromSeconds(2));
         Assert.True(builder.Configuration.IsAgentTunnelEnabled());
@@ -190,13 +191,13 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
     }
 }
 
-internal sealed class GatewayHost(WebApplication app, TestLoggerProvider logs) : IAsyncDisposable
+internal sealed class GatewayHost(WebApplication app, TestOutputLoggerProvider logs) : IAsyncDisposable
 {
     private int _stopped;
 
     public WebApplication App => app;
 
-    public TestLoggerProvider Logs => logs;
+    public TestOutputLoggerProvider Logs => logs;
 
     public string PublicAddress => app.Services.GetRequiredService<GatewayEndpoints>().PublicAddress;
 
@@ -219,13 +220,13 @@ internal sealed class GatewayHost(WebApplication app, TestLoggerProvider logs) :
     public async ValueTask DisposeAsync() => await StopAsync();
 }
 
-internal sealed class AgentHost(WebApplication app, TestLoggerProvider logs) : IAsyncDisposable
+internal sealed class AgentHost(WebApplication app, TestOutputLoggerProvider logs) : IAsyncDisposable
 {
     private int _stopped;
 
     public WebApplication App => app;
 
-    public TestLoggerProvider Logs => logs;
+    public TestOutputLoggerProvider Logs => logs;
 
     public AgentTunnelStatus Status => app.Services.GetRequiredService<AgentTunnelStatus>();
 

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text;
+using Rbs.Tests.Infrastructure;
 
 namespace Rbs.Tests.JBazel;
 

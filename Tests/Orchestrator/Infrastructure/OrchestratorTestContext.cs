@@ -5,6 +5,7 @@ using Microsoft.Extensions.Logging;
 using Rbs.Orchestrator.Compute.Processes;
 using Rbs.Orchestrator.Hosting;
 using Rbs.Orchestrator.State;
+using Rbs.Tests.Infrastructure;
 using Rbs.V1;
 
 namespace Rbs.Tests.Orchestrator.Infrastructure;
@@ -51,7 +52,7 @@ internal sealed class OrchestratorTestContext(ITestOutputHelper output) : IAsync
             builder =>
             {
                 builder.Logging.ClearProviders();
-                builder.Logging.AddProvider(new XunitLoggerProvider(Output));
+                builder.Logging.AddProvider(new TestOutputLoggerProvider(Output));
                 builder.Logging.SetMinimumLevel(LogLevel.Debug);
                 builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
                 builder.Logging.AddFilter("Grpc", LogLevel.Warning);

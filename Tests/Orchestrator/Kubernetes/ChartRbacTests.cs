@@ -1,9 +1,10 @@
 using System.Text.RegularExpressions;
-using k8s;
 using Microsoft.Extensions.Options;
 using Rbs.Orchestrator.Compute;
 using Rbs.Orchestrator.Compute.Kubernetes;
 using Rbs.Orchestrator.State;
+using Rbs.Tests.Infrastructure;
+using k8s;
 
 namespace Rbs.Tests.Orchestrator.Kubernetes;
 

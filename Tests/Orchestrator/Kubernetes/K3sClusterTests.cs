@@ -1,11 +1,12 @@
 using System.Text;
-using k8s;
-using k8s.Models;
 using Microsoft.Extensions.Options;
 using Rbs.Orchestrator.Compute;
 using Rbs.Orchestrator.Compute.Kubernetes;
 using Rbs.Orchestrator.State;
+using Rbs.Tests.Infrastructure;
 using Testcontainers.K3s;
+using k8s;
+using k8s.Models;
 
 namespace Rbs.Tests.Orchestrator.Kubernetes;
 

@@ -1,11 +1,12 @@
 using System.Net;
-using k8s;
-using k8s.Models;
 using Microsoft.Extensions.Options;
 using Microsoft.Extensions.Time.Testing;
 using Rbs.Orchestrator.Compute;
 using Rbs.Orchestrator.Compute.Kubernetes;
 using Rbs.Orchestrator.State;
+using Rbs.Tests.Infrastructure;
+using k8s;
+using k8s.Models;
 
 namespace Rbs.Tests.Orchestrator.Kubernetes;
 

@@ -1,6 +1,7 @@
 using Microsoft.Extensions.Options;
 using Rbs.Orchestrator.State;
 using Rbs.Orchestrator.State.Postgres;
+using Rbs.Tests.Infrastructure;
 
 namespace Rbs.Tests.Orchestrator.State;
 

@@ -9,6 +9,7 @@ using Microsoft.Extensions.Options;
 using Npgsql;
 using Rbs.Orchestrator.State;
 using Rbs.Orchestrator.State.Postgres;
+using Rbs.Tests.Infrastructure;
 
 namespace Rbs.Tests.Orchestrator.State;
 
