@@ -176,6 +176,9 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
         }
     }
 
+    /// <summary>Disposes <paramref name="disposable"/> with the environment (in reverse order of tracking).</summary>
+    public void Track(IAsyncDisposable disposable) => _disposables.Add(disposable);
+
     public async Task StopAllAsync()
     {
         for (var i = _disposables.Count - 1; i >= 0; i--)
