@@ -49,20 +49,26 @@ public sealed class TunnelThroughputTests(ITestOutputHelper output) : IAsyncLife
         var timeout = TimeSpan.FromSeconds(30 + (mib / 2));
         for (var round = 0; round < rounds; round++)
         {
-            var directRate = await MeasureAsync(directClient, new Metadata(), length, timeout);
-            var gatewayRate = await MeasureAsync(gatewayClient, gatewayMetadata, length, timeout);
+            var (directRate, directCpu) = await MeasureAsync(directClient, new Metadata(), length, timeout);
+            var (gatewayRate, gatewayCpu) = await MeasureAsync(gatewayClient, gatewayMetadata, length, timeout);
             output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"BENCH {mib} MiB stdout: direct {directRate:F0} MiB/s, gateway {gatewayRate:F0} MiB/s, ratio {gatewayRate / directRate:F2}"));
+                $"BENCH {mib} MiB stdout: direct {directRate:F0} MiB/s ({directCpu:F2} CPU-s/GiB), gateway {gatewayRate:F0} MiB/s ({gatewayCpu:F2} CPU-s/GiB), ratio {gatewayRate / directRate:F2}"));
         }
     }
 
-    private async Task<double> MeasureAsync(V1.Agent.AgentClient client, Metadata metadata, long length, TimeSpan timeout)
+    /// <summary>MiB/s (wall clock) and this process's CPU seconds per GiB (all ends run in this process; steadier on a loaded box).</summary>
+    private static async Task<(double MibPerSecond, double CpuSecondsPerGib)> MeasureAsync(V1.Agent.AgentClient client, Metadata metadata, long length, TimeSpan timeout)
     {
+        using var process = Process.GetCurrentProcess();
+        var cpuBefore = process.TotalProcessorTime;
         var stopwatch = Stopwatch.StartNew();
         var received = await ZerosAsync(client, metadata, length).WaitAsync(timeout);
         var seconds = stopwatch.Elapsed.TotalSeconds;
+        process.Refresh();
+        var cpu = (process.TotalProcessorTime - cpuBefore).TotalSeconds;
         Assert.Equal(length, received);
-        return length / 1024.0 / 1024.0 / seconds;
+        var gib = length / 1024.0 / 1024.0 / 1024.0;
+        return (length / 1024.0 / 1024.0 / seconds, cpu / gib);
     }
 
     private static async Task<long> ZerosAsync(V1.Agent.AgentClient client, Metadata metadata, long length)
