@@ -73,7 +73,7 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
         return host;
     }
 
-    public async Task<AgentHost> StartAgentAsync(string agentId, string gatewayAgentAddress, string joinToken, int spares = 2, int keepAliveSeconds = 5)
+    public async Task<AgentHost> StartAgentAsync(string agentId, string gatewayAgentAddress, string joinToken, int spares = 2, int keepAliveSeconds = 5, LogLevel logLevel = LogLevel.Debug)
     {
         var keepAlive = TimeSpan.FromSeconds(keepAliveSeconds).ToString();
         var builder = WebApplication.CreateBuilder(new WebApplicationOptions { EnvironmentName = "Production" });
@@ -88,7 +88,7 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
             ["Agent:Tunnel:ConnectTimeout"] = "00:00:02",
         });
         var logs = new TestLoggerProvider(output, "agent " + agentId);
-        builder.Logging.ClearProviders().SetMinimumLevel(LogLevel.Debug).AddProvider(logs);
+        builder.Logging.ClearProviders().SetMinimumLevel(logLevel).AddProvider(logs);
         builder.WebHost.UseShutdownTimeout(TimeSpan.FromSeconds(2));
         Assert.True(builder.Configuration.IsAgentTunnelEnabled());
         builder.WebHost.UseAgentTunnel();

@@ -56,6 +56,108 @@ public sealed class TunnelThroughputTests(ITestOutputHelper output) : IAsyncLife
         }
     }
 
+    /// <summary>
+    /// Many concurrent streams through a spawned <c>rbs-gateway</c> process (so its memory is measured on its
+    /// own): every stream delivers every byte, and the gateway's peak RSS stays under 1 GiB (issue 3's bound).
+    /// <c>RBS_BENCH_STREAMS</c> x <c>RBS_BENCH_STREAM_BYTES</c> (default 200 x 256 KiB; issue 3's case is 2000 x 5000000).
+    /// </summary>
+    [Fact]
+    public async Task ManyConcurrentStreamsThroughTheGatewayProcessAllCompleteWithBoundedMemory()
+    {
+        var streams = int.TryParse(Environment.GetEnvironmentVariable("RBS_BENCH_STREAMS"), NumberStyles.None, CultureInfo.InvariantCulture, out var s) && s > 0 ? s : 200;
+        var bytes = long.TryParse(Environment.GetEnvironmentVariable("RBS_BENCH_STREAM_BYTES"), NumberStyles.None, CultureInfo.InvariantCulture, out var b) && b > 0 ? b : 256 * 1024;
+        var dir = Directory.CreateTempSubdirectory("rbs-gateway-bench-").FullName;
+        var keyFile = Path.Combine(dir, "token.key");
+        await File.WriteAllTextAsync(keyFile, _env.Key + "\n");
+        var readyFile = Path.Combine(dir, "ready.json");
+        var info = new ProcessStartInfo(Path.Combine(AppContext.BaseDirectory, "rbs-gateway"))
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        foreach (var arg in new[] { "--public-listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0", "--orchestrator", "http://127.0.0.1:1", "--token-key-file", keyFile, "--ready-file", readyFile })
+        {
+            info.ArgumentList.Add(arg);
+        }
+
+        // Warnings and errors only: thousands of streams would flood the test output at Information.
+        info.Environment["Logging__LogLevel__Default"] = "Warning";
+        using var gateway = Process.Start(info)!;
+        gateway.OutputDataReceived += (_, e) => WriteLine(e.Data);
+        gateway.ErrorDataReceived += (_, e) => WriteLine(e.Data);
+        gateway.BeginOutputReadLine();
+        gateway.BeginErrorReadLine();
+        try
+        {
+            await TunnelTestEnvironment.EventuallyAsync(() => File.Exists(readyFile) || gateway.HasExited, TimeSpan.FromSeconds(30), "gateway ready file");
+            Assert.False(gateway.HasExited, "rbs-gateway exited early");
+            using var ready = System.Text.Json.JsonDocument.Parse(await File.ReadAllTextAsync(readyFile));
+            var publicAddress = ready.RootElement.GetProperty("publicAddress").GetString()!;
+            var agentAddress = ready.RootElement.GetProperty("agentAddress").GetString()!;
+            var agent = await _env.StartAgentAsync("agent-many", agentAddress, _env.JoinToken("agent-many"), logLevel: LogLevel.Warning);
+            await agent.Status.FirstConnected.WaitAsync(TunnelTestEnvironment.Timeout);
+            var client = new V1.Agent.AgentClient(_env.Channel(publicAddress));
+            var metadata = TunnelTestEnvironment.Route("agent-many", _env.SessionToken("agent-many"));
+
+            var errors = new System.Collections.Concurrent.ConcurrentBag<string>();
+            var stopwatch = Stopwatch.StartNew();
+            var received = await Task.WhenAll(Enumerable.Range(0, streams).Select(async _ =>
+            {
+                try
+                {
+                    return await ZerosAsync(client, metadata, bytes);
+                }
+                catch (RpcException ex)
+                {
+                    errors.Add($"{ex.StatusCode}: {ex.Status.Detail}");
+                    return -1L;
+                }
+            })).WaitAsync(TimeSpan.FromSeconds(60 + (streams * bytes / (2 * 1024 * 1024))));
+            var seconds = stopwatch.Elapsed.TotalSeconds;
+            var peakKib = PeakRssKib(gateway.Id);
+            output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"BENCH {streams} streams x {bytes} bytes through rbs-gateway: {received.Count(r => r == bytes)} ok, {errors.Count} errors, {seconds:F1} s, {streams * (double)bytes / 1024 / 1024 / seconds:F0} MiB/s, gateway VmHWM {peakKib / 1024} MiB"));
+            foreach (var error in errors.Distinct().Take(5))
+            {
+                output.WriteLine("error: " + error);
+            }
+
+            Assert.Empty(errors);
+            Assert.All(received, r => Assert.Equal(bytes, r));
+            Assert.True(peakKib < 1024 * 1024, $"gateway peak RSS {peakKib / 1024} MiB, expected < 1 GiB");
+        }
+        finally
+        {
+            gateway.Kill(entireProcessTree: true);
+            await gateway.WaitForExitAsync().WaitAsync(TunnelTestEnvironment.Timeout);
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    private static long PeakRssKib(int pid)
+    {
+        var line = File.ReadLines($"/proc/{pid}/status").First(l => l.StartsWith("VmHWM:", StringComparison.Ordinal));
+        return long.Parse(line["VmHWM:".Length..].Trim().Split(' ')[0], CultureInfo.InvariantCulture);
+    }
+
+    private void WriteLine(string? line)
+    {
+        if (line is null)
+        {
+            return;
+        }
+
+        try
+        {
+            output.WriteLine("[rbs-gateway] " + line);
+        }
+        catch (InvalidOperationException)
+        {
+            // The test already finished; late process output has nowhere to go.
+        }
+    }
+
     /// <summary>MiB/s (wall clock) and this process's CPU seconds per GiB (all ends run in this process; steadier on a loaded box).</summary>
     private static async Task<(double MibPerSecond, double CpuSecondsPerGib)> MeasureAsync(V1.Agent.AgentClient client, Metadata metadata, long length, TimeSpan timeout)
     {

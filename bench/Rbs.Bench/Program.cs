@@ -1,13 +1,35 @@
 using System.Diagnostics;
 using System.Globalization;
 using Grpc.Net.Client;
+using Rbs.Bench;
 using Rbs.V1;
 
 // rbs-bench getserver <orchestrator-url> <source-path> <warm-calls> <cold-calls>
-// Prints "warm_p50_ms warm_p99_ms cold_p50_ms" on one line. Cold calls use fresh repo hashes (new agents).
+//   Prints "warm_p50_ms warm_p99_ms cold_p50_ms" on one line. Cold calls use fresh repo hashes (new agents).
+// rbs-bench streams <gateway-url> <agent-route> <session-token> <streams> <bytes> [concurrency]
+//   Runs <streams> ExecuteCommand streams (args: "zeros" <bytes>; the agent's build tool must write exactly
+//   <bytes> bytes to stdout, e.g. bench/tools/blast.sh) through the gateway, at most [concurrency] at a time
+//   (default: all at once). Prints "ok errors seconds MiB/s" on one line, then one line per distinct error.
+//   Exit code 0 only when every stream delivered exactly <bytes> bytes and exit code 0.
+// rbs-bench getserver-tunnel <gateway-url> <source-path>
+//   One GetServer through the gateway in tunnel mode; prints "<route> <session-token>".
+if (args.Length >= 1 && args[0] == "streams" && args.Length is 6 or 7)
+{
+    return await StreamsBench.RunAsync(args[1], args[2], args[3],
+        int.Parse(args[4], CultureInfo.InvariantCulture), long.Parse(args[5], CultureInfo.InvariantCulture),
+        args.Length == 7 ? int.Parse(args[6], CultureInfo.InvariantCulture) : int.MaxValue);
+}
+
+if (args.Length == 3 && args[0] == "getserver-tunnel")
+{
+    return await StreamsBench.GetServerTunnelAsync(args[1], args[2]);
+}
+
 if (args.Length != 5 || args[0] != "getserver")
 {
     Console.Error.WriteLine("usage: rbs-bench getserver <orchestrator-url> <source-path> <warm-calls> <cold-calls>");
+    Console.Error.WriteLine("       rbs-bench streams <gateway-url> <agent-route> <session-token> <streams> <bytes> [concurrency]");
+    Console.Error.WriteLine("       rbs-bench getserver-tunnel <gateway-url> <source-path>");
     return 2;
 }
 
