@@ -73,7 +73,7 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
         return host;
     }
 
-    public async Task<AgentHost> StartAgentAsync(string agentId, string gatewayAgentAddress, string joinToken, int spares = 2, int keepAliveSeconds = 5, LogLevel logLevel = LogLevel.Debug)
+    public async Task<AgentHost> StartAgentAsync(string agentId, string gatewayAgentAddress, string joinToken, int spares = 2, int keepAliveSeconds = 5, LogLevel logLevel = LogLevel.Debug, int connectTimeoutSeconds = 2)
     {
         var keepAlive = TimeSpan.FromSeconds(keepAliveSeconds).ToString();
         var builder = WebApplication.CreateBuilder(new WebApplicationOptions { EnvironmentName = "Production" });
@@ -85,7 +85,7 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
             ["Agent:Tunnel:ReconnectMaxDelay"] = "00:00:01",
             ["Agent:Tunnel:KeepAliveInterval"] = keepAlive,
             ["Agent:Tunnel:KeepAliveTimeout"] = keepAlive,
-            ["Agent:Tunnel:ConnectTimeout"] = "00:00:02",
+            ["Agent:Tunnel:ConnectTimeout"] = TimeSpan.FromSeconds(connectTimeoutSeconds).ToString(),
         });
         var logs = new TestLoggerProvider(output, "agent " + agentId);
         builder.Logging.ClearProviders().SetMinimumLevel(logLevel).AddProvider(logs);

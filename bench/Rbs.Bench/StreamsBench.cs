@@ -83,6 +83,8 @@ internal static class StreamsBench
         start.Args.Add("zeros");
         start.Args.Add(bytes.ToString(CultureInfo.InvariantCulture));
         await call.RequestStream.WriteAsync(new ClientFrame { Start = start });
+        // No stdin: half-close now (stdin EOF), so the gateway's request-body copy ends cleanly.
+        await call.RequestStream.CompleteAsync();
         long received = 0;
         int? exit = null;
         await foreach (var frame in call.ResponseStream.ReadAllAsync())
