@@ -196,14 +196,6 @@ internal sealed record AgentTunnelSnapshot(string AgentId, string UserId, bool O
 /// </summary>
 internal sealed partial class AgentTunnels : IDisposable
 {
-    /// <summary>
-    /// Each stream's HTTP/2 receive window on the tunnel leg: what the gateway may buffer per stream when its
-    /// client reads slower than the agent writes (2,000 streams x 256 KiB = 500 MiB worst case), and enough
-    /// bytes in flight for a few hundred MiB/s per stream on a fast link. Stays fixed in rbs-gateway, which
-    /// disables SocketsHttpHandler's dynamic window sizing (see Gateway.csproj).
-    /// </summary>
-    public const int TunnelStreamWindowSize = 256 * 1024;
-
     // Newest first: an older idle tunnel is the likelier one to have died unnoticed (the stale-tunnel race).
     private readonly LinkedList<GatewayTunnel> _idle = new();
     private readonly SemaphoreSlim _idleCount = new(0);
@@ -389,7 +381,6 @@ internal sealed partial class AgentTunnels : IDisposable
             // One tunnel = one HTTP/2 connection (≤ the agent's max concurrent streams, 100 by default);
             // beyond that the handler opens another connection, i.e. takes another tunnel.
             EnableMultipleHttp2Connections = true,
-            InitialHttp2StreamWindowSize = TunnelStreamWindowSize,
             // Pings find half-dead tunnels in use; idle ones are watched by their pending receive.
             KeepAlivePingDelay = _options.TunnelKeepAliveInterval,
             KeepAlivePingTimeout = _options.TunnelKeepAliveTimeout,
