@@ -8,7 +8,8 @@ namespace Rbs.Tests.Gateway;
 /// <summary>
 /// A stand-in for the real agent, served by Kestrel over the tunnel listener, so the tunnel is exercised
 /// with real gRPC. "Commands" (StartCommand.args): <c>bytes N SEED [EXIT]</c> streams N deterministic bytes
-/// to stdout; <c>echo</c> echoes stdin until EOF; <c>forever</c> streams 4 KiB every 20 ms until cancelled.
+/// to stdout; <c>zeros N</c> streams N zero bytes in 64 KiB frames (throughput: no generator cost);
+/// <c>echo</c> echoes stdin until EOF; <c>forever</c> streams 4 KiB every 20 ms until cancelled.
 /// </summary>
 internal sealed class StandInAgentService(string agentId) : V1.Agent.AgentBase
 {
@@ -39,6 +40,24 @@ internal sealed class StandInAgentService(string agentId) : V1.Agent.AgentBase
                         generator.Fill(buffer.AsSpan(0, n));
                         await responseStream.WriteAsync(new ServerFrame { Stdout = ByteString.CopyFrom(buffer, 0, n) }, ct);
                         remaining -= n;
+                    }
+
+                    break;
+                }
+
+            case "zeros":
+                {
+                    var remaining = long.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture);
+                    var zeros = ByteString.CopyFrom(new byte[64 * 1024]);
+                    while (remaining >= zeros.Length)
+                    {
+                        await responseStream.WriteAsync(new ServerFrame { Stdout = zeros }, ct);
+                        remaining -= zeros.Length;
+                    }
+
+                    if (remaining > 0)
+                    {
+                        await responseStream.WriteAsync(new ServerFrame { Stdout = ByteString.CopyFrom(new byte[remaining]) }, ct);
                     }
 
                     break;

@@ -74,7 +74,7 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
         return host;
     }
 
-    public async Task<AgentHost> StartAgentAsync(string agentId, string gatewayAgentAddress, string joinToken, int spares = 2, int keepAliveSeconds = 5)
+    public async Task<AgentHost> StartAgentAsync(string agentId, string gatewayAgentAddress, string joinToken, int spares = 2, int keepAliveSeconds = 5, LogLevel logLevel = LogLevel.Debug, int connectTimeoutSeconds = 2)
     {
         var keepAlive = TimeSpan.FromSeconds(keepAliveSeconds).ToString();
         var builder = WebApplication.CreateBuilder(new WebApplicationOptions { EnvironmentName = "Production" });
@@ -86,10 +86,10 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
             ["Agent:Tunnel:ReconnectMaxDelay"] = "00:00:01",
             ["Agent:Tunnel:KeepAliveInterval"] = keepAlive,
             ["Agent:Tunnel:KeepAliveTimeout"] = keepAlive,
-            ["Agent:Tunnel:ConnectTimeout"] = "00:00:02",
+            ["Agent:Tunnel:ConnectTimeout"] = TimeSpan.FromSeconds(connectTimeoutSeconds).ToString(),
         });
         var logs = new TestOutputLoggerProvider(output, "agent " + agentId);
-        builder.Logging.ClearProviders().SetMinimumLevel(LogLevel.Debug).AddProvider(logs);
+        builder.Logging.ClearProviders().SetMinimumLevel(logLevel).AddProvider(logs);
         builder.WebHost.UseShutdownTimeout(TimeSpan.FromSeconds(2));
         Assert.True(builder.Configuration.IsAgentTunnelEnabled());
         builder.WebHost.UseAgentTunnel();
@@ -176,6 +176,9 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
             await Task.Delay(20);
         }
     }
+
+    /// <summary>Disposes <paramref name="disposable"/> with the environment (in reverse order of tracking).</summary>
+    public void Track(IAsyncDisposable disposable) => _disposables.Add(disposable);
 
     public async Task StopAllAsync()
     {

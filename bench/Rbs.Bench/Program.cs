@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using Grpc.Net.Client;
+using Rbs.Bench;
 using Rbs.V1;
 
 // rbs-bench getserver <orchestrator-url> <source-path> <warm-calls> <cold-calls>
@@ -9,9 +10,33 @@ using Rbs.V1;
 //   Issues <allocations> GetServer calls for distinct fresh repo hashes (each one allocates an agent),
 //   round-robin over the orchestrators, at most <concurrency> in flight. Prints
 //   "allocations_per_second p50_ms p99_ms". The agents stay running: the caller cleans them up.
+// rbs-bench streams <gateway-url> <agent-route> <session-token> <streams> <bytes> [concurrency]
+//   Runs <streams> ExecuteCommand streams (args: "zeros" <bytes>; the agent's build tool must write exactly
+//   <bytes> bytes to stdout, e.g. bench/tools/blast.sh) through the gateway, at most [concurrency] at a time
+//   (default: all at once). Prints "ok errors seconds MiB/s" on one line, then one line per distinct error.
+//   Exit code 0 only when every stream delivered exactly <bytes> bytes and exit code 0.
+// rbs-bench getserver-tunnel <gateway-url> <source-path>
+//   One GetServer through the gateway in tunnel mode; prints "<route> <session-token>".
 const string Usage =
-    "usage: rbs-bench getserver <orchestrator-url> <source-path> <warm-calls> <cold-calls>\n" +
-    "       rbs-bench allocate <url1,url2,...> <source-path> <allocations> <concurrency>";
+    "usage: rbs-bench getserver <orchestrator-url> <source-path> <warm-calls> <cold-calls>
+" +
+    "       rbs-bench allocate <url1,url2,...> <source-path> <allocations> <concurrency>
+" +
+    "       rbs-bench streams <gateway-url> <agent-route> <session-token> <streams> <bytes> [concurrency]
+" +
+    "       rbs-bench getserver-tunnel <gateway-url> <source-path>";
+if (args.Length >= 1 && args[0] == "streams" && args.Length is 6 or 7)
+{
+    return await StreamsBench.RunAsync(args[1], args[2], args[3],
+        int.Parse(args[4], CultureInfo.InvariantCulture), long.Parse(args[5], CultureInfo.InvariantCulture),
+        args.Length == 7 ? int.Parse(args[6], CultureInfo.InvariantCulture) : int.MaxValue);
+}
+
+if (args.Length == 3 && args[0] == "getserver-tunnel")
+{
+    return await StreamsBench.GetServerTunnelAsync(args[1], args[2]);
+}
+
 if (args.Length != 5 || args[0] is not ("getserver" or "allocate"))
 {
     Console.Error.WriteLine(Usage);
