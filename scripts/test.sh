@@ -23,15 +23,18 @@ dotnet test Tests/Tests.csproj -c Release --no-build -nologo \
     >"$LOGS/dotnet-test.log" 2>&1
 dotnet_rc=$?
 grep -E "^\s+(Failed|Skipped) " "$LOGS/dotnet-test.log" | head -50
-summary="$(grep -E "^(Passed!|Failed!)" "$LOGS/dotnet-test.log" | tail -1)"
-echo "$summary"
-if [ -n "$summary" ]; then
-    p=$(sed -E 's/.*Passed: *([0-9]+).*/\1/' <<<"$summary"); f=$(sed -E 's/.*Failed: *([0-9]+).*/\1/' <<<"$summary")
-    s=$(sed -E 's/.*Skipped: *([0-9]+).*/\1/' <<<"$summary")
-    passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
+# The console logger at normal verbosity ends with "Total tests: N / Passed: N / Failed: N / Skipped: N".
+count() { grep -E "^\s+$1: *[0-9]+" "$LOGS/dotnet-test.log" | tail -1 | grep -oE "[0-9]+" || echo 0; }
+total=$(grep -E "^Total tests: *[0-9]+" "$LOGS/dotnet-test.log" | tail -1 | grep -oE "[0-9]+" || echo 0)
+p=$(count Passed); f=$(count Failed); s=$(count Skipped)
+echo "dotnet test: total $total, passed $p, failed $f, skipped $s (exit $dotnet_rc)"
+passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
+if [ "$dotnet_rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+    echo "dotnet test failed without a failed test (exit $dotnet_rc); last lines:"; tail -40 "$LOGS/dotnet-test.log"
+    failed=$((failed + 1))
 fi
-if [ "$dotnet_rc" -ne 0 ] && { [ -z "$summary" ] || [ "${f:-0}" -eq 0 ]; }; then
-    echo "dotnet test failed without a test summary (exit $dotnet_rc); last lines:"; tail -40 "$LOGS/dotnet-test.log"
+if [ "$total" -eq 0 ]; then
+    echo "dotnet test ran no test; last lines:"; tail -40 "$LOGS/dotnet-test.log"
     failed=$((failed + 1))
 fi
 

@@ -18,12 +18,9 @@ using Rbs.V1;
 // rbs-bench getserver-tunnel <gateway-url> <source-path>
 //   One GetServer through the gateway in tunnel mode; prints "<route> <session-token>".
 const string Usage =
-    "usage: rbs-bench getserver <orchestrator-url> <source-path> <warm-calls> <cold-calls>
-" +
-    "       rbs-bench allocate <url1,url2,...> <source-path> <allocations> <concurrency>
-" +
-    "       rbs-bench streams <gateway-url> <agent-route> <session-token> <streams> <bytes> [concurrency]
-" +
+    "usage: rbs-bench getserver <orchestrator-url> <source-path> <warm-calls> <cold-calls>\n" +
+    "       rbs-bench allocate <url1,url2,...> <source-path> <allocations> <concurrency>\n" +
+    "       rbs-bench streams <gateway-url> <agent-route> <session-token> <streams> <bytes> [concurrency]\n" +
     "       rbs-bench getserver-tunnel <gateway-url> <source-path>";
 if (args.Length >= 1 && args[0] == "streams" && args.Length is 6 or 7)
 {
