@@ -150,7 +150,8 @@ log "GetServer latency"
 read -r gs_p50 gs_p99 gs_cold < <("$RBS_ARTIFACTS/rbs-bench/rbs-bench" getserver "$RBS_ORCHESTRATOR" "$E2E_TMP/ws-jbazel" 2000 10)
 
 log "state store: SQLite vs PostgreSQL, replicas"
-mapfile -t state_rows < <(bash "$BENCH_DIR/state.sh")
+# The binaries are fresh by now: state.sh must not publish over the ones still running.
+mapfile -t state_rows < <(RBS_REBUILD=0 bash "$BENCH_DIR/state.sh")
 
 ms() { awk -v s="$1" 'BEGIN { printf "%.1f ms", s * 1000 }'; }
 mibs() { awk -v s="$1" 'BEGIN { printf "%.0f MiB/s", 1024 / s }'; }
