@@ -20,7 +20,9 @@ build_artifacts
 dotnet build "$BENCH_DIR/Rbs.Bench/Rbs.Bench.csproj" -c Release -o "$RBS_ARTIFACTS/rbs-bench" -nologo -v quiet >&2
 
 E2E_TMP="$(mktemp -d /tmp/rbs-bench.XXXXXX)"
-for w in local ssh jbazel gw; do cp -r "$BENCH_DIR/workspace" "$E2E_TMP/ws-$w"; done
+# The bench workspace is the e2e example plus bench/workspace (the 1 GiB `blast` target).
+bench_workspace() { cp -r "$E2E_DIR/workspace" "$1" && cp -r "$BENCH_DIR/workspace/." "$1/"; }
+for w in local ssh jbazel gw; do bench_workspace "$E2E_TMP/ws-$w"; done
 CLEANUP_CMDS+=("cd '$E2E_TMP/ws-local' && bazel shutdown" "cd '$E2E_TMP/ws-ssh' && bazel shutdown"
     "cd '$E2E_TMP/ws-jbazel' && '$RBS_ARTIFACTS/jbazel/jbazel' shutdown"
     "cd '$E2E_TMP/ws-gw' && '$RBS_ARTIFACTS/jbazel/jbazel' --rbs_connect=tunnel --rbs_orchestrator=\$GW_PUBLIC shutdown" "kill_agents")
@@ -129,8 +131,8 @@ mapfile -t gib < <(hf_shell gib \
 # (`blast.sh zeros <bytes>` writes exactly <bytes>), tunnel mode by default, same gateway and key.
 log "many streams through one gateway"
 STREAMS="${RBS_BENCH_STREAMS:-2000}"; STREAM_BYTES="${RBS_BENCH_STREAM_BYTES:-5000000}"
-mkdir -p "$E2E_TMP/blast-state" "$E2E_TMP/ws-blast"
-cp -r "$BENCH_DIR/workspace/." "$E2E_TMP/ws-blast/"
+mkdir -p "$E2E_TMP/blast-state"
+bench_workspace "$E2E_TMP/ws-blast"
 "$RBS_ARTIFACTS/rbs-orchestrator/rbs-orchestrator" --local-mode --port 0 \
     --state-path "$E2E_TMP/blast-state/orchestrator.db" --ready-file "$E2E_TMP/blast-state/orchestrator.json" \
     --agent-path "$RBS_ARTIFACTS/rbs-agent/rbs-agent" --build-tool "$BENCH_DIR/tools/blast.sh" \
