@@ -4,6 +4,7 @@ using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using System.Text.Json;
 using Grpc.Core;
+using Rbs.Tests.Infrastructure;
 using Rbs.V1;
 
 namespace Rbs.Tests.Gateway;
@@ -132,18 +133,9 @@ public sealed class GatewayProcessTests(ITestOutputHelper output) : IAsyncLifeti
 
     private void WriteLine(string? line)
     {
-        if (line is null)
+        if (line is not null)
         {
-            return;
-        }
-
-        try
-        {
-            output.WriteLine("[rbs-gateway] " + line);
-        }
-        catch (InvalidOperationException)
-        {
-            // The test already finished.
+            TestLog.Write(output, "[rbs-gateway] " + line);
         }
     }
 }

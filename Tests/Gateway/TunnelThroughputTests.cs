@@ -151,18 +151,9 @@ public sealed class TunnelThroughputTests(ITestOutputHelper output) : IAsyncLife
 
     private void WriteLine(string? line)
     {
-        if (line is null)
+        if (line is not null)
         {
-            return;
-        }
-
-        try
-        {
-            output.WriteLine("[rbs-gateway] " + line);
-        }
-        catch (InvalidOperationException)
-        {
-            // The test already finished; late process output has nowhere to go.
+            TestLog.Write(output, "[rbs-gateway] " + line);
         }
     }
 

@@ -1,5 +1,6 @@
 using Grpc.Core;
 using Rbs.Orchestrator.Compute.Processes;
+using Rbs.Tests.Infrastructure;
 using Rbs.Tests.JBazel;
 using Rbs.V1;
 
@@ -51,15 +52,5 @@ public sealed class GatewayDownTests(ITestOutputHelper output)
         Assert.Equal(StatusCode.Unavailable, unspecified.StatusCode);
     }
 
-    private void Log(string line)
-    {
-        try
-        {
-            output.WriteLine($"{DateTime.UtcNow:HH:mm:ss.fff} {line}");
-        }
-        catch (InvalidOperationException)
-        {
-            // The test already finished.
-        }
-    }
+    private void Log(string line) => TestLog.Write(output, line);
 }

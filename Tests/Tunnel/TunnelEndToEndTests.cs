@@ -7,6 +7,7 @@ using Grpc.Net.Client;
 using Rbs.Orchestrator.Compute.Processes;
 using Rbs.Orchestrator.Security;
 using Rbs.Tests.Agent;
+using Rbs.Tests.Infrastructure;
 using Rbs.Tests.JBazel;
 using Rbs.V1;
 
@@ -22,17 +23,7 @@ public sealed class TunnelStackFixture : IAsyncLifetime
 
     public void Attach(ITestOutputHelper output)
     {
-        _sink = line =>
-        {
-            try
-            {
-                output.WriteLine($"{DateTime.UtcNow:HH:mm:ss.fff} {line}");
-            }
-            catch (InvalidOperationException)
-            {
-                // That test already finished.
-            }
-        };
+        _sink = line => TestLog.Write(output, line);
         Stack.AttachLog(_sink);
         lock (_early)
         {
@@ -253,18 +244,9 @@ public sealed partial class TunnelEndToEndTests : IClassFixture<TunnelStackFixtu
 
     private void Log(string? line)
     {
-        if (line is null)
+        if (line is not null)
         {
-            return;
-        }
-
-        try
-        {
-            _output.WriteLine("[rbs-agent] " + line);
-        }
-        catch (InvalidOperationException)
-        {
-            // The test already finished.
+            TestLog.Write(_output, "[rbs-agent] " + line);
         }
     }
 

@@ -410,14 +410,5 @@ public sealed class KubernetesComputeServiceTests(ITestOutputHelper output) : IA
         }
     }
 
-    private void Log(string line)
-    {
-        try
-        {
-            output.WriteLine($"[{DateTime.UtcNow:HH:mm:ss.fff}] {line}");
-        }
-        catch (InvalidOperationException)
-        {
-        }
-    }
+    private void Log(string line) => TestLog.Write(output, line);
 }

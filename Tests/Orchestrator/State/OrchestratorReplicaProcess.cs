@@ -5,6 +5,7 @@ using System.Text;
 using System.Text.RegularExpressions;
 using Grpc.Net.Client;
 using Rbs.Orchestrator.Compute.Processes;
+using Rbs.Tests.Infrastructure;
 using Rbs.V1;
 
 namespace Rbs.Tests.Orchestrator.State;
@@ -200,17 +201,7 @@ internal sealed partial class OrchestratorReplicaProcess : IAsyncDisposable
         Log(line);
     }
 
-    private void Log(string text)
-    {
-        try
-        {
-            _output.WriteLine($"[{DateTime.UtcNow:HH:mm:ss.fff}] {Name}: {text}");
-        }
-        catch (InvalidOperationException)
-        {
-            // Output after the test finished (a late log line from a dying process).
-        }
-    }
+    private void Log(string text) => TestLog.Write(_output, $"{Name}: {text}");
 
     [GeneratedRegex(@"^rbs-orchestrator listening on (http://127\.0\.0\.1:\d+) ")]
     private static partial Regex ListeningLine();
