@@ -15,6 +15,9 @@ internal static class GatewayHostingExtensions
     public const string OrchestratorRoutePrefix = "/rbs.v1.Orchestrator/";
     public const string AgentRoutePrefix = "/rbs.v1.Agent/";
 
+    /// <summary>The agent's services a client may call through a tunnel; each needs the route and session token.</summary>
+    public static readonly string[] AgentServicePrefixes = [AgentRoutePrefix, "/rbs.v1.WorkspaceSync/", "/rbs.v1.Outputs/"];
+
     /// <summary>Options, tokens, tunnels, the forwarder and both Kestrel endpoints.</summary>
     public static WebApplicationBuilder AddGateway(this WebApplicationBuilder builder)
     {
@@ -75,7 +78,11 @@ internal static class GatewayHostingExtensions
 
         app.MapGet("/healthz", () => "ok");
         app.MapAgentTunnels();
-        app.MapPost(AgentRoutePrefix + "{**method}", (HttpContext context, AgentStreamForwarder forwarder) => forwarder.ForwardAsync(context));
+        foreach (var prefix in AgentServicePrefixes)
+        {
+            app.MapPost(prefix + "{**method}", (HttpContext context, AgentStreamForwarder forwarder) => forwarder.ForwardAsync(context));
+        }
+
         app.MapReverseProxy(proxy => proxy.Use(async (context, next) =>
         {
             await next();
