@@ -30,7 +30,7 @@ internal static class GatewayHostingExtensions
             .Validate(o => Uri.TryCreate(o.OrchestratorAddress, UriKind.Absolute, out var uri) && uri.Scheme is "http" or "https",
                 "Gateway:OrchestratorAddress must be an absolute http:// or https:// address.")
             .Validate(o => o.TunnelKeepAliveInterval > TimeSpan.Zero && o.TunnelKeepAliveTimeout > TimeSpan.Zero && o.TunnelAcquireTimeout > TimeSpan.Zero
-                && o.AgentStreamIdleTimeout > TimeSpan.Zero && o.JoinTokenRenewalLifetime > TimeSpan.Zero && o.OrchestratorCallTimeout > TimeSpan.Zero,
+                && o.TunnelProbeTimeout > TimeSpan.Zero && o.AgentStreamIdleTimeout > TimeSpan.Zero && o.JoinTokenRenewalLifetime > TimeSpan.Zero && o.OrchestratorCallTimeout > TimeSpan.Zero,
                 "Gateway timeouts and intervals must be positive.")
             .ValidateOnStart();
 

@@ -37,8 +37,11 @@ internal sealed class GatewayOptions
     /// <summary>A tunnel whose peer does not answer a ping within this time is evicted. Default <c>00:00:10</c>.</summary>
     public TimeSpan TunnelKeepAliveTimeout { get; set; } = TimeSpan.FromSeconds(10);
 
-    /// <summary>How long a new inner HTTP/2 connection waits for an idle tunnel of its agent. Default <c>00:00:05</c>.</summary>
-    public TimeSpan TunnelAcquireTimeout { get; set; } = TimeSpan.FromSeconds(5);
+    /// <summary>How long a new inner HTTP/2 connection (and the streams queued for it) waits for a live idle tunnel of its agent while the agent dials more; the bounded admission wait under load. Default <c>00:00:30</c>.</summary>
+    public TimeSpan TunnelAcquireTimeout { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Liveness probe before a tunnel is used: the agent must answer the HTTP/2 preface with SETTINGS within this time, else the tunnel is dropped and another tried. Default <c>00:00:10</c>.</summary>
+    public TimeSpan TunnelProbeTimeout { get; set; } = TimeSpan.FromSeconds(10);
 
     /// <summary>A client stream with no bytes in either direction for this long is cancelled (a quiet bazel phase must fit). Default <c>1.00:00:00</c>.</summary>
     public TimeSpan AgentStreamIdleTimeout { get; set; } = TimeSpan.FromDays(1);
