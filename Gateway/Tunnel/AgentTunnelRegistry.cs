@@ -448,6 +448,8 @@ internal sealed partial class AgentTunnels : IDisposable
             KeepAlivePingDelay = _options.TunnelKeepAliveInterval,
             KeepAlivePingTimeout = _options.TunnelKeepAliveTimeout,
             KeepAlivePingPolicy = HttpKeepAlivePingPolicy.Always,
+            // Per-stream buffering on the agent leg (see GatewayOptions.TunnelStreamMaxWindowSize for the cap).
+            InitialHttp2StreamWindowSize = _options.TunnelStreamWindowSize,
             PooledConnectionIdleTimeout = TimeSpan.FromMinutes(1),
             UseProxy = false,
             AllowAutoRedirect = false,
