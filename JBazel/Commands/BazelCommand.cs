@@ -52,12 +52,14 @@ internal sealed class BazelCommand : RootCommand
         CustomParser = result => Parse<TimeSpan>(result, OptionValues.TryParseTimeout),
     };
 
-    internal static readonly Option<bool> FetchOutputsOption = new("--rbs_fetch_outputs")
+    // A switch whose value is "true" or "false" after parsing. Not Option<bool>: System.CommandLine lets a bool option
+    // consume only the literal tokens true/false, and RBS_FETCH_OUTPUTS=1 (or yes) must work too.
+    internal static readonly Option<string> FetchOutputsOption = new("--rbs_fetch_outputs")
     {
         Description = "After a successful 'build', fetch its top-level outputs into <workspace>/jbazel-out/ (only the changed blocks). Written --rbs_fetch_outputs or --rbs_fetch_outputs=true|false.",
         HelpName = "true|false",
         Arity = ArgumentArity.ZeroOrOne,
-        CustomParser = result => Parse<bool>(result, OptionValues.TryParseSwitch),
+        CustomParser = result => Parse<bool>(result, OptionValues.TryParseSwitch) ? "true" : "false",
     };
 
     internal static readonly Option<bool> HelpOption = new("--rbs_help")

@@ -44,7 +44,7 @@ internal sealed class SettingsResolver(Func<IReadOnlyList<string>, ParseResult> 
             NullIfEmpty(Pick(layers, BazelCommand.ApiKeyOption, defaults.ApiKey ?? "")),
             Pick(layers, BazelCommand.TimeoutOption, defaults.Timeout))
         {
-            FetchOutputs = Pick(layers, BazelCommand.FetchOutputsOption, defaults.FetchOutputs),
+            FetchOutputs = Pick(layers, BazelCommand.FetchOutputsOption, defaults.FetchOutputs ? "true" : "false") == "true",
         };
     }
 

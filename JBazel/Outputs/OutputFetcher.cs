@@ -131,15 +131,7 @@ internal sealed class OutputFetcher(V1.Outputs.OutputsClient client, Metadata he
         }
 
         var destination = Path.Combine(_root, relative);
-        var directory = Path.GetDirectoryName(destination)!;
-        Directory.CreateDirectory(directory);
-        // A symlinked directory inside jbazel-out/ must not carry writes elsewhere.
-        var directoryReal = RepoHash.RealPath(directory);
-        if (directoryReal != rootReal && !directoryReal.StartsWith(rootReal + "/", StringComparison.Ordinal))
-        {
-            throw new OutputFetchException(
-                $"'{Path.GetRelativePath(workspaceRoot, directory)}' resolves to '{directoryReal}', outside {FolderName}/; remove that symlink", transient: false);
-        }
+        CreateDirectories(rootReal, Path.GetDirectoryName(relative) ?? "");
 
         var local = LocalCopy.Read(destination, blockSize);
         if (local is not null && local.Size == size && local.Digest.AsSpan().SequenceEqual(file.Digest.Span))
@@ -251,6 +243,30 @@ internal sealed class OutputFetcher(V1.Outputs.OutputsClient client, Metadata he
         {
             index++;
             position = index < batch.Count ? batch[index].Segment.Offset : 0;
+        }
+    }
+
+    /// <summary>
+    /// Creates <paramref name="relativeDirectory"/> below jbazel-out/ one level at a time, checking each existing level
+    /// first: a symlink inside jbazel-out/ must not carry writes (or new directories) elsewhere.
+    /// </summary>
+    private void CreateDirectories(string rootReal, string relativeDirectory)
+    {
+        var current = _root;
+        foreach (var segment in relativeDirectory.Split('/', StringSplitOptions.RemoveEmptyEntries))
+        {
+            current = Path.Combine(current, segment);
+            if (!Directory.Exists(current))
+            {
+                Directory.CreateDirectory(current);
+            }
+
+            var real = RepoHash.RealPath(current);
+            if (!real.StartsWith(rootReal + "/", StringComparison.Ordinal))
+            {
+                throw new OutputFetchException(
+                    $"'{Path.GetRelativePath(workspaceRoot, current)}' resolves to '{real}', outside {FolderName}/; remove that symlink", transient: false);
+            }
         }
     }
 
