@@ -279,7 +279,8 @@ internal sealed class BazelCommand : RootCommand
               34  the orchestrator or agent rejected the request (permanent; fix the setup)
               36  the build succeeded but --rbs_fetch_outputs could not write jbazel-out/ (local disk)
               37  internal jbazel error
-              38  the orchestrator or agent could not be reached, or the connection broke (transient; run again)
+              38  the orchestrator or agent could not be reached, or the connection broke (transient; run again);
+                  also a failed --rbs_fetch_outputs transfer after a successful build
               141 stdout was closed by its reader (e.g. '| head')
 
             """);
