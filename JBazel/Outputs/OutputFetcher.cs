@@ -388,6 +388,8 @@ internal sealed class OutputFetcher(V1.Outputs.OutputsClient client, Metadata he
             _temp = null;
             _local?.Dispose();
             _local = null;
+            // Plans live until the whole fetch ends; only the one being assembled needs a buffer.
+            _copyBuffer = null;
             if (_written != (long)File.Size || !_hash.GetHashAndReset().AsSpan().SequenceEqual(File.Digest.Span))
             {
                 throw new OutputFetchException(
