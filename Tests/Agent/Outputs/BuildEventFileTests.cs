@@ -13,7 +13,7 @@ public sealed class BuildEventFileTests(ITestOutputHelper output)
     {
         // Recorded with Debian's bazel 4.2.3: `bazel build //app:all --build_event_json_file=...` on e2e/workspace plus
         // an executable genrule (app:tool). It holds progress events with kilobytes of sandbox stderr, too.
-        var result = BuildEventFile.Read(Asset("bazel-4.2.3-genrules.bep.json"), maxFiles: 100);
+        var result = BuildEventFile.Read(Asset("recorded-bazel-4.2.3-genrules.bep.json"), maxFiles: 100);
 
         foreach (var note in result.Notes)
         {
