@@ -3,6 +3,7 @@ using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Options;
 using Rbs.Agent.Execution;
 using Rbs.Agent.Lifetime;
+using Rbs.Agent.Outputs;
 using Rbs.Agent.Tunnel;
 
 namespace Rbs.Agent.Hosting;
@@ -20,6 +21,7 @@ internal static class AgentServiceCollectionExtensions
         services.TryAddSingleton(TimeProvider.System);
         services.AddSingleton<CommandTracker>();
         services.AddSingleton<CommandRunner>();
+        services.AddAgentOutputs();
 
         services.AddGrpc();
         services.AddGrpcHealthChecks().AddCheck<AgentHealthCheck>("agent");
@@ -47,6 +49,7 @@ internal static class AgentServiceCollectionExtensions
     public static WebApplication MapAgent(this WebApplication app)
     {
         app.MapGrpcService<AgentService>();
+        app.MapAgentOutputs();
         app.MapGrpcHealthChecksService();
         return app;
     }

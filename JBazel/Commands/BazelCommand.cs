@@ -3,6 +3,7 @@ using System.CommandLine.Parsing;
 using System.Reflection;
 using System.Text;
 using Rbs.JBazel.Configuration;
+using Rbs.JBazel.Outputs;
 using Rbs.JBazel.Remote;
 using Rbs.JBazel.Terminal;
 using Rbs.JBazel.Workspace;
@@ -51,6 +52,16 @@ internal sealed class BazelCommand : RootCommand
         CustomParser = result => Parse<TimeSpan>(result, OptionValues.TryParseTimeout),
     };
 
+    // A switch whose value is "true" or "false" after parsing. Not Option<bool>: System.CommandLine lets a bool option
+    // consume only the literal tokens true/false, and RBS_FETCH_OUTPUTS=1 (or yes) must work too.
+    internal static readonly Option<string> FetchOutputsOption = new("--rbs_fetch_outputs")
+    {
+        Description = "After a successful 'build', fetch its top-level outputs into <workspace>/jbazel-out/ (only the changed blocks). Written --rbs_fetch_outputs or --rbs_fetch_outputs=true|false.",
+        HelpName = "true|false",
+        Arity = ArgumentArity.ZeroOrOne,
+        CustomParser = result => Parse<bool>(result, OptionValues.TryParseSwitch) ? "true" : "false",
+    };
+
     internal static readonly Option<bool> HelpOption = new("--rbs_help")
     {
         Description = "Show jbazel's options and exit (bazel's own help: 'jbazel help').",
@@ -63,11 +74,11 @@ internal sealed class BazelCommand : RootCommand
 
     /// <summary>Options that are settings (environment variables and rc files can set these).</summary>
     internal static readonly IReadOnlyList<Option> SettingOptions =
-        [OrchestratorOption, ConnectOption, StatusOption, ApiKeyOption, TimeoutOption];
+        [OrchestratorOption, ConnectOption, StatusOption, ApiKeyOption, TimeoutOption, FetchOutputsOption];
 
     /// <summary>Option names whose value may be the next token (<c>--rbs_x value</c>).</summary>
     internal static readonly IReadOnlySet<string> OptionsTakingValues =
-        SettingOptions.Select(option => option.Name).ToHashSet(StringComparer.Ordinal);
+        SettingOptions.Where(option => option != FetchOutputsOption).Select(option => option.Name).ToHashSet(StringComparer.Ordinal);
 
     private static readonly ParserConfiguration s_parserConfiguration = new()
     {
@@ -221,8 +232,17 @@ internal sealed class BazelCommand : RootCommand
         };
         start.Args.AddRange(_bazelArgs);
         start.Env.Add(TerminalProbe.ForwardedEnvironment(_environment));
+        start.CollectOutputs = OutputsStep.Applies(settings.FetchOutputs, _bazelArgs);
 
-        return await new CommandSession(allocation, channels, _streams, interrupts).RunAsync(start, cancellationToken);
+        var exitCode = await new CommandSession(allocation, channels, _streams, interrupts).RunAsync(start, cancellationToken);
+        if (exitCode != ExitCodes.Success || !start.CollectOutputs)
+        {
+            return exitCode;
+        }
+
+        using var fetching = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, interrupts.First);
+        var printStatus = settings.Status == StatusMode.Always || (settings.Status == StatusMode.Auto && !Console.IsErrorRedirected);
+        return await OutputsStep.RunAsync(allocation, channels, workspace.Root, start.InvocationId, printStatus, _streams, fetching.Token);
     }
 
     internal static string HelpText()
@@ -257,8 +277,10 @@ internal sealed class BazelCommand : RootCommand
               2   not in a workspace, or a bad --rbs_* option / RBS_* variable / .jbazelrc line
               8   interrupted (a second Ctrl-C leaves at once; one Ctrl-C waits for bazel's own code)
               34  the orchestrator or agent rejected the request (permanent; fix the setup)
+              36  the build succeeded but --rbs_fetch_outputs could not write jbazel-out/ (local disk)
               37  internal jbazel error
-              38  the orchestrator or agent could not be reached, or the connection broke (transient; run again)
+              38  the orchestrator or agent could not be reached, or the connection broke (transient; run again);
+                  also a failed --rbs_fetch_outputs transfer after a successful build
               141 stdout was closed by its reader (e.g. '| head')
 
             """);
@@ -271,6 +293,7 @@ internal sealed class BazelCommand : RootCommand
         "--rbs_connect" => "auto",
         "--rbs_status" => "auto",
         "--rbs_timeout" => OptionValues.FormatDuration(RbsSettings.DefaultTimeout),
+        "--rbs_fetch_outputs" => "false",
         _ => "none",
     };
 

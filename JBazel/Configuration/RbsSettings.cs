@@ -39,6 +39,9 @@ internal sealed record RbsSettings(
     string? ApiKey,
     TimeSpan Timeout)
 {
+    /// <summary>Fetch a successful <c>build</c>'s top-level outputs into jbazel-out/ (<c>--rbs_fetch_outputs</c>). Default false.</summary>
+    public bool FetchOutputs { get; init; }
+
     public static readonly Uri DefaultOrchestrator = new("http://127.0.0.1:50051");
 
     public static readonly TimeSpan DefaultTimeout = TimeSpan.FromSeconds(120);

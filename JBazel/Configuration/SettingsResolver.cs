@@ -42,7 +42,10 @@ internal sealed class SettingsResolver(Func<IReadOnlyList<string>, ParseResult> 
             Pick(layers, BazelCommand.ConnectOption, defaults.Connect),
             Pick(layers, BazelCommand.StatusOption, defaults.Status),
             NullIfEmpty(Pick(layers, BazelCommand.ApiKeyOption, defaults.ApiKey ?? "")),
-            Pick(layers, BazelCommand.TimeoutOption, defaults.Timeout));
+            Pick(layers, BazelCommand.TimeoutOption, defaults.Timeout))
+        {
+            FetchOutputs = Pick(layers, BazelCommand.FetchOutputsOption, defaults.FetchOutputs ? "true" : "false") == "true",
+        };
     }
 
     /// <summary>Sources after the command line, in precedence order.</summary>
