@@ -86,7 +86,7 @@ internal sealed partial class WorkspaceSyncService(
             Log.Rejected(logger, ex.StatusCode, ex.Status.Detail);
             throw;
         }
-        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        catch (OperationCanceledException)
         {
             Log.Cancelled(logger, stopwatch.ElapsedMilliseconds);
             throw;
@@ -342,7 +342,18 @@ internal sealed partial class WorkspaceSyncService(
         string what,
         CancellationToken cancellationToken)
     {
-        if (!await requestStream.MoveNext(cancellationToken))
+        bool more;
+        try
+        {
+            more = await requestStream.MoveNext(cancellationToken);
+        }
+        catch (IOException ex)
+        {
+            // Kestrel reports a client that reset its stream (cancelled the call) as an IOException.
+            throw new OperationCanceledException("the client reset the sync stream", ex, cancellationToken);
+        }
+
+        if (!more)
         {
             throw SyncPaths.Invalid($"the client ended the stream while the agent expected {what}; the workspace was not changed.");
         }
