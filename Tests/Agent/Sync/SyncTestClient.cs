@@ -141,6 +141,29 @@ internal static class SyncTestClient
         cts.CancelAfter(TimeSpan.FromSeconds(60));
         var ct = cts.Token;
         using var call = client.Sync(cancellationToken: ct);
+        try
+        {
+            return await RunAsync(call, tree, script, cts, ct);
+        }
+        catch (Exception ex) when (ex is RpcException or InvalidOperationException or IOException && !cts.IsCancellationRequested)
+        {
+            // The agent may end the call with its verdict while we are still writing (e.g. it refused the manifest's
+            // first batch); the write then fails with a transport error. The response's status is the real answer.
+            while (await call.ResponseStream.MoveNext(CancellationToken.None))
+            {
+            }
+
+            throw;
+        }
+    }
+
+    private static async Task<SyncOutcome> RunAsync(
+        AsyncDuplexStreamingCall<SyncClientFrame, SyncServerFrame> call,
+        LocalTree tree,
+        SyncScript script,
+        CancellationTokenSource cts,
+        CancellationToken ct)
+    {
         var outcome = new SyncOutcome();
         await call.RequestStream.WriteAsync(new SyncClientFrame
         {
