@@ -407,6 +407,107 @@ public sealed class WorkspaceSyncTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task ACrashAtAnyPointOfTheApplyIsCompletedByReplayingTheJournal()
+    {
+        using var dirs = new SyncDirs();
+        var oldSource = Path.Combine(dirs.Root, "src-old");
+        var newSource = Path.Combine(dirs.Root, "src-new");
+        Write(oldSource, "stays.txt", "unchanged"u8.ToArray());
+        Write(oldSource, "moves.bin", "content that moves"u8.ToArray());
+        Write(oldSource, "dir-becomes-file/x.txt", "x"u8.ToArray());
+        Write(oldSource, "file-becomes-dir", "f"u8.ToArray());
+        Write(oldSource, "tool.sh", "#!/bin/sh\n"u8.ToArray(), executable: true);
+        File.CreateSymbolicLink(Path.Combine(oldSource, "link"), "stays.txt");
+        Directory.CreateDirectory(Path.Combine(oldSource, "empty-old"));
+
+        Write(newSource, "stays.txt", "unchanged"u8.ToArray());
+        Write(newSource, "moved/here.bin", "content that moves"u8.ToArray());
+        Write(newSource, "moved/copy.bin", "content that moves"u8.ToArray());
+        Write(newSource, "dir-becomes-file", "now a file"u8.ToArray());
+        Write(newSource, "file-becomes-dir/inner.txt", "now inside a dir"u8.ToArray());
+        Write(newSource, "tool.sh", "#!/bin/sh\n"u8.ToArray());
+        Write(newSource, "dup1.txt", "duplicated upload"u8.ToArray());
+        Write(newSource, "dup2.txt", "duplicated upload"u8.ToArray());
+        Write(newSource, "empty", []);
+        File.CreateSymbolicLink(Path.Combine(newSource, "link"), "moved/here.bin");
+        Directory.CreateDirectory(Path.Combine(newSource, "empty-new"));
+        var oldTree = LocalTree.Scan(oldSource);
+        var newTree = LocalTree.Scan(newSource);
+
+        await using var agent = await SyncTestAgent.StartAsync(output, dirs);
+        var applier = agent.Synchronizer.Applier;
+        for (var crashAfter = 0; ; crashAfter++)
+        {
+            Assert.True(crashAfter < 100, "the apply never finished without a crash");
+            applier.BeforeChange = null;
+            await SyncTestClient.SyncAsync(agent.Client, oldTree).WaitAsync(s_timeout);
+            TreeAssert.Equal(oldSource, dirs.Workspace);
+
+            var changes = 0;
+            applier.BeforeChange = what =>
+            {
+                if (changes++ == crashAfter)
+                {
+                    throw new IOException($"simulated crash before '{what}'");
+                }
+            };
+            try
+            {
+                await SyncTestClient.SyncAsync(agent.Client, newTree).WaitAsync(s_timeout);
+                TestLog.Write(output, $"the apply takes {changes} changes; every crash point was replayed");
+                TreeAssert.Equal(newSource, dirs.Workspace);
+                break;
+            }
+            catch (RpcException ex) when (ex.StatusCode == StatusCode.Internal)
+            {
+                applier.BeforeChange = null;
+                using (await agent.Synchronizer.AcquireAsync(CancellationToken.None))
+                {
+                    agent.Synchronizer.Recover();
+                }
+
+                Assert.False(File.Exists(Path.Combine(dirs.State, "journal")), $"crash after {crashAfter}: journal left");
+                TreeAssert.Equal(newSource, dirs.Workspace);
+            }
+        }
+
+        Assert.Equal(0, agent.Logs.Count(623)); // no replay ever gave up
+    }
+
+    [SkippableFact]
+    public async Task StagingOnAnotherFilesystemStillPlacesFilesByRename()
+    {
+        Skip.IfNot(Directory.Exists("/dev/shm"), "no /dev/shm to put the state directory on another filesystem");
+        using var dirs = new SyncDirs();
+        var state = Path.Combine("/dev/shm", $"rbs-sync-state-{Guid.NewGuid():N}");
+        try
+        {
+            Directory.CreateDirectory(state);
+            var probe = Path.Combine(state, "probe");
+            File.WriteAllBytes(probe, []);
+            Skip.If(WorkspaceTree.TryRename(probe, Path.Combine(dirs.Workspace, "probe")),
+                "/dev/shm is on the same filesystem as the temp directory");
+
+            var big = new byte[150_000];
+            new Random(3).NextBytes(big);
+            Write(dirs.Source, "a/big.bin", big, executable: true);
+            Write(dirs.Source, "b/same.bin", big);
+            Write(dirs.Source, "small.txt", "small"u8.ToArray());
+            await using var agent = await SyncTestAgent.StartAsync(output, dirs, "--sync-state-dir", state);
+            var outcome = await SyncTestClient.SyncAsync(agent.Client, LocalTree.Scan(dirs.Source)).WaitAsync(s_timeout);
+
+            TreeAssert.Equal(dirs.Source, dirs.Workspace);
+            Assert.Equal(3ul, outcome.Done!.FilesWritten);
+            Assert.Empty(Directory.EnumerateFiles(Path.Combine(state, "staging")));
+            Assert.Empty(Directory.EnumerateFileSystemEntries(dirs.Workspace, ".rbs-sync-*", SearchOption.AllDirectories));
+        }
+        finally
+        {
+            Directory.Delete(state, recursive: true);
+        }
+    }
+
+    [Fact]
     public async Task TwoConcurrentSyncsOfTheWorkspaceRunOneAfterTheOther()
     {
         using var dirs = new SyncDirs();
