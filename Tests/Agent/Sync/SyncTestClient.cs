@@ -127,6 +127,9 @@ internal sealed class SyncScript
     /// <summary>Cancels the call after this many blob chunks were sent.</summary>
     public int? CancelAfterChunks { get; init; }
 
+    /// <summary>Runs after <see cref="CancelAfterChunks"/> chunks were sent, before the call is cancelled.</summary>
+    public Func<Task>? BeforeCancel { get; init; }
+
     /// <summary>Runs once the agent has answered need_end (before any blob is sent).</summary>
     public Func<Task>? OnNeedEnd { get; init; }
 }
@@ -229,6 +232,11 @@ internal static class SyncTestClient
                 }, ct);
                 if (++chunks == script.CancelAfterChunks)
                 {
+                    if (script.BeforeCancel is { } beforeCancel)
+                    {
+                        await beforeCancel();
+                    }
+
                     await cts.CancelAsync();
                     ct.ThrowIfCancellationRequested();
                 }

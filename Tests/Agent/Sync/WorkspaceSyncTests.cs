@@ -345,21 +345,31 @@ public sealed class WorkspaceSyncTests(ITestOutputHelper output)
 
         var big = new byte[1_000_000];
         new Random(7).NextBytes(big);
+        Write(dirs.Source, "aaa-first.txt", "uploaded completely before the cancel"u8.ToArray());
         Write(dirs.Source, "new/big.bin", big);
         Write(dirs.Source, "old.txt", "changed"u8.ToArray());
         File.Delete(Path.Combine(dirs.Source, "gone-later.txt"));
         var tree = LocalTree.Scan(dirs.Source);
+        var firstDigest = Convert.ToHexStringLower(tree.Entries.Single(e => e.Path == "aaa-first.txt").Digest.Span);
         await Assert.ThrowsAnyAsync<Exception>(() => SyncTestClient.SyncAsync(agent.Client, tree,
-            new SyncScript { ChunkBytes = 64 * 1024, CancelAfterChunks = 3 }).WaitAsync(s_timeout));
+            new SyncScript
+            {
+                ChunkBytes = 64 * 1024,
+                CancelAfterChunks = 3,
+                // Cancel only once the agent has the first blob (a reset can overtake data still in flight).
+                BeforeCancel = () => WaitUntil(() => File.Exists(Path.Combine(dirs.State, "staging", firstDigest))),
+            }).WaitAsync(s_timeout));
 
         // The agent notices the cancellation (log event 614) without touching the tree.
         await WaitUntil(() => agent.Logs.Count(614) >= 1);
         Assert.Equal(oldTree, TreeAssert.Dump(dirs.Workspace));
         Assert.Empty(Directory.EnumerateFiles(Path.Combine(dirs.State, "staging"), "*.part"));
 
+        // The blob that arrived completely before the cancel is kept in staging and not asked for again.
         var outcome = await SyncTestClient.SyncAsync(agent.Client, tree).WaitAsync(s_timeout);
         TreeAssert.Equal(dirs.Source, dirs.Workspace);
         Assert.Equal(2ul, outcome.Done!.BlobsReceived);
+        Assert.Equal(3ul, outcome.Done.FilesWritten);
     }
 
     [Fact]
@@ -539,6 +549,39 @@ public sealed class WorkspaceSyncTests(ITestOutputHelper output)
         Assert.False(firstDone.Done!.UpToDate);
         Assert.False(secondDone.Done!.UpToDate);
         Assert.Equal(["b.txt"], Directory.EnumerateFileSystemEntries(dirs.Workspace).Select(Path.GetFileName));
+    }
+
+    [Fact]
+    public async Task TheStateDirectoryDefaultsToASiblingOfTheWorkspaceOrAFallbackWhenThatCannotBeCreated()
+    {
+        using var dirs = new SyncDirs();
+        Write(dirs.Source, "a.txt", "a"u8.ToArray());
+        string[] args = ["--agent-id", "sync-test-agent", "--workspace", dirs.Workspace, "--build-tool", FakeBazel.Path, "--listen", "127.0.0.1:0"];
+        await using (var agent = await SyncTestAgent.StartRawAsync(output, args))
+        {
+            Assert.Equal(Path.Combine(dirs.Root, ".ws.rbs-sync"), agent.Synchronizer.Store.Directory);
+            await SyncTestClient.SyncAsync(agent.Client, LocalTree.Scan(dirs.Source)).WaitAsync(s_timeout);
+            Assert.True(File.Exists(Path.Combine(dirs.Root, ".ws.rbs-sync", "index")));
+        }
+
+        // Something that is not a directory where the default would go (in a container: an unwritable parent).
+        using var blocked = new SyncDirs();
+        File.WriteAllText(Path.Combine(blocked.Root, ".ws.rbs-sync"), "not a directory");
+        string[] blockedArgs = ["--agent-id", "sync-test-agent", "--workspace", blocked.Workspace, "--build-tool", FakeBazel.Path, "--listen", "127.0.0.1:0"];
+        await using var fallback = await SyncTestAgent.StartRawAsync(output, blockedArgs);
+        var state = fallback.Synchronizer.Store.Directory;
+        try
+        {
+            output.WriteLine($"fallback state directory: {state}");
+            Assert.Equal(1, fallback.Logs.Count(625));
+            Assert.Contains(Path.Combine(".cache", "rbs", "sync", "ws-"), state, StringComparison.Ordinal);
+            await SyncTestClient.SyncAsync(fallback.Client, LocalTree.Scan(dirs.Source)).WaitAsync(s_timeout);
+            TreeAssert.Equal(dirs.Source, blocked.Workspace);
+        }
+        finally
+        {
+            Directory.Delete(state, recursive: true);
+        }
     }
 
     private static LocalTree FileTree(string path, byte[] content)
