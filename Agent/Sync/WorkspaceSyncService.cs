@@ -88,6 +88,7 @@ internal sealed partial class WorkspaceSyncService(
         }
         catch (OperationCanceledException)
         {
+            DeletePartialUploads();
             Log.Cancelled(logger, stopwatch.ElapsedMilliseconds);
             throw;
         }
@@ -95,7 +96,7 @@ internal sealed partial class WorkspaceSyncService(
         {
             Log.Failed(logger, ex);
             throw new RpcException(new Status(StatusCode.Internal,
-                $"the agent could not sync its workspace: {ex.Message} (an unfinished change is completed before the next sync or command)."));
+                $"the agent could not sync its workspace: {ex.Message} (the agent completes an unfinished change before the next sync, or when it restarts)."));
         }
         finally
         {
