@@ -4,6 +4,7 @@ using Microsoft.Extensions.Options;
 using Rbs.Agent.Execution;
 using Rbs.Agent.Lifetime;
 using Rbs.Agent.Outputs;
+using Rbs.Agent.Sync;
 using Rbs.Agent.Tunnel;
 
 namespace Rbs.Agent.Hosting;
@@ -43,6 +44,7 @@ internal static class AgentServiceCollectionExtensions
         services.AddHostedService<GracefulShutdown>();
         services.AddHostedService<ReadyFile>();
         services.AddHostedService<IdleExit>();
+        services.AddWorkspaceSync();
         return services;
     }
 
@@ -50,6 +52,7 @@ internal static class AgentServiceCollectionExtensions
     {
         app.MapGrpcService<AgentService>();
         app.MapAgentOutputs();
+        app.MapGrpcService<WorkspaceSyncService>();
         app.MapGrpcHealthChecksService();
         return app;
     }
