@@ -4,6 +4,7 @@ using Grpc.Core;
 using Microsoft.Extensions.Options;
 using Rbs.Agent.Hosting;
 using Rbs.Agent.Outputs;
+using Rbs.Agent.Sync;
 using Rbs.V1;
 
 namespace Rbs.Agent.Execution;
@@ -13,6 +14,7 @@ internal sealed partial class CommandRunner(
     IOptions<AgentOptions> options,
     CommandTracker tracker,
     OutputCollector outputs,
+    WorkspaceSynchronizer workspaceSync,
     TimeProvider time,
     ILogger<CommandRunner> logger)
 {
@@ -56,6 +58,7 @@ internal sealed partial class CommandRunner(
         string workingDirectory;
         try
         {
+            await workspaceSync.EnsureWholeTreeAsync(callToken);
             workingDirectory = WorkspacePaths.ResolveWorkingDirectory(WorkspaceRealPath, start.RelativeWorkingDirectory);
         }
         catch (RpcException ex)

@@ -83,6 +83,7 @@ internal sealed class SyncApplier(string workspace, SyncStateStore store)
 
         store.SaveIndex(new SavedTree(journal.Digest, index));
         store.DeleteJournal();
+        store.ClearIncomplete();
         store.ClearStaging();
         counts.ApplyMillis = stopwatch.ElapsedMilliseconds;
         return counts;

@@ -39,6 +39,18 @@ internal sealed class SyncStateStore(string directory)
 
     public bool HasJournal => File.Exists(JournalPath);
 
+    /// <summary>
+    /// Set when an apply could not be completed and its journal was dropped: the tree on disk is neither the old nor
+    /// the new one until the next sync succeeds, so no command may run on it.
+    /// </summary>
+    public bool IsIncomplete => File.Exists(IncompletePath);
+
+    public void MarkIncomplete() => File.WriteAllBytes(IncompletePath, []);
+
+    public void ClearIncomplete() => File.Delete(IncompletePath);
+
+    private string IncompletePath => Path.Combine(Directory, "incomplete");
+
     public void SaveIndex(SavedTree tree) => Save(IndexPath, tree);
 
     public void SaveJournal(SavedTree tree) => Save(JournalPath, tree);

@@ -1,3 +1,4 @@
+using Grpc.Core;
 using Microsoft.Extensions.Options;
 using Rbs.Agent.Execution;
 using Rbs.Agent.Hosting;
@@ -147,8 +148,32 @@ internal sealed partial class WorkspaceSynchronizer : IDisposable
 
     public void Dispose() => _lock.Dispose();
 
+    /// <summary>
+    /// Before a command: finishes an apply that a failed sync left in its journal, so a command never runs on half a
+    /// tree; refuses (FailedPrecondition) when the tree could not be made whole. Free when no sync ever failed.
+    /// </summary>
+    public async Task EnsureWholeTreeAsync(CancellationToken cancellationToken)
+    {
+        if (!Store.HasJournal && !Store.IsIncomplete)
+        {
+            return;
+        }
+
+        using (await AcquireAsync(cancellationToken))
+        {
+            Recover();
+        }
+
+        if (Store.IsIncomplete)
+        {
+            throw new RpcException(new Status(StatusCode.FailedPrecondition,
+                "the agent's workspace is incomplete: its last sync failed while being applied. Sync again and rerun (jbazel syncs before every command)."));
+        }
+    }
+
     private void Discard()
     {
+        Store.MarkIncomplete();
         Store.DeleteJournal();
         Store.DeleteIndex();
         Store.ClearStaging();
