@@ -4,6 +4,7 @@ using System.Reflection;
 using System.Text;
 using Rbs.JBazel.Configuration;
 using Rbs.JBazel.Remote;
+using Rbs.JBazel.Sync;
 using Rbs.JBazel.Terminal;
 using Rbs.JBazel.Workspace;
 using Rbs.V1;
@@ -51,6 +52,25 @@ internal sealed class BazelCommand : RootCommand
         CustomParser = result => Parse<TimeSpan>(result, OptionValues.TryParseTimeout),
     };
 
+    internal static readonly Option<bool> SyncOption = new("--rbs_sync")
+    {
+        Description = "Sync the working tree to an agent with its own copy of the workspace even where it could share this filesystem (process mode). Agents that cannot share it (pods, tunnel mode) are synced always.",
+        HelpName = "true|false",
+    };
+
+    internal static readonly Option<string[]> SyncExcludeOption = new("--rbs_sync_exclude")
+    {
+        Description = "Leave paths out of the workspace sync; gitignore syntax relative to the workspace root (e.g. /data/, *.log). Repeatable; adds to those from other sources.",
+        HelpName = "PATTERN",
+        AllowMultipleArgumentsPerToken = false,
+    };
+
+    internal static readonly Option<bool> SyncGitignoreOption = new("--rbs_sync_gitignore")
+    {
+        Description = "Leave what git ignores (.gitignore files, .git/info/exclude) out of the workspace sync.",
+        HelpName = "true|false",
+    };
+
     internal static readonly Option<bool> HelpOption = new("--rbs_help")
     {
         Description = "Show jbazel's options and exit (bazel's own help: 'jbazel help').",
@@ -63,11 +83,11 @@ internal sealed class BazelCommand : RootCommand
 
     /// <summary>Options that are settings (environment variables and rc files can set these).</summary>
     internal static readonly IReadOnlyList<Option> SettingOptions =
-        [OrchestratorOption, ConnectOption, StatusOption, ApiKeyOption, TimeoutOption];
+        [OrchestratorOption, ConnectOption, StatusOption, ApiKeyOption, TimeoutOption, SyncOption, SyncExcludeOption, SyncGitignoreOption];
 
-    /// <summary>Option names whose value may be the next token (<c>--rbs_x value</c>).</summary>
+    /// <summary>Option names whose value may be the next token (<c>--rbs_x value</c>); a flag (bool) takes only <c>=value</c>.</summary>
     internal static readonly IReadOnlySet<string> OptionsTakingValues =
-        SettingOptions.Select(option => option.Name).ToHashSet(StringComparer.Ordinal);
+        SettingOptions.Where(option => option is not Option<bool>).Select(option => option.Name).ToHashSet(StringComparer.Ordinal);
 
     private static readonly ParserConfiguration s_parserConfiguration = new()
     {
@@ -202,14 +222,25 @@ internal sealed class BazelCommand : RootCommand
             },
             ClientVersion = $"jbazel/{Version}",
             ClientHost = _environment.HostName,
+            SyncWorkspace = settings.Sync,
         };
 
         using var channels = new ChannelPool();
         using var allocating = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, interrupts.First);
         var allocation = await new AgentAllocator(channels, settings).AllocateAsync(request, allocating.Token);
-        if (settings.Status == StatusMode.Always || (settings.Status == StatusMode.Auto && !Console.IsErrorRedirected))
+        var showStatus = settings.Status == StatusMode.Always || (settings.Status == StatusMode.Auto && !Console.IsErrorRedirected);
+        if (showStatus)
         {
             _streams.WriteErrorLine(allocation.StatusLine);
+        }
+
+        if (SyncStep.IsNeeded(allocation.Response, settings, root))
+        {
+            var synced = await SyncStep.RunAsync(allocation, channels, settings, _environment, root, request.RepoHash, _streams.WriteErrorLine, allocating.Token);
+            if (showStatus)
+            {
+                _streams.WriteErrorLine(synced.StatusLine);
+            }
         }
 
         var start = new StartCommand
@@ -271,6 +302,8 @@ internal sealed class BazelCommand : RootCommand
         "--rbs_connect" => "auto",
         "--rbs_status" => "auto",
         "--rbs_timeout" => OptionValues.FormatDuration(RbsSettings.DefaultTimeout),
+        "--rbs_sync" => "false",
+        "--rbs_sync_gitignore" => "true",
         _ => "none",
     };
 

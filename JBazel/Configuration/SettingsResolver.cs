@@ -42,7 +42,27 @@ internal sealed class SettingsResolver(Func<IReadOnlyList<string>, ParseResult> 
             Pick(layers, BazelCommand.ConnectOption, defaults.Connect),
             Pick(layers, BazelCommand.StatusOption, defaults.Status),
             NullIfEmpty(Pick(layers, BazelCommand.ApiKeyOption, defaults.ApiKey ?? "")),
-            Pick(layers, BazelCommand.TimeoutOption, defaults.Timeout));
+            Pick(layers, BazelCommand.TimeoutOption, defaults.Timeout))
+        {
+            Sync = Pick(layers, BazelCommand.SyncOption, defaults.Sync),
+            SyncExcludes = PickAll(layers, BazelCommand.SyncExcludeOption),
+            SyncGitignore = Pick(layers, BazelCommand.SyncGitignoreOption, defaults.SyncGitignore),
+        };
+    }
+
+    /// <summary>A repeatable option's values from every source, the most important (command line) last so it can re-include.</summary>
+    private static List<string> PickAll(List<ParseResult> layers, Option<string[]> option)
+    {
+        var values = new List<string>();
+        for (var i = layers.Count - 1; i >= 0; i--)
+        {
+            if (layers[i].GetResult(option) is { Implicit: false } && layers[i].GetValue(option) is { } layerValues)
+            {
+                values.AddRange(layerValues);
+            }
+        }
+
+        return values;
     }
 
     /// <summary>Sources after the command line, in precedence order.</summary>

@@ -1,0 +1,44 @@
+namespace Rbs.JBazel.Sync;
+
+/// <summary>
+/// Orders strings by their UTF-8 bytes (= by code point), the order sync.proto prescribes for manifest
+/// paths. string.CompareOrdinal compares UTF-16 code units, which differs for characters above U+FFFF
+/// (surrogates, 0xD800-0xDFFF) against U+E000-U+FFFF; those two ranges are swapped before comparing.
+/// </summary>
+internal sealed class Utf8Ordinal : IComparer<string>
+{
+    public static Utf8Ordinal Instance { get; } = new();
+
+    public int Compare(string? x, string? y)
+    {
+        if (ReferenceEquals(x, y))
+        {
+            return 0;
+        }
+
+        if (x is null)
+        {
+            return -1;
+        }
+
+        if (y is null)
+        {
+            return 1;
+        }
+
+        var length = Math.Min(x.Length, y.Length);
+        for (var i = 0; i < length; i++)
+        {
+            var a = x[i];
+            var b = y[i];
+            if (a != b)
+            {
+                return Fix(a) - Fix(b);
+            }
+        }
+
+        return x.Length - y.Length;
+    }
+
+    private static int Fix(char c) => c < 0xD800 ? c : c >= 0xE000 ? c - 0x800 : c + 0x2000;
+}
