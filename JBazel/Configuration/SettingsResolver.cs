@@ -51,7 +51,7 @@ internal sealed class SettingsResolver(Func<IReadOnlyList<string>, ParseResult> 
     }
 
     /// <summary>A repeatable option's values from every source, the most important (command line) last so it can re-include.</summary>
-    private static List<string> PickAll(List<ParseResult> layers, Option<string[]> option)
+    private static IReadOnlyList<string> PickAll(List<ParseResult> layers, Option<string[]> option)
     {
         var values = new List<string>();
         for (var i = layers.Count - 1; i >= 0; i--)
@@ -62,7 +62,8 @@ internal sealed class SettingsResolver(Func<IReadOnlyList<string>, ParseResult> 
             }
         }
 
-        return values;
+        // The shared empty array when unset, so settings from equal inputs compare equal.
+        return values.Count == 0 ? Array.Empty<string>() : values;
     }
 
     /// <summary>Sources after the command line, in precedence order.</summary>
