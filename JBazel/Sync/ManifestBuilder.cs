@@ -29,12 +29,28 @@ internal sealed record Manifest(
     public static byte[] ComputeDigest(IEnumerable<ManifestEntry> entries)
     {
         using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-        using var buffer = new MemoryStream();
+        // One reused buffer: WriteDelimitedTo(Stream) would allocate a 4 KiB CodedOutputStream per entry.
+        var buffer = new byte[1024];
         foreach (var entry in entries)
         {
-            buffer.SetLength(0);
-            entry.WriteDelimitedTo(buffer);
-            hash.AppendData(buffer.GetBuffer(), 0, (int)buffer.Length);
+            var size = entry.CalculateSize();
+            var prefix = CodedOutputStream.ComputeLengthSize(size);
+            if (buffer.Length < prefix + size)
+            {
+                buffer = new byte[(prefix + size) * 2];
+            }
+
+            var length = (uint)size;
+            var at = 0;
+            while (length >= 0x80)
+            {
+                buffer[at++] = (byte)(length | 0x80);
+                length >>= 7;
+            }
+
+            buffer[at] = (byte)length;
+            entry.WriteTo(buffer.AsSpan(prefix, size));
+            hash.AppendData(buffer, 0, prefix + size);
         }
 
         return hash.GetHashAndReset();
