@@ -1,3 +1,4 @@
+using Rbs.Agent.Sync;
 using Rbs.Agent.Tunnel;
 
 namespace Rbs.Agent.Hosting;
@@ -7,7 +8,8 @@ internal static class AgentHost
 {
     /// <summary>
     /// The friendly flags of the cross-component contract, mapped onto the <c>Agent</c> section, plus tunnel mode's
-    /// (<c>--gateway</c>, <c>--join-token</c>, <c>--join-token-file</c>; <see cref="AgentTunnelOptions.SwitchMappings"/>).
+    /// (<c>--gateway</c>, <c>--join-token</c>, <c>--join-token-file</c>; <see cref="AgentTunnelOptions.SwitchMappings"/>) and
+    /// workspace sync's (<c>--sync-*</c>; <see cref="WorkspaceSyncOptions.SwitchMappings"/>).
     /// </summary>
     public static readonly IReadOnlyDictionary<string, string> SwitchMappings = new Dictionary<string, string>(AgentTunnelOptions.SwitchMappings, StringComparer.Ordinal)
     {
@@ -18,7 +20,7 @@ internal static class AgentHost
         ["--ready-file"] = $"{AgentOptions.SectionName}:{nameof(AgentOptions.ReadyFile)}",
         ["--idle-exit-after"] = $"{AgentOptions.SectionName}:{nameof(AgentOptions.IdleExitAfter)}",
         ["--interrupt-grace-period"] = $"{AgentOptions.SectionName}:{nameof(AgentOptions.InterruptGracePeriod)}",
-    };
+    }.Concat(WorkspaceSyncOptions.SwitchMappings).ToDictionary(StringComparer.Ordinal);
 
     /// <summary>A builder with the agent's configuration sources: appsettings, <c>Agent__*</c> env vars, then flags.</summary>
     public static WebApplicationBuilder CreateBuilder(string[] args)

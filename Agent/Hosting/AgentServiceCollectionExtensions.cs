@@ -3,6 +3,7 @@ using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Options;
 using Rbs.Agent.Execution;
 using Rbs.Agent.Lifetime;
+using Rbs.Agent.Sync;
 using Rbs.Agent.Tunnel;
 
 namespace Rbs.Agent.Hosting;
@@ -41,12 +42,14 @@ internal static class AgentServiceCollectionExtensions
         services.AddHostedService<GracefulShutdown>();
         services.AddHostedService<ReadyFile>();
         services.AddHostedService<IdleExit>();
+        services.AddWorkspaceSync();
         return services;
     }
 
     public static WebApplication MapAgent(this WebApplication app)
     {
         app.MapGrpcService<AgentService>();
+        app.MapGrpcService<WorkspaceSyncService>();
         app.MapGrpcHealthChecksService();
         return app;
     }

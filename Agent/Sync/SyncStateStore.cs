@@ -1,0 +1,186 @@
+using System.Security.Cryptography;
+using System.Text;
+using Rbs.V1;
+
+namespace Rbs.Agent.Sync;
+
+/// <summary>A saved tree: the index of the applied tree, or the journal of one being applied.</summary>
+internal sealed record SavedTree(string Digest, List<TreeEntry> Entries);
+
+/// <summary>
+/// The sync state directory: <c>index</c> (the tree last applied), <c>journal</c> (the tree being applied; present
+/// only while an apply is unfinished) and <c>staging/</c> (verified blobs named by their hex SHA-256). Files are
+/// replaced via write-to-temp + fsync + rename, so each is either the old or the new version after a crash.
+/// </summary>
+internal sealed class SyncStateStore(string directory)
+{
+    private const string Magic = "rbs-sync-tree-v1";
+
+    public string Directory { get; } = directory;
+
+    public string StagingDirectory => Path.Combine(Directory, "staging");
+
+    private string IndexPath => Path.Combine(Directory, "index");
+
+    private string JournalPath => Path.Combine(Directory, "journal");
+
+    public void EnsureCreated()
+    {
+        // Private to the agent's user: staged blobs are the client's sources.
+        const UnixFileMode privateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute;
+        System.IO.Directory.CreateDirectory(Path.GetDirectoryName(Path.TrimEndingDirectorySeparator(Directory)) ?? "/");
+        WorkspaceTree.MakeDirectory(Directory, privateMode);
+        WorkspaceTree.MakeDirectory(StagingDirectory, privateMode);
+    }
+
+    public SavedTree? LoadIndex() => Load(IndexPath);
+
+    public SavedTree? LoadJournal() => Load(JournalPath);
+
+    public bool HasJournal => File.Exists(JournalPath);
+
+    public void SaveIndex(SavedTree tree) => Save(IndexPath, tree);
+
+    public void SaveJournal(SavedTree tree) => Save(JournalPath, tree);
+
+    public void DeleteIndex() => File.Delete(IndexPath);
+
+    public void DeleteJournal() => File.Delete(JournalPath);
+
+    /// <summary>The staged blob file for a hex digest (it may not exist).</summary>
+    public string StagedPath(string digest) => Path.Combine(StagingDirectory, digest);
+
+    /// <summary>Completely received, verified blobs.</summary>
+    public HashSet<string> StagedDigests() =>
+        System.IO.Directory.EnumerateFiles(StagingDirectory)
+            .Select(Path.GetFileName)
+            .Where(name => name is { Length: 64 } && name.All(char.IsAsciiHexDigitLower))
+            .ToHashSet(StringComparer.Ordinal)!;
+
+    /// <summary>Removes partial uploads and staged blobs the current sync does not use (keeps the rest for a retry).</summary>
+    public void PruneStaging(IReadOnlySet<string> keep)
+    {
+        foreach (var file in System.IO.Directory.EnumerateFiles(StagingDirectory).ToList())
+        {
+            if (!keep.Contains(Path.GetFileName(file)))
+            {
+                File.Delete(file);
+            }
+        }
+    }
+
+    public void ClearStaging() => PruneStaging(new HashSet<string>());
+
+    /// <summary>
+    /// Copies <paramref name="source"/> into staging as <paramref name="digest"/>, verifying its content on the way
+    /// (the file is only trusted by size and mtime). False when the content no longer matches.
+    /// </summary>
+    public bool StageCopy(string source, string digest, long size)
+    {
+        var part = StagedPath(digest) + ".copy";
+        using (var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256))
+        {
+            using (var input = new FileStream(source, FileMode.Open, FileAccess.Read, FileShare.ReadWrite, 1, FileOptions.SequentialScan))
+            using (var output = new FileStream(part, FileMode.Create, FileAccess.Write, FileShare.None, 1))
+            {
+                var buffer = new byte[1 << 20];
+                long total = 0;
+                int read;
+                while ((read = input.Read(buffer)) > 0)
+                {
+                    hash.AppendData(buffer, 0, read);
+                    output.Write(buffer, 0, read);
+                    total += read;
+                }
+
+                output.Flush(flushToDisk: true);
+                if (total != size)
+                {
+                    File.Delete(part);
+                    return false;
+                }
+            }
+
+            if (Convert.ToHexStringLower(hash.GetHashAndReset()) != digest)
+            {
+                File.Delete(part);
+                return false;
+            }
+        }
+
+        File.Move(part, StagedPath(digest), overwrite: true);
+        return true;
+    }
+
+    private static SavedTree? Load(string path)
+    {
+        if (!File.Exists(path))
+        {
+            return null;
+        }
+
+        using var reader = new BinaryReader(new BufferedStream(File.OpenRead(path), 1 << 16), Encoding.UTF8);
+        if (reader.ReadString() != Magic)
+        {
+            throw new InvalidDataException($"{path} is not an rbs sync state file.");
+        }
+
+        var digest = reader.ReadString();
+        var count = reader.ReadInt32();
+        var entries = new List<TreeEntry>(count);
+        for (var i = 0; i < count; i++)
+        {
+            var entryPath = reader.ReadString();
+            var kind = (EntryKind)reader.ReadByte();
+            var flags = reader.ReadByte();
+            entries.Add(new TreeEntry
+            {
+                Path = entryPath,
+                Kind = kind,
+                Executable = (flags & 1) != 0,
+                Write = (flags & 2) != 0,
+                Implied = (flags & 4) != 0,
+                Digest = kind == EntryKind.File ? reader.ReadString() : "",
+                Size = kind == EntryKind.File ? reader.ReadInt64() : 0,
+                MtimeTicks = kind == EntryKind.File ? reader.ReadInt64() : 0,
+                SymlinkTarget = kind == EntryKind.Symlink ? reader.ReadString() : "",
+            });
+        }
+
+        return new SavedTree(digest, entries);
+    }
+
+    private static void Save(string path, SavedTree tree)
+    {
+        var temp = path + ".tmp";
+        using (var file = new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 16))
+        {
+            using (var writer = new BinaryWriter(file, Encoding.UTF8, leaveOpen: true))
+            {
+                writer.Write(Magic);
+                writer.Write(tree.Digest);
+                writer.Write(tree.Entries.Count);
+                foreach (var entry in tree.Entries)
+                {
+                    writer.Write(entry.Path);
+                    writer.Write((byte)entry.Kind);
+                    writer.Write((byte)((entry.Executable ? 1 : 0) | (entry.Write ? 2 : 0) | (entry.Implied ? 4 : 0)));
+                    if (entry.Kind == EntryKind.File)
+                    {
+                        writer.Write(entry.Digest);
+                        writer.Write(entry.Size);
+                        writer.Write(entry.MtimeTicks);
+                    }
+                    else if (entry.Kind == EntryKind.Symlink)
+                    {
+                        writer.Write(entry.SymlinkTarget);
+                    }
+                }
+            }
+
+            file.Flush(flushToDisk: true);
+        }
+
+        File.Move(temp, path, overwrite: true);
+    }
+}

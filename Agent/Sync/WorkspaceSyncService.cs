@@ -1,0 +1,396 @@
+using System.Diagnostics;
+using System.Security.Cryptography;
+using Google.Protobuf;
+using Grpc.Core;
+using Microsoft.Extensions.Options;
+using Rbs.V1;
+
+namespace Rbs.Agent.Sync;
+
+/// <summary>
+/// rbs.v1.WorkspaceSync: makes the workspace an exact copy of the client's tree (protocol: sync.proto). Nothing in the
+/// workspace changes until every needed blob has arrived and been verified; the change itself is journaled.
+/// </summary>
+internal sealed partial class WorkspaceSyncService(
+    WorkspaceSynchronizer synchronizer,
+    IOptions<WorkspaceSyncOptions> options,
+    ILogger<WorkspaceSyncService> logger) : WorkspaceSync.WorkspaceSyncBase
+{
+    private const int MaxChunkBytes = 1 << 20;
+    private const int NeedBatchSize = 1024;
+
+    public override async Task Sync(
+        IAsyncStreamReader<SyncClientFrame> requestStream,
+        IServerStreamWriter<SyncServerFrame> responseStream,
+        ServerCallContext context)
+    {
+        var cancellationToken = context.CancellationToken;
+        var stopwatch = Stopwatch.StartNew();
+        try
+        {
+            var begin = (await ReadAsync(requestStream, SyncClientFrame.FrameOneofCase.Begin, "begin", cancellationToken)).Begin;
+            ManifestBuilder.CheckBegin(options.Value, begin);
+            Log.SyncStarted(logger, context.Peer, begin.EntryCount, begin.TotalBytes);
+            using var held = await synchronizer.AcquireAsync(cancellationToken);
+            synchronizer.Recover();
+
+            var disk = WorkspaceTree.Walk(synchronizer.Workspace);
+            var index = LoadIndexOrNull();
+            if (index is not null && index.Digest == Convert.ToHexStringLower(begin.ManifestDigest.Span) && Matches(index, disk))
+            {
+                await responseStream.WriteAsync(new SyncServerFrame { Done = new SyncDone { UpToDate = true } }, cancellationToken);
+                Log.UpToDate(logger, begin.EntryCount, stopwatch.ElapsedMilliseconds);
+                return;
+            }
+
+            await responseStream.WriteAsync(new SyncServerFrame { ManifestWanted = new ManifestWanted() }, cancellationToken);
+            var manifest = await ReceiveManifestAsync(requestStream, begin, cancellationToken);
+            var plan = Plan(manifest, index, disk);
+            await SendNeedsAsync(responseStream, plan, cancellationToken);
+            var (blobs, bytes) = await ReceiveBlobsAsync(requestStream, plan, cancellationToken);
+
+            // Content that moves or is copied inside the tree is staged first, so deleting its old path cannot lose it.
+            foreach (var (digest, source) in plan.FromTree)
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                if (!synchronizer.Store.StageCopy(Path.Combine(synchronizer.Workspace, source.Path), digest, source.Size))
+                {
+                    // Edited on the agent without changing size or mtime: stop trusting the index.
+                    synchronizer.Store.DeleteIndex();
+                    throw new RpcException(new Status(StatusCode.Aborted,
+                        $"'{source.Path}' changed on the agent while syncing; retry the sync."));
+                }
+            }
+
+            // From here on the tree changes; the journal makes that all-or-nothing even if the agent dies, and the
+            // client going away no longer matters.
+            var journal = new SavedTree(manifest.Digest, [.. manifest.Entries]);
+            synchronizer.Store.SaveJournal(journal);
+            var counts = synchronizer.Applier.Apply(journal);
+            var done = new SyncDone
+            {
+                FilesWritten = counts.FilesWritten,
+                EntriesDeleted = counts.EntriesDeleted,
+                DirectoriesCreated = counts.DirectoriesCreated,
+                SymlinksWritten = counts.SymlinksWritten,
+                BlobsReceived = blobs,
+                BytesReceived = bytes,
+                ApplyMillis = counts.ApplyMillis,
+            };
+            Log.SyncDone(logger, manifest.ListedCount, done.BlobsReceived, done.BytesReceived, done.FilesWritten, done.EntriesDeleted,
+                done.DirectoriesCreated, done.SymlinksWritten, done.ApplyMillis, stopwatch.ElapsedMilliseconds);
+            await responseStream.WriteAsync(new SyncServerFrame { Done = done }, cancellationToken);
+        }
+        catch (RpcException ex)
+        {
+            Log.Rejected(logger, ex.StatusCode, ex.Status.Detail);
+            throw;
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            Log.Cancelled(logger, stopwatch.ElapsedMilliseconds);
+            throw;
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or InvalidDataException)
+        {
+            Log.Failed(logger, ex);
+            throw new RpcException(new Status(StatusCode.Internal,
+                $"the agent could not sync its workspace: {ex.Message} (an unfinished change is completed before the next sync or command)."));
+        }
+        finally
+        {
+            DeletePartialUploads();
+        }
+    }
+
+    private SavedTree? LoadIndexOrNull()
+    {
+        try
+        {
+            return synchronizer.Store.LoadIndex();
+        }
+        catch (Exception ex) when (ex is InvalidDataException or EndOfStreamException)
+        {
+            Log.IndexUnreadable(logger, ex);
+            return null;
+        }
+    }
+
+    /// <summary>True when the disk holds exactly the indexed tree (plus bazel's root convenience symlinks).</summary>
+    private static bool Matches(SavedTree index, Dictionary<string, DiskEntry> disk)
+    {
+        var extra = disk.Count;
+        foreach (var entry in index.Entries)
+        {
+            if (!disk.TryGetValue(entry.Path, out var found) || found.Kind != entry.Kind)
+            {
+                return false;
+            }
+
+            extra--;
+            var same = entry.Kind switch
+            {
+                EntryKind.File => found.Size == entry.Size && found.MtimeTicks == entry.MtimeTicks && found.Mode == WorkspaceTree.FileMode(entry.Executable),
+                EntryKind.Symlink => found.SymlinkTarget == entry.SymlinkTarget,
+                _ => true,
+            };
+            if (!same)
+            {
+                return false;
+            }
+        }
+
+        if (extra == 0)
+        {
+            return true;
+        }
+
+        var indexed = index.Entries.Select(e => e.Path).ToHashSet(StringComparer.Ordinal);
+        return disk.All(d => indexed.Contains(d.Key) || (d.Value.Kind == EntryKind.Symlink && SyncPaths.IsBazelConvenienceName(d.Key)));
+    }
+
+    private async Task<SyncManifest> ReceiveManifestAsync(IAsyncStreamReader<SyncClientFrame> requestStream, SyncBegin begin, CancellationToken cancellationToken)
+    {
+        using var builder = new ManifestBuilder(options.Value, begin);
+        while (true)
+        {
+            var frame = await ReadAsync(requestStream, null, "manifest or manifest_end", cancellationToken);
+            switch (frame.FrameCase)
+            {
+                case SyncClientFrame.FrameOneofCase.Manifest:
+                    foreach (var entry in frame.Manifest.Entries)
+                    {
+                        builder.Add(entry);
+                    }
+
+                    break;
+                case SyncClientFrame.FrameOneofCase.ManifestEnd:
+                    return builder.Finish(synchronizer.IsCaseInsensitive());
+                default:
+                    throw OutOfOrder("manifest or manifest_end", frame.FrameCase);
+            }
+        }
+    }
+
+    private sealed record SyncPlan(List<(string Digest, long Size)> Needed, List<(string Digest, TreeEntry Source)> FromTree);
+
+    /// <summary>
+    /// Decides per file whether it is already in place (same digest, verified by size and mtime) and which content
+    /// must come from the client: anything not in place, not already staged and not in another current file.
+    /// </summary>
+    private SyncPlan Plan(SyncManifest manifest, SavedTree? index, Dictionary<string, DiskEntry> disk)
+    {
+        var trusted = new Dictionary<string, TreeEntry>(StringComparer.Ordinal);
+        var inTree = new Dictionary<string, TreeEntry>(StringComparer.Ordinal);
+        foreach (var entry in index?.Entries ?? [])
+        {
+            if (entry.Kind == EntryKind.File && disk.TryGetValue(entry.Path, out var found) && found.Kind == EntryKind.File &&
+                found.Size == entry.Size && found.MtimeTicks == entry.MtimeTicks)
+            {
+                trusted[entry.Path] = entry;
+                if (entry.Size > 0)
+                {
+                    inTree.TryAdd(entry.Digest, entry);
+                }
+            }
+        }
+
+        var wanted = manifest.Entries.Where(e => e.Kind == EntryKind.File).Select(e => e.Digest).ToHashSet(StringComparer.Ordinal);
+        synchronizer.Store.PruneStaging(wanted);
+        var staged = synchronizer.Store.StagedDigests();
+
+        var needed = new List<(string, long)>();
+        var fromTree = new List<(string, TreeEntry)>();
+        var planned = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var entry in manifest.Entries)
+        {
+            if (entry.Kind != EntryKind.File)
+            {
+                continue;
+            }
+
+            entry.Write = !(trusted.TryGetValue(entry.Path, out var current) && current.Digest == entry.Digest);
+            if (!entry.Write || entry.Size == 0 || staged.Contains(entry.Digest) || !planned.Add(entry.Digest))
+            {
+                continue;
+            }
+
+            if (inTree.TryGetValue(entry.Digest, out var source))
+            {
+                fromTree.Add((entry.Digest, source));
+            }
+            else
+            {
+                needed.Add((entry.Digest, entry.Size));
+            }
+        }
+
+        return new SyncPlan(needed, fromTree);
+    }
+
+    private static async Task SendNeedsAsync(IServerStreamWriter<SyncServerFrame> responseStream, SyncPlan plan, CancellationToken cancellationToken)
+    {
+        foreach (var chunk in plan.Needed.Chunk(NeedBatchSize))
+        {
+            var batch = new NeedBatch();
+            batch.Digests.AddRange(chunk.Select(n => ByteString.CopyFrom(Convert.FromHexString(n.Digest))));
+            await responseStream.WriteAsync(new SyncServerFrame { Need = batch }, cancellationToken);
+        }
+
+        await responseStream.WriteAsync(new SyncServerFrame
+        {
+            NeedEnd = new NeedEnd { BlobCount = (ulong)plan.Needed.Count, BlobBytes = (ulong)plan.Needed.Sum(n => n.Size) },
+        }, cancellationToken);
+    }
+
+    /// <summary>Streams each needed blob to a .part file in staging, verifying size and SHA-256, then names it by digest.</summary>
+    private async Task<(ulong Blobs, ulong Bytes)> ReceiveBlobsAsync(
+        IAsyncStreamReader<SyncClientFrame> requestStream,
+        SyncPlan plan,
+        CancellationToken cancellationToken)
+    {
+        ulong bytes = 0;
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        for (var i = 0; i < plan.Needed.Count; i++)
+        {
+            var (digest, size) = plan.Needed[i];
+            var staged = synchronizer.Store.StagedPath(digest);
+            long received = 0;
+            await using (var part = new FileStream(staged + ".part", FileMode.Create, FileAccess.Write, FileShare.None, 1 << 16, useAsync: true))
+            {
+                while (received < size)
+                {
+                    var frame = await ReadAsync(requestStream, null, $"blob {digest}", cancellationToken);
+                    if (frame.FrameCase != SyncClientFrame.FrameOneofCase.Blob)
+                    {
+                        throw SyncPaths.Invalid(
+                            $"expected blob {digest} ({i + 1} of {plan.Needed.Count} needed), got {Name(frame.FrameCase)}; send every needed blob before upload_end.");
+                    }
+
+                    var chunk = frame.Blob;
+                    var chunkDigest = Convert.ToHexStringLower(chunk.Digest.Span);
+                    if (chunkDigest != digest)
+                    {
+                        throw SyncPaths.Invalid($"expected a chunk of blob {digest} (blobs come in need order), got one of {chunkDigest}.");
+                    }
+
+                    if (chunk.Offset != (ulong)received)
+                    {
+                        throw SyncPaths.Invalid($"blob {digest}: chunk at offset {chunk.Offset}, expected {received}.");
+                    }
+
+                    if (chunk.Data.Length > MaxChunkBytes)
+                    {
+                        throw SyncPaths.Invalid($"blob {digest}: a chunk of {chunk.Data.Length} bytes; chunks are at most {MaxChunkBytes} bytes.");
+                    }
+
+                    if (received + chunk.Data.Length > size)
+                    {
+                        throw SyncPaths.Invalid($"blob {digest}: more than the {size} bytes the manifest lists.");
+                    }
+
+                    hash.AppendData(chunk.Data.Span);
+                    await part.WriteAsync(chunk.Data.Memory, cancellationToken);
+                    received += chunk.Data.Length;
+                }
+
+                part.Flush(flushToDisk: true);
+            }
+
+            var actual = Convert.ToHexStringLower(hash.GetHashAndReset());
+            if (actual != digest)
+            {
+                throw SyncPaths.Invalid($"digest mismatch: the {size} bytes sent as blob {digest} hash to {actual}.");
+            }
+
+            File.Move(staged + ".part", staged, overwrite: true);
+            bytes += (ulong)size;
+        }
+
+        var end = await ReadAsync(requestStream, null, "upload_end", cancellationToken);
+        if (end.FrameCase != SyncClientFrame.FrameOneofCase.UploadEnd)
+        {
+            throw end.FrameCase == SyncClientFrame.FrameOneofCase.Blob
+                ? SyncPaths.Invalid($"blob {Convert.ToHexStringLower(end.Blob.Digest.Span)} was not needed (all {plan.Needed.Count} needed blobs were complete).")
+                : OutOfOrder("upload_end", end.FrameCase);
+        }
+
+        return ((ulong)plan.Needed.Count, bytes);
+    }
+
+    private void DeletePartialUploads()
+    {
+        try
+        {
+            foreach (var part in Directory.EnumerateFiles(synchronizer.Store.StagingDirectory, "*.part"))
+            {
+                File.Delete(part);
+            }
+        }
+        catch (IOException)
+        {
+            // Best effort: the next sync prunes staging anyway.
+        }
+        catch (UnauthorizedAccessException)
+        {
+        }
+    }
+
+    private static async Task<SyncClientFrame> ReadAsync(
+        IAsyncStreamReader<SyncClientFrame> requestStream,
+        SyncClientFrame.FrameOneofCase? expected,
+        string what,
+        CancellationToken cancellationToken)
+    {
+        if (!await requestStream.MoveNext(cancellationToken))
+        {
+            throw SyncPaths.Invalid($"the client ended the stream while the agent expected {what}; the workspace was not changed.");
+        }
+
+        var frame = requestStream.Current;
+        if (expected is { } kind && frame.FrameCase != kind)
+        {
+            throw OutOfOrder(what, frame.FrameCase);
+        }
+
+        return frame;
+    }
+
+    private static RpcException OutOfOrder(string expected, SyncClientFrame.FrameOneofCase got) =>
+        SyncPaths.Invalid($"protocol order: expected {expected}, got {Name(got)} (see rbs.v1.WorkspaceSync in sync.proto).");
+
+    private static string Name(SyncClientFrame.FrameOneofCase frame) => frame switch
+    {
+        SyncClientFrame.FrameOneofCase.Begin => "begin",
+        SyncClientFrame.FrameOneofCase.Manifest => "manifest",
+        SyncClientFrame.FrameOneofCase.ManifestEnd => "manifest_end",
+        SyncClientFrame.FrameOneofCase.Blob => "blob",
+        SyncClientFrame.FrameOneofCase.UploadEnd => "upload_end",
+        _ => "an empty frame",
+    };
+
+    private static partial class Log
+    {
+        [LoggerMessage(EventId = 610, Level = LogLevel.Information, Message = "Sync from {Peer} started: {Entries} entries, {Bytes} bytes")]
+        public static partial void SyncStarted(ILogger logger, string peer, ulong entries, ulong bytes);
+
+        [LoggerMessage(EventId = 611, Level = LogLevel.Information, Message = "Sync: workspace already up to date ({Entries} entries) in {Millis} ms")]
+        public static partial void UpToDate(ILogger logger, ulong entries, long millis);
+
+        [LoggerMessage(EventId = 612, Level = LogLevel.Information,
+            Message = "Sync done: {Entries} entries, {Blobs} blobs ({Bytes} bytes) received, {Files} files written, {Deleted} deleted, {Dirs} directories and {Symlinks} symlinks created; apply {ApplyMillis} ms, total {Millis} ms")]
+        public static partial void SyncDone(ILogger logger, int entries, ulong blobs, ulong bytes, ulong files, ulong deleted, ulong dirs, ulong symlinks, long applyMillis, long millis);
+
+        [LoggerMessage(EventId = 613, Level = LogLevel.Warning, Message = "Sync rejected ({Code}): {Detail}")]
+        public static partial void Rejected(ILogger logger, StatusCode code, string detail);
+
+        [LoggerMessage(EventId = 614, Level = LogLevel.Information, Message = "Sync cancelled by the client after {Millis} ms; the workspace was not changed")]
+        public static partial void Cancelled(ILogger logger, long millis);
+
+        [LoggerMessage(EventId = 615, Level = LogLevel.Error, Message = "Sync failed")]
+        public static partial void Failed(ILogger logger, Exception exception);
+
+        [LoggerMessage(EventId = 616, Level = LogLevel.Warning, Message = "The sync index is unreadable; treating the workspace as unknown")]
+        public static partial void IndexUnreadable(ILogger logger, Exception exception);
+    }
+}

@@ -1,0 +1,172 @@
+using Microsoft.Extensions.Options;
+using Rbs.Agent.Execution;
+using Rbs.Agent.Hosting;
+
+namespace Rbs.Agent.Sync;
+
+/// <summary>
+/// The agent's one workspace as a sync target: its state directory, the lock that serializes syncs, the apply
+/// journal's recovery and the filesystem's case sensitivity.
+/// </summary>
+internal sealed partial class WorkspaceSynchronizer : IDisposable
+{
+    private readonly SemaphoreSlim _lock = new(1, 1);
+    private readonly ILogger<WorkspaceSynchronizer> _logger;
+    private readonly SyncCaseSensitivity _caseMode;
+    private bool? _caseInsensitive;
+
+    public WorkspaceSynchronizer(IOptions<AgentOptions> agent, IOptions<WorkspaceSyncOptions> options, ILogger<WorkspaceSynchronizer> logger)
+    {
+        _logger = logger;
+        _caseMode = options.Value.CaseSensitivity;
+        Workspace = Native.RealPath(agent.Value.Workspace) ?? Path.GetFullPath(agent.Value.Workspace);
+        Store = new SyncStateStore(options.Value.ResolveStateDirectory(agent.Value.Workspace));
+        Applier = new SyncApplier(Workspace, Store);
+    }
+
+    /// <summary>The workspace root, symlinks resolved.</summary>
+    public string Workspace { get; }
+
+    public SyncStateStore Store { get; }
+
+    public SyncApplier Applier { get; }
+
+    /// <summary>Waits for any other sync (or recovery) of this workspace to finish; dispose the result to release.</summary>
+    public async Task<IDisposable> AcquireAsync(CancellationToken cancellationToken)
+    {
+        if (!_lock.Wait(0, CancellationToken.None))
+        {
+            Log.WaitingForOtherSync(_logger, Workspace);
+            await _lock.WaitAsync(cancellationToken);
+        }
+
+        return new Releaser(_lock);
+    }
+
+    /// <summary>
+    /// Completes an apply that was interrupted (agent killed, disk error) from its journal. Call with the lock held.
+    /// If the journal cannot be completed, it is dropped with the index: the next sync trusts nothing on disk and
+    /// rewrites whatever differs, so the tree still ends up exact.
+    /// </summary>
+    public void Recover()
+    {
+        Store.EnsureCreated();
+        SavedTree? journal;
+        try
+        {
+            journal = Store.LoadJournal();
+        }
+        catch (Exception ex) when (ex is IOException or InvalidDataException or EndOfStreamException)
+        {
+            Log.RecoveryFailed(_logger, ex);
+            Discard();
+            return;
+        }
+
+        if (journal is null)
+        {
+            return;
+        }
+
+        Log.ReplayingJournal(_logger, Workspace, journal.Entries.Count);
+        try
+        {
+            var counts = Applier.Apply(journal);
+            Log.JournalReplayed(_logger, counts.FilesWritten, counts.EntriesDeleted, counts.ApplyMillis);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or InvalidOperationException)
+        {
+            Log.RecoveryFailed(_logger, ex);
+            Discard();
+        }
+    }
+
+    /// <summary>Whether names differing only in case are the same file in this workspace. Call with the lock held.</summary>
+    public bool IsCaseInsensitive()
+    {
+        _caseInsensitive ??= _caseMode switch
+        {
+            SyncCaseSensitivity.Sensitive => false,
+            SyncCaseSensitivity.Insensitive => true,
+            _ => ProbeCaseInsensitive(),
+        };
+        return _caseInsensitive.Value;
+    }
+
+    private bool ProbeCaseInsensitive()
+    {
+        var name = $".rbs-case-probe-{Guid.NewGuid():N}";
+        var lower = Path.Combine(Workspace, name);
+        File.WriteAllBytes(lower, []);
+        try
+        {
+            var insensitive = File.Exists(Path.Combine(Workspace, name.ToUpperInvariant()));
+            Log.CaseProbed(_logger, Workspace, insensitive ? "insensitive" : "sensitive");
+            return insensitive;
+        }
+        finally
+        {
+            File.Delete(lower);
+        }
+    }
+
+    public void Dispose() => _lock.Dispose();
+
+    private void Discard()
+    {
+        Store.DeleteJournal();
+        Store.DeleteIndex();
+        Store.ClearStaging();
+    }
+
+    private sealed class Releaser(SemaphoreSlim semaphore) : IDisposable
+    {
+        private int _released;
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _released, 1) == 0)
+            {
+                semaphore.Release();
+            }
+        }
+    }
+
+    private static partial class Log
+    {
+        [LoggerMessage(EventId = 620, Level = LogLevel.Information, Message = "Another sync of {Workspace} is running; waiting for it")]
+        public static partial void WaitingForOtherSync(ILogger logger, string workspace);
+
+        [LoggerMessage(EventId = 621, Level = LogLevel.Warning, Message = "Completing an interrupted sync of {Workspace} from its journal ({Entries} entries)")]
+        public static partial void ReplayingJournal(ILogger logger, string workspace, int entries);
+
+        [LoggerMessage(EventId = 622, Level = LogLevel.Information, Message = "Interrupted sync completed: {Files} files written, {Deleted} entries deleted in {Millis} ms")]
+        public static partial void JournalReplayed(ILogger logger, ulong files, ulong deleted, long millis);
+
+        [LoggerMessage(EventId = 623, Level = LogLevel.Error, Message = "Could not complete the interrupted sync; dropping its journal and the index (the next sync rewrites what differs)")]
+        public static partial void RecoveryFailed(ILogger logger, Exception exception);
+
+        [LoggerMessage(EventId = 624, Level = LogLevel.Information, Message = "Workspace {Workspace} is case-{Sensitivity}")]
+        public static partial void CaseProbed(ILogger logger, string workspace, string sensitivity);
+    }
+}
+
+/// <summary>Completes an interrupted apply before the agent serves anything (IHostedLifecycleService.StartingAsync runs before Kestrel starts).</summary>
+internal sealed class SyncJournalRecovery(WorkspaceSynchronizer synchronizer) : IHostedLifecycleService
+{
+    public async Task StartingAsync(CancellationToken cancellationToken)
+    {
+        using var held = await synchronizer.AcquireAsync(cancellationToken);
+        synchronizer.Recover();
+    }
+
+    public Task StartAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    public Task StartedAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    public Task StoppingAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    public Task StoppedAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+}
