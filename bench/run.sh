@@ -12,10 +12,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/../e2e/lib.sh"
 BENCH_DIR="$REPO_ROOT/bench"
 RUNS="${RBS_BENCH_RUNS:-15}"
 
-bash "$REPO_ROOT/scripts/install-prereqs.sh"
-if ! command -v hyperfine >/dev/null || [ ! -x /usr/sbin/sshd ] || ! command -v socat >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client hyperfine socat >/dev/null
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+install_bench_tools
 build_artifacts
 dotnet build "$BENCH_DIR/Rbs.Bench/Rbs.Bench.csproj" -c Release -o "$RBS_ARTIFACTS/rbs-bench" -nologo -v quiet >&2
 
@@ -27,35 +25,7 @@ CLEANUP_CMDS+=("cd '$E2E_TMP/ws-local' && bazel shutdown" "cd '$E2E_TMP/ws-ssh' 
     "cd '$E2E_TMP/ws-jbazel' && '$RBS_ARTIFACTS/jbazel/jbazel' shutdown"
     "cd '$E2E_TMP/ws-gw' && '$RBS_ARTIFACTS/jbazel/jbazel' --rbs_connect=tunnel --rbs_orchestrator=\$GW_PUBLIC shutdown" "kill_agents")
 
-# A private sshd on loopback with key auth: the "ssh localhost" baseline people use today.
-SSH_DIR="$E2E_TMP/ssh"; mkdir -p "$SSH_DIR"; chmod 700 "$SSH_DIR"
-ssh-keygen -q -t ed25519 -N '' -f "$SSH_DIR/id" ; ssh-keygen -q -t ed25519 -N '' -f "$SSH_DIR/host"
-cp "$SSH_DIR/id.pub" "$SSH_DIR/authorized_keys"
-mkdir -p /run/sshd
-cat >"$SSH_DIR/sshd_config" <<CFG
-ListenAddress 127.0.0.1
-Port 2222
-HostKey $SSH_DIR/host
-AuthorizedKeysFile $SSH_DIR/authorized_keys
-PasswordAuthentication no
-PermitRootLogin prohibit-password
-StrictModes no
-PidFile $SSH_DIR/sshd.pid
-CFG
-/usr/sbin/sshd -f "$SSH_DIR/sshd_config" -E "$SSH_DIR/sshd.log"
-CLEANUP_CMDS+=("kill \$(cat '$SSH_DIR/sshd.pid')")
-SSH="ssh -p 2222 -i $SSH_DIR/id -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o BatchMode=yes 127.0.0.1"
-export SSH
-
-# A free loopback port (bounded probe; /dev/tcp connect fails = nobody listens).
-free_port() {
-    local p
-    for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 40000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return 0; fi
-    done
-    log "no free port found"; return 1
-}
+start_private_sshd
 
 # The gateway and the orchestrator each need the other's address, so the gateway's ports are picked first.
 # One token key, shared by the gateway and both orchestrators (they mint, the gateway validates).
@@ -82,17 +52,6 @@ JBAZEL_GW="$RBS_BIN --rbs_connect=tunnel --rbs_orchestrator=$GW_PUBLIC"
 $SSH "cd '$E2E_TMP/ws-ssh' && bazel build //app:noop" >/dev/null 2>&1
 (cd "$E2E_TMP/ws-jbazel" && "$RBS_BIN" build //app:noop >/dev/null 2>&1)
 (cd "$E2E_TMP/ws-gw" && $JBAZEL_GW build //app:noop >/dev/null 2>&1)
-
-hf() { # hf NAME CMD...: hyperfine mean seconds of each command, in order
-    local json="$E2E_TMP/$1.json"; shift
-    hyperfine -N --warmup 3 --runs "$RUNS" --export-json "$json" "$@" >&2
-    jq -r '.results[].mean' "$json"
-}
-hf_shell() {
-    local json="$E2E_TMP/$1.json"; shift
-    hyperfine --warmup 1 --runs "${RBS_BENCH_BIG_RUNS:-5}" --export-json "$json" "$@" >&2
-    jq -r '.results[].mean' "$json"
-}
 
 log "warm no-op build"
 mapfile -t noop < <(hf noop \
@@ -155,9 +114,6 @@ log "state store: SQLite vs PostgreSQL, replicas"
 # The binaries are fresh by now: state.sh must not publish over the ones still running.
 mapfile -t state_rows < <(RBS_REBUILD=0 bash "$BENCH_DIR/state.sh")
 
-ms() { awk -v s="$1" 'BEGIN { printf "%.1f ms", s * 1000 }'; }
-mibs() { awk -v s="$1" 'BEGIN { printf "%.0f MiB/s", 1024 / s }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
 
 echo
 echo "| benchmark | measured | ratio | target |"

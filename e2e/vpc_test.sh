@@ -4,7 +4,9 @@
 #                      (public endpoint on the cluster side of a veth, agent endpoint on loopback)
 #   laptop namespace:  jbazel; it can reach only the gateway's public address
 # Checks: (i) the laptop cannot dial agents (or the orchestrator) directly; (ii) `jbazel build //...` from the
-# laptop works through the gateway with real bazel; (iii) direct mode works inside the cluster namespace;
+# laptop works through the gateway with real bazel: the agent builds its own synced copy of the laptop's tree,
+# an uncommitted edit included (git-ignored files stay behind), and the outputs come back into jbazel-out/;
+# (iii) direct mode works inside the cluster namespace;
 # (iv) user B cannot reach user A's agent, forged/expired tokens are refused, a bad join token cannot register.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -17,6 +19,11 @@ PROBE="$RBS_ARTIFACTS/rbs-probe/rbs-probe"
 E2E_TMP="$(mktemp -d /tmp/rbs-vpc.XXXXXX)"
 WS="$E2E_TMP/workspace"
 cp -r "$E2E_DIR/workspace" "$WS"
+# The laptop's checkout: committed, plus a git-ignored local file that must never reach the agent.
+printf 'notes.local\n' >"$WS/.gitignore"
+echo "private notes" >"$WS/notes.local"
+git -C "$WS" init -q && git -C "$WS" add -A \
+    && git -C "$WS" -c user.name=e2e -c user.email=e2e@localhost commit -q -m "laptop checkout"
 ID="$$"
 NS_C="rbs-cluster-$ID"
 NS_L="rbs-laptop-$ID"
@@ -88,21 +95,31 @@ agent_of() { status_of "$1" | awk '{print $3}'; }
 temp_of() { status_of "$1" | awk '{print $6}'; }
 AS_ALICE=(--rbs_orchestrator="$GATEWAY_PUBLIC" --rbs_connect=tunnel --rbs_api_key="$ALICE_KEY")
 AS_BOB=(--rbs_orchestrator="$GATEWAY_PUBLIC" --rbs_connect=tunnel --rbs_api_key="$BOB_KEY")
-CLEANUP_CMDS=("cd '$WS' && ip netns exec '$NS_C' '$RBS_ARTIFACTS/jbazel/jbazel' --rbs_orchestrator=$ORCH_DIRECT --rbs_connect=direct --rbs_api_key=$ALICE_KEY shutdown" "kill_agents" "${CLEANUP_CMDS[@]}")
+CLEANUP_CMDS=("cd '$WS' && ip netns exec '$NS_C' '$RBS_ARTIFACTS/jbazel/jbazel' --rbs_orchestrator=$ORCH_DIRECT --rbs_connect=direct --rbs_sync --rbs_api_key=$ALICE_KEY shutdown" "cd '$WS' && ip netns exec '$NS_C' '$RBS_ARTIFACTS/jbazel/jbazel' --rbs_orchestrator=$ORCH_DIRECT --rbs_connect=direct --rbs_sync --rbs_api_key=$BOB_KEY shutdown" "kill_agents" "${CLEANUP_CMDS[@]}")
 
 # tcp_open NS HOST PORT: can NS open a TCP connection to HOST:PORT (3 s)?
 tcp_open() { ip netns exec "$1" timeout 3 bash -c "exec 3<>/dev/tcp/$2/$3" 2>/dev/null; }
 not() { ! "$@"; }
 
-# (ii) the laptop builds through the gateway, with real bazel ---------------------------------------------
-jb laptop_build "$NS_L" "${AS_ALICE[@]}" build //...
+# (ii) the laptop builds through the gateway, with real bazel, on a synced copy of its tree -----------------
+jb laptop_build "$NS_L" "${AS_ALICE[@]}" --rbs_fetch_outputs build //...
 check "laptop: jbazel build //... through the gateway exits 0" test "$(rc_of laptop_build)" = 0
 check "laptop: bazel's output streamed back" grep -q "Build completed successfully" "$E2E_TMP/laptop_build.err"
-check "laptop: outputs built by the remote agent" test "$(cat "$WS/bazel-bin/app/greeting.txt" 2>/dev/null)" = "HELLO FROM RBS"
+check "laptop: the tree was synced to the agent first" grep -q "^rbs: synced " "$E2E_TMP/laptop_build.err"
 ALICE_AGENT="$(agent_of laptop_build)"
-jb laptop_again "$NS_L" "${AS_ALICE[@]}" build //...
+AGENT_TREE="$(find "$E2E_TMP/state/workspaces/alice" -mindepth 2 -maxdepth 2 -type d -name tree | head -n1)"
+log "alice's agent builds in $AGENT_TREE"
+check "cluster: the agent builds its own copy, not the laptop's directory" test -n "$AGENT_TREE" -a -f "$AGENT_TREE/app/greeting.in" -a ! -e "$WS/bazel-bin"
+check "cluster: the git-ignored file stayed on the laptop" test ! -e "$AGENT_TREE/notes.local"
+check "laptop: the output came back into jbazel-out/" test "$(cat "$WS/jbazel-out/k8-fastbuild/bin/app/greeting.txt" 2>/dev/null)" = "HELLO FROM RBS"
+echo "hello from an uncommitted edit" >"$WS/app/greeting.in"
+check "laptop: the edit is uncommitted" test "$(git -C "$WS" status --porcelain --untracked-files=no)" = " M app/greeting.in"
+jb laptop_again "$NS_L" "${AS_ALICE[@]}" --rbs_fetch_outputs build //...
 check "laptop: second build exits 0" test "$(rc_of laptop_again)" = 0
 check "laptop: second build reuses the warm agent" test "$(temp_of laptop_again)" = warm -a "$(agent_of laptop_again)" = "$ALICE_AGENT"
+check "laptop: the uncommitted edit was built remotely and its output fetched" \
+    test "$(cat "$WS/jbazel-out/k8-fastbuild/bin/app/greeting.txt" 2>/dev/null)" = "HELLO FROM AN UNCOMMITTED EDIT"
+check "laptop: only the changed outputs were fetched" grep -q "^rbs: outputs: .*(2 changed" "$E2E_TMP/laptop_again.err"
 jb laptop_fail "$NS_L" "${AS_ALICE[@]}" build //fail:fail
 check "laptop: a failing target gives bazel's exit code 1 through the tunnel" test "$(rc_of laptop_fail)" = 1
 
@@ -120,7 +137,8 @@ jb laptop_direct "$NS_L" --rbs_orchestrator="$GATEWAY_PUBLIC" --rbs_connect=dire
 check "laptop: direct mode cannot reach the agent (transient remote error 38)" test "$(rc_of laptop_direct)" = 38
 
 # (iii) direct mode from inside the cluster: same user and repo → the same warm agent -----------------------
-jb cluster_direct "$NS_C" --rbs_orchestrator="$ORCH_DIRECT" --rbs_connect=direct --rbs_api_key="$ALICE_KEY" build //...
+# (it asks for the synced copy: an in-place agent would be a different one, building the directory itself)
+jb cluster_direct "$NS_C" --rbs_orchestrator="$ORCH_DIRECT" --rbs_connect=direct --rbs_sync --rbs_api_key="$ALICE_KEY" build //...
 check "cluster: direct mode build exits 0" test "$(rc_of cluster_direct)" = 0
 check "cluster: direct mode reuses alice's warm agent" test "$(agent_of cluster_direct)" = "$ALICE_AGENT" -a "$(temp_of cluster_direct)" = warm
 
@@ -173,7 +191,9 @@ for kind in forged expired; do
 done
 
 # --- teardown: bazel server, agents, gateway, orchestrator, namespaces; nothing may be left ------------------
-jb shutdown "$NS_C" --rbs_orchestrator="$ORCH_DIRECT" --rbs_connect=direct --rbs_api_key="$ALICE_KEY" shutdown
+jb shutdown "$NS_C" --rbs_orchestrator="$ORCH_DIRECT" --rbs_connect=direct --rbs_sync --rbs_api_key="$ALICE_KEY" shutdown
+# bob's agent builds its own copy too, so it has its own bazel server
+jb bob_shutdown "$NS_L" "${AS_BOB[@]}" shutdown
 kill_agents
 for pid in "$ORCH_PID" "$GATEWAY_PID"; do kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
 ip netns del "$NS_C"; ip netns del "$NS_L"

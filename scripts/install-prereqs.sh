@@ -6,6 +6,7 @@
 #   iproute2         network namespaces for e2e/vpc_test.sh
 #   procps, psmisc   pgrep/pkill for process-leak checks
 #   clang, zlib1g-dev  Native AOT publish of jbazel
+#   git              e2e/vpc_test.sh builds an uncommitted edit of a git checkout
 set -euo pipefail
 
 need=()
@@ -17,6 +18,7 @@ command -v pgrep >/dev/null 2>&1 || need+=(procps)
 command -v killall >/dev/null 2>&1 || need+=(psmisc)
 command -v clang >/dev/null 2>&1 || need+=(clang)
 [ -e /usr/include/zlib.h ] || need+=(zlib1g-dev)
+command -v git >/dev/null 2>&1 || need+=(git)
 
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""

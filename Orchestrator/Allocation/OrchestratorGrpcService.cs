@@ -23,18 +23,21 @@ internal sealed partial class OrchestratorGrpcService(
     public override async Task<GetServerResponse> GetServer(GetServerRequest request, ServerCallContext context)
     {
         var userId = authenticator.Authenticate(context.RequestHeaders);
+        // The request's shape first, so a malformed one is InvalidArgument whatever the gateway configuration.
+        GetServerRequestValidator.Validate(request, sourceMustExist: false);
+        var mode = tunnels.Resolve(request.ConnectMode);
         var sourcePath = GetServerRequestValidator.Validate(
             request,
-            sourceMustExist: options.Value.GetBackend() == OrchestratorOptions.ProcessBackend);
-        var mode = tunnels.Resolve(request.ConnectMode);
+            sourceMustExist: WorkspacePlacement.SourceMustExist(request, mode, options.Value));
+        var placement = WorkspacePlacement.For(request, userId, mode, sourcePath, options.Value);
 
         AllocationResult result;
         try
         {
-            result = await allocator.GetOrAllocateAsync(userId, request.RepoHash, sourcePath, context.CancellationToken);
+            result = await allocator.GetOrAllocateAsync(userId, placement.AgentKey, placement.Workspace, context.CancellationToken);
             if (mode == ConnectMode.Tunnel)
             {
-                result = await EnsureRegisteredAsync(result, userId, request.RepoHash, sourcePath, context.CancellationToken);
+                result = await EnsureRegisteredAsync(result, userId, placement.AgentKey, placement.Workspace, context.CancellationToken);
             }
         }
         catch (DbException e)
@@ -59,6 +62,7 @@ internal sealed partial class OrchestratorGrpcService(
             BackendRef = agent.BackendRef,
             WorkspacePath = agent.SourcePath,
             AllocationMillis = (long)result.Elapsed.TotalMilliseconds,
+            SyncRequired = placement.SyncRequired,
         };
         if (mode == ConnectMode.Tunnel)
         {

@@ -16,6 +16,7 @@ internal static class OrchestratorHost
         ["--listen-address"] = "Orchestrator:ListenAddress",
         ["--state-path"] = "Orchestrator:StatePath",
         ["--ready-file"] = "Orchestrator:ReadyFile",
+        ["--workspaces-path"] = "Orchestrator:WorkspacesPath",
         ["--idle-ttl"] = "Orchestrator:IdleTtl",
         ["--reap-interval"] = "Orchestrator:ReapInterval",
         ["--agent-start-timeout"] = "Orchestrator:AgentStartTimeout",

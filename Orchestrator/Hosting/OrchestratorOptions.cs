@@ -52,6 +52,14 @@ internal sealed class OrchestratorOptions
     public string? StatePath { get; set; }
 
     /// <summary>
+    /// Where process-backend agents that build a synced copy of a client's tree keep it (<c>--workspaces-path</c>):
+    /// <c>&lt;path&gt;/&lt;user&gt;/&lt;repo hash&gt;/tree</c>, with the agent's sync state beside it. A replacement agent
+    /// for the same (user, repository) reuses the tree, so its next sync is incremental. Default: <c>workspaces/</c>
+    /// beside the state file.
+    /// </summary>
+    public string? WorkspacesPath { get; set; }
+
+    /// <summary>
     /// File written once listening (<c>--ready-file</c>): <c>{"address":"http://127.0.0.1:PORT","pid":N}</c>,
     /// atomically (temp file + rename). Default: empty (none).
     /// </summary>
@@ -126,6 +134,12 @@ internal sealed class OrchestratorOptions
 
     /// <summary>Directory for agent ready files, spec files and logs: <c>&lt;state dir&gt;/agents</c>.</summary>
     public string GetAgentsDirectory() => Path.Combine(Path.GetDirectoryName(GetStatePath())!, "agents");
+
+    /// <summary>The absolute root of synced process-agent workspaces (<see cref="WorkspacesPath"/>).</summary>
+    public string GetWorkspacesDirectory() =>
+        string.IsNullOrWhiteSpace(WorkspacesPath)
+            ? Path.Combine(Path.GetDirectoryName(GetStatePath())!, "workspaces")
+            : Path.GetFullPath(ExpandHome(WorkspacesPath.Trim()));
 
     private static string ExpandHome(string path) =>
         path == "~" || path.StartsWith("~/", StringComparison.Ordinal)

@@ -39,6 +39,71 @@ public sealed class GetServerTests(ITestOutputHelper output) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task AnInPlaceAgentBuildsTheClientsDirectoryAndNeedsNoSync()
+    {
+        var orchestrator = await _context.StartOrchestratorAsync(TestAgents.Fake);
+        var workspace = _context.CreateWorkspace("main");
+
+        var response = await orchestrator.GetServerAsync("repo-1", workspace);
+
+        Assert.False(response.SyncRequired);
+        Assert.Equal(workspace, response.WorkspacePath);
+    }
+
+    [Fact]
+    public async Task ASyncedAgentGetsItsOwnEmptyWorkspaceAndIsNotTheInPlaceAgent()
+    {
+        var orchestrator = await _context.StartOrchestratorAsync(TestAgents.Fake);
+        var workspace = _context.CreateWorkspace("main");
+        File.WriteAllText(Path.Combine(workspace, "BUILD"), "# the client's file");
+
+        var inPlace = await orchestrator.GetServerAsync("repo-1", workspace);
+        var synced = await SyncedAsync(orchestrator, "repo-1", workspace);
+        var syncedAgain = await SyncedAsync(orchestrator, "repo-1", workspace);
+
+        Assert.True(synced.SyncRequired);
+        Assert.NotEqual(inPlace.AgentId, synced.AgentId);
+        Assert.Equal(synced.AgentId, syncedAgain.AgentId);
+        Assert.True(syncedAgain.Warm);
+        Assert.Equal(Path.Combine(Path.GetDirectoryName(_context.StatePath)!, "workspaces", "local", "repo-1", "tree"), synced.WorkspacePath);
+        Assert.True(Directory.Exists(synced.WorkspacePath), "the synced workspace should be created for the agent");
+        Assert.Empty(Directory.EnumerateFileSystemEntries(synced.WorkspacePath));
+        Assert.True(File.Exists(Path.Combine(workspace, "BUILD")), "the client's own directory must be left alone");
+    }
+
+    [Fact]
+    public async Task ASyncedAgentDoesNotNeedTheClientsPathToExistHere()
+    {
+        var orchestrator = await _context.StartOrchestratorAsync(TestAgents.Fake);
+        var laptopPath = "/Users/alice/src/monorepo-that-is-not-on-this-machine";
+
+        var inPlace = await Assert.ThrowsAsync<RpcException>(() => orchestrator.GetServerAsync("repo-1", laptopPath));
+        var synced = await SyncedAsync(orchestrator, "repo-1", laptopPath);
+
+        Assert.Equal(StatusCode.InvalidArgument, inPlace.StatusCode);
+        Assert.True(synced.SyncRequired);
+        Assert.StartsWith(Path.Combine(Path.GetDirectoryName(_context.StatePath)!, "workspaces") + "/", synced.WorkspacePath, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("alice", "alice")]
+    [InlineData("alice@example.com", "aliceexamplecom-")]
+    [InlineData("../../etc", "etc-")]
+    [InlineData(".hidden", "hidden-")]
+    public void UserIdsBecomeOneSafeDirectoryName(string userId, string expectedPrefix)
+    {
+        var name = Rbs.Orchestrator.Allocation.WorkspacePlacement.DirectoryName(userId);
+
+        Assert.StartsWith(expectedPrefix, name, StringComparison.Ordinal);
+        Assert.DoesNotContain('/', name);
+        Assert.NotEqual(name, Rbs.Orchestrator.Allocation.WorkspacePlacement.DirectoryName(userId + "x"));
+    }
+
+    private static Task<GetServerResponse> SyncedAsync(TestOrchestrator orchestrator, string repoHash, string sourcePath) =>
+        orchestrator.Client.GetServerAsync(new GetServerRequest { RepoHash = repoHash, SourcePath = sourcePath, SyncWorkspace = true })
+            .ResponseAsync.WaitAsync(TimeSpan.FromSeconds(30));
+
+    [Fact]
     public async Task AKilledAgentIsReplacedByTheNextCall()
     {
         var orchestrator = await _context.StartOrchestratorAsync(TestAgents.Fake);

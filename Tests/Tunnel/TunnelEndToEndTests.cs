@@ -118,9 +118,12 @@ public sealed partial class TunnelEndToEndTests : IClassFixture<TunnelStackFixtu
             Assert.Equal(_stack.PublicAddress, response.Address);
             Assert.Equal(response.AgentId, response.Route);
             Assert.NotEmpty(response.SessionToken);
+            // A laptop behind the gateway shares no filesystem with the agent: it syncs its tree.
+            Assert.True(response.SyncRequired);
         }
 
-        var direct = await _stack.GetServerAsync(TunnelStack.AliceKey, _workspace.Root, ConnectMode.Direct);
+        // An in-cluster client reaches the same agent directly (it syncs too: the agent builds its own copy).
+        var direct = await _stack.GetServerAsync(TunnelStack.AliceKey, _workspace.Root, ConnectMode.Direct, syncWorkspace: true);
         Assert.Equal(alice.AgentId, direct.AgentId);
         Assert.True(direct.Warm);
         Assert.StartsWith("http://127.0.0.1:", direct.Address, StringComparison.Ordinal);

@@ -103,7 +103,7 @@ public sealed class TunnelStack : IAsyncDisposable
     }
 
     /// <summary>GetServer straight to <paramref name="address"/> (the gateway's public endpoint by default).</summary>
-    public async Task<GetServerResponse> GetServerAsync(string? apiKey, string workspace, ConnectMode mode, string? address = null)
+    public async Task<GetServerResponse> GetServerAsync(string? apiKey, string workspace, ConnectMode mode, string? address = null, bool syncWorkspace = false)
     {
         using var channel = GrpcChannel.ForAddress(address ?? PublicAddress);
         var client = new V1.Orchestrator.OrchestratorClient(channel);
@@ -114,7 +114,7 @@ public sealed class TunnelStack : IAsyncDisposable
         }
 
         return await client.GetServerAsync(
-            new GetServerRequest { RepoHash = RepoHashOf(workspace), SourcePath = workspace, ConnectMode = mode },
+            new GetServerRequest { RepoHash = RepoHashOf(workspace), SourcePath = workspace, ConnectMode = mode, SyncWorkspace = syncWorkspace },
             headers).ResponseAsync.WaitAsync(Timeout);
     }
 

@@ -66,6 +66,9 @@ internal static partial class AgentPod
         {
             "--agent-id", spec.AgentId,
             "--workspace", options.WorkspacePath,
+            // Sync staging and the tree index live on the cache volume: the workspace's parent is the image's root,
+            // which need not be writable. Placing files across volumes falls back to copy + rename in the agent.
+            "--sync-state-dir", options.CachePath.TrimEnd('/') + "/rbs-sync",
             "--listen", "0.0.0.0:" + options.AgentPort.ToString(CultureInfo.InvariantCulture),
         };
         var env = new List<V1EnvVar>

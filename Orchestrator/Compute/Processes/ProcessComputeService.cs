@@ -33,6 +33,7 @@ internal sealed partial class ProcessComputeService(
     private static readonly JsonSerializerOptions s_json = new(JsonSerializerDefaults.Web);
 
     private readonly string _agentsDirectory = orchestratorOptions.Value.GetAgentsDirectory();
+    private readonly string _workspacesDirectory = orchestratorOptions.Value.GetWorkspacesDirectory();
 
     public string Backend => BackendName;
 
@@ -43,6 +44,12 @@ internal sealed partial class ProcessComputeService(
     {
         var (fileName, prefixArguments) = ResolveAgentCommand();
         Directory.CreateDirectory(_agentsDirectory);
+        if (IsSyncedWorkspace(spec.SourcePath))
+        {
+            // A synced copy starts empty; the client's first sync fills it. A client's own directory is never created.
+            Directory.CreateDirectory(spec.SourcePath);
+        }
+
         var readyFile = ReadyFilePath(spec.AgentId);
         var logFile = LogFilePath(spec.AgentId);
         File.Delete(readyFile);
@@ -196,6 +203,9 @@ internal sealed partial class ProcessComputeService(
 
         return result;
     }
+
+    private bool IsSyncedWorkspace(string path) =>
+        path.StartsWith(_workspacesDirectory + Path.DirectorySeparatorChar, StringComparison.Ordinal);
 
     internal string ReadyFilePath(string agentId) => Path.Combine(_agentsDirectory, agentId + ".json");
 

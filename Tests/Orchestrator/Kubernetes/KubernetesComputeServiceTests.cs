@@ -60,7 +60,7 @@ public sealed class KubernetesComputeServiceTests(ITestOutputHelper output) : IA
         var container = Assert.Single(sent.Spec.Containers);
         Assert.Equal("registry.example/rbs-agent:1.2.3", container.Image);
         Assert.Equal(["rbs-agent"], container.Command);
-        Assert.Equal(["--agent-id", "a0123456789abcdef0123", "--workspace", "/workspace", "--listen", "0.0.0.0:9011"], container.Args);
+        Assert.Equal(["--agent-id", "a0123456789abcdef0123", "--workspace", "/workspace", "--sync-state-dir", "/home/rbs/.cache/rbs-sync", "--listen", "0.0.0.0:9011"], container.Args);
         Assert.Equal("500m", container.Resources.Requests["cpu"].ToString());
         Assert.Equal("1Gi", container.Resources.Requests["memory"].ToString());
         Assert.Equal("2", container.Resources.Limits["cpu"].ToString());
@@ -104,7 +104,7 @@ public sealed class KubernetesComputeServiceTests(ITestOutputHelper output) : IA
         await start.WaitAsync(s_timeout);
 
         var container = Assert.Single(_server.CreatedPods).Spec.Containers[0];
-        Assert.Equal(["--agent-id", "a1", "--workspace", "/workspace", "--listen", "0.0.0.0:9011", "--gateway", "http://rbs-gateway:8081"], container.Args);
+        Assert.Equal(["--agent-id", "a1", "--workspace", "/workspace", "--sync-state-dir", "/home/rbs/.cache/rbs-sync", "--listen", "0.0.0.0:9011", "--gateway", "http://rbs-gateway:8081"], container.Args);
         Assert.DoesNotContain(container.Args, a => a.Contains("secret-join-token", StringComparison.Ordinal));
         Assert.Contains(container.Env, e => e.Name == "Agent__Tunnel__JoinToken" && e.Value == "secret-join-token");
     }
