@@ -13,8 +13,10 @@ internal sealed record SyncReport(int Entries, bool UpToDate, int BlobsUploaded,
 {
     /// <summary>The <c>--rbs_status</c> line.</summary>
     public string StatusLine => UpToDate
-        ? $"rbs: workspace up to date ({Entries} entries) in {ElapsedMilliseconds} ms"
-        : $"rbs: synced {Entries} entries ({BlobsUploaded} {(BlobsUploaded == 1 ? "file" : "files")} uploaded, {FormatBytes(BytesUploaded)}) in {ElapsedMilliseconds} ms";
+        ? $"rbs: workspace up to date ({EntriesText}) in {ElapsedMilliseconds} ms"
+        : $"rbs: synced {EntriesText} ({BlobsUploaded} {(BlobsUploaded == 1 ? "file" : "files")} uploaded, {FormatBytes(BytesUploaded)}) in {ElapsedMilliseconds} ms";
+
+    private string EntriesText => Entries == 1 ? "1 entry" : $"{Entries} entries";
 
     public static string FormatBytes(long bytes) => bytes switch
     {
