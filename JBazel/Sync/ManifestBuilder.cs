@@ -100,17 +100,15 @@ internal sealed class ManifestBuilder(string root, WalkOptions options, string? 
         }
 
         var fresh = new (FileStat Stat, long HashedAt)?[walk.Entries.Count];
-        Parallel.ForEach(
-            misses,
-            new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount, CancellationToken = cancellationToken },
-            i =>
-            {
-                var entry = walk.Entries[i];
-                var (digest, size, stat, hashedAt) = HashStable(entry, cancellationToken);
-                digests[i] = digest;
-                sizes[i] = size;
-                fresh[i] = stat is { } stable ? (stable, hashedAt) : null;
-            });
+        try
+        {
+            HashMisses(walk, misses, digests, sizes, fresh, cancellationToken);
+        }
+        catch (AggregateException ex) when (ex.InnerExceptions.Count > 0)
+        {
+            // Parallel.ForEach wraps: surface the first real reason (a changed file, an unreadable one, Ctrl-C).
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(ex.InnerExceptions[0]);
+        }
 
         var manifestEntries = new List<ManifestEntry>(walk.Entries.Count);
         var blobs = new Dictionary<ByteString, BlobSource>();
@@ -162,6 +160,19 @@ internal sealed class ManifestBuilder(string root, WalkOptions options, string? 
             walk.Entries.Count(e => e.Kind == FileKind.File) - misses.Count);
     }
 
+    private void HashMisses(WalkResult walk, List<int> misses, byte[][] digests, long[] sizes, (FileStat Stat, long HashedAt)?[] fresh, CancellationToken cancellationToken) =>
+        Parallel.ForEach(
+            misses,
+            new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount, CancellationToken = cancellationToken },
+            i =>
+            {
+                var entry = walk.Entries[i];
+                var (digest, size, stat, hashedAt) = HashStable(entry, cancellationToken);
+                digests[i] = digest;
+                sizes[i] = size;
+                fresh[i] = stat is { } stable ? (stable, hashedAt) : null;
+            });
+
     /// <summary>
     /// Hashes a file whose stat does not change while it is read. A file that keeps changing is hashed as
     /// read and not cached; the upload's re-hash catches it if it changes again.
@@ -181,6 +192,11 @@ internal sealed class ManifestBuilder(string root, WalkOptions options, string? 
             catch (Exception ex) when (ex is FileNotFoundException or DirectoryNotFoundException)
             {
                 throw new WorkspaceChangedException(entry.Path, "was deleted while the workspace was read");
+            }
+            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+            {
+                throw new Remote.RemoteFailure(ExitCodes.LocalEnvironmentError,
+                    $"cannot read {entry.Path} for the workspace sync ({ex.Message}). Make it readable, or leave it out with --rbs_sync_exclude=/{entry.Path}.");
             }
 
             var after = FileStats.Get(entry.FullPath, follow: true);

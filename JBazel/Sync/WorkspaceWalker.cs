@@ -63,7 +63,14 @@ internal static class WorkspaceWalker
             }
 
             var included = 0;
-            foreach (var name in ListNames(dirFull))
+            var names = ListNames(dirFull);
+            if (names is null)
+            {
+                warnings.Add($"skipping the content of {(dirRelative.Length == 0 ? "the workspace root" : dirRelative)}: it cannot be read");
+                continue;
+            }
+
+            foreach (var name in names)
             {
                 var relative = Join(dirRelative, name);
                 var full = dirFull + "/" + name;
@@ -175,19 +182,19 @@ internal static class WorkspaceWalker
         return null;
     }
 
-    private static IEnumerable<string> ListNames(string directory)
+    private static List<string>? ListNames(string directory)
     {
         try
         {
             return new FileSystemEnumerable<string>(
                 directory,
                 (ref entry) => entry.FileName.ToString(),
-                new EnumerationOptions { IgnoreInaccessible = true, AttributesToSkip = 0, RecurseSubdirectories = false, ReturnSpecialDirectories = false })
+                new EnumerationOptions { IgnoreInaccessible = false, AttributesToSkip = 0, RecurseSubdirectories = false, ReturnSpecialDirectories = false })
                 .ToList();
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
-            return [];
+            return null;
         }
     }
 
