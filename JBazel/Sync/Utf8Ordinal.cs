@@ -26,15 +26,11 @@ internal sealed class Utf8Ordinal : IComparer<string>
             return 1;
         }
 
-        var length = Math.Min(x.Length, y.Length);
-        for (var i = 0; i < length; i++)
+        // Vectorized scan to the first difference; only that character pair needs the surrogate fix-up.
+        var common = x.AsSpan().CommonPrefixLength(y);
+        if (common < x.Length && common < y.Length)
         {
-            var a = x[i];
-            var b = y[i];
-            if (a != b)
-            {
-                return Fix(a) - Fix(b);
-            }
+            return Fix(x[common]) - Fix(y[common]);
         }
 
         return x.Length - y.Length;

@@ -194,17 +194,22 @@ public sealed class DigestCacheTests(ITestOutputHelper output) : IDisposable
         Assert.Equal(10_001, first.FilesHashed);
 
         var best = long.MaxValue;
-        for (var i = 0; i < 3; i++)
+        var bestCpu = TimeSpan.MaxValue;
+        for (var i = 0; i < 5; i++)
         {
+            // CPU time as well as wall time: on a shared machine the wall clock mostly measures the neighbours.
+            var cpu = Process.GetCurrentProcess().TotalProcessorTime;
             var stopwatch = Stopwatch.StartNew();
             var noop = _tree.Build(cacheFile: _tree.CacheFile);
             stopwatch.Stop();
+            cpu = Process.GetCurrentProcess().TotalProcessorTime - cpu;
             Assert.Equal(0, noop.FilesHashed);
             Assert.Equal(first.Digest, noop.Digest);
             best = Math.Min(best, stopwatch.ElapsedMilliseconds);
+            bestCpu = cpu < bestCpu ? cpu : bestCpu;
         }
 
-        TestLog.Write(output, $"no-op walk of {first.Entries.Count} entries: best of 3 = {best} ms");
+        TestLog.Write(output, $"no-op walk of {first.Entries.Count} entries: best of 5 = {best} ms wall, {bestCpu.TotalMilliseconds:0} ms CPU (load average {File.ReadAllText("/proc/loadavg").Split(' ')[0]})");
         // Generous: the goal is well under 100 ms; a shared CI core must not make this flaky.
         Assert.InRange(best, 0, 2000);
     }
