@@ -62,7 +62,12 @@ internal sealed class SyncApplier(string workspace, SyncStateStore store)
                 SymlinkTarget = entry.SymlinkTarget,
                 Implied = entry.Implied,
             };
-            if (entry.Kind == EntryKind.File)
+            if (entry.Kind == EntryKind.File && !entry.Write && entry.MtimeTicks != 0)
+            {
+                // Already in place when the sync was planned: its size and mtime were checked then.
+                record.MtimeTicks = entry.MtimeTicks;
+            }
+            else if (entry.Kind == EntryKind.File)
             {
                 var disk = WorkspaceTree.Lstat(Full(entry.Path));
                 if (disk is not { Kind: EntryKind.File } file || file.Size != entry.Size)

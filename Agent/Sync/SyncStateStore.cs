@@ -93,7 +93,7 @@ internal sealed class SyncStateStore(string directory)
                     total += read;
                 }
 
-                output.Flush(flushToDisk: true);
+                output.Flush();
                 if (total != size)
                 {
                     File.Delete(part);

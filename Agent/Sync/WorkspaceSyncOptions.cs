@@ -24,8 +24,10 @@ internal sealed class WorkspaceSyncOptions
 
     /// <summary>
     /// Where the agent keeps the index of the tree it last applied, the apply journal and uploaded blobs. Must be
-    /// outside the workspace (a sync deletes whatever the manifest does not list). Default: a sibling of the
-    /// workspace, <c>&lt;parent&gt;/.&lt;workspace-name&gt;.rbs-sync</c>.
+    /// outside the workspace (a sync deletes whatever the manifest does not list); best on the workspace's filesystem
+    /// (blobs are then moved into place by rename, not copied). Default: a sibling of the workspace,
+    /// <c>&lt;parent&gt;/.&lt;workspace-name&gt;.rbs-sync</c>; when that cannot be created (e.g. workspace
+    /// <c>/workspace</c> in a container), <c>~/.cache/rbs/sync/&lt;workspace-name&gt;-&lt;hash&gt;</c>.
     /// </summary>
     public string? StateDirectory { get; set; }
 

@@ -20,7 +20,7 @@ internal sealed partial class WorkspaceSynchronizer : IDisposable
         _logger = logger;
         _caseMode = options.Value.CaseSensitivity;
         Workspace = Native.RealPath(agent.Value.Workspace) ?? Path.GetFullPath(agent.Value.Workspace);
-        Store = new SyncStateStore(options.Value.ResolveStateDirectory(agent.Value.Workspace));
+        Store = new SyncStateStore(ChooseStateDirectory(options.Value, agent.Value.Workspace));
         Applier = new SyncApplier(Workspace, Store);
     }
 
@@ -93,6 +93,41 @@ internal sealed partial class WorkspaceSynchronizer : IDisposable
         return _caseInsensitive.Value;
     }
 
+    /// <summary>
+    /// The configured state directory, or the default sibling of the workspace; when that cannot be created (a
+    /// workspace mounted at the root of a container, e.g. /workspace, has an unwritable parent) a per-workspace
+    /// directory under ~/.cache/rbs/sync.
+    /// </summary>
+    private string ChooseStateDirectory(WorkspaceSyncOptions options, string workspace)
+    {
+        var preferred = options.ResolveStateDirectory(workspace);
+        if (!string.IsNullOrWhiteSpace(options.StateDirectory) || CanCreate(preferred))
+        {
+            return preferred;
+        }
+
+        var home = Environment.GetFolderPath(Environment.SpecialFolder.UserProfile);
+        var name = Path.GetFileName(Path.TrimEndingDirectorySeparator(Workspace));
+        var hash = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(Workspace)))[..12];
+        var fallback = Path.Combine(string.IsNullOrEmpty(home) ? Path.GetTempPath() : home, ".cache", "rbs", "sync", $"{name}-{hash}");
+        Log.StateDirectoryFallback(_logger, preferred, fallback);
+        return fallback;
+    }
+
+    private static bool CanCreate(string directory)
+    {
+        try
+        {
+            Directory.CreateDirectory(Path.GetDirectoryName(Path.TrimEndingDirectorySeparator(directory)) ?? "/");
+            WorkspaceTree.MakeDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            return true;
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            return false;
+        }
+    }
+
     private bool ProbeCaseInsensitive()
     {
         var name = $".rbs-case-probe-{Guid.NewGuid():N}";
@@ -145,6 +180,10 @@ internal sealed partial class WorkspaceSynchronizer : IDisposable
 
         [LoggerMessage(EventId = 623, Level = LogLevel.Error, Message = "Could not complete the interrupted sync; dropping its journal and the index (the next sync rewrites what differs)")]
         public static partial void RecoveryFailed(ILogger logger, Exception exception);
+
+        [LoggerMessage(EventId = 625, Level = LogLevel.Warning,
+            Message = "Cannot create the default sync state directory {Preferred}; using {Fallback} (set --sync-state-dir on the workspace's filesystem for atomic renames)")]
+        public static partial void StateDirectoryFallback(ILogger logger, string preferred, string fallback);
 
         [LoggerMessage(EventId = 624, Level = LogLevel.Information, Message = "Workspace {Workspace} is case-{Sensitivity}")]
         public static partial void CaseProbed(ILogger logger, string workspace, string sensitivity);

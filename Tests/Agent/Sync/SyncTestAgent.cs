@@ -84,6 +84,12 @@ internal sealed class SyncTestAgent : IAsyncDisposable
             "--sync-state-dir", dirs.State,
             .. extraArgs,
         ];
+        return await StartRawAsync(output, args);
+    }
+
+    /// <summary>An agent with exactly these arguments.</summary>
+    public static async Task<SyncTestAgent> StartRawAsync(ITestOutputHelper output, string[] args)
+    {
         var logs = new TestOutputLoggerProvider(output);
         var app = AgentHost.Build(args, builder =>
         {
@@ -95,7 +101,7 @@ internal sealed class SyncTestAgent : IAsyncDisposable
         await app.StartAsync().WaitAsync(TimeSpan.FromSeconds(30));
         var address = ReadyFile.BoundAddress(app.Services.GetRequiredService<IServer>())
             ?? throw new InvalidOperationException("the agent bound no address");
-        TestLog.Write(output, $"agent listening on {address}, workspace {dirs.Workspace}");
+        TestLog.Write(output, $"agent listening on {address}");
         return new SyncTestAgent(app, address, logs);
     }
 

@@ -127,6 +127,9 @@ internal sealed class SyncScript
     /// <summary>Cancels the call after this many blob chunks were sent.</summary>
     public int? CancelAfterChunks { get; init; }
 
+    /// <summary>Runs after <see cref="CancelAfterChunks"/> chunks were sent, before the call is cancelled.</summary>
+    public Func<Task>? BeforeCancel { get; init; }
+
     /// <summary>Runs once the agent has answered need_end (before any blob is sent).</summary>
     public Func<Task>? OnNeedEnd { get; init; }
 }
@@ -141,6 +144,29 @@ internal static class SyncTestClient
         cts.CancelAfter(TimeSpan.FromSeconds(60));
         var ct = cts.Token;
         using var call = client.Sync(cancellationToken: ct);
+        try
+        {
+            return await RunAsync(call, tree, script, cts, ct);
+        }
+        catch (Exception ex) when (ex is RpcException or InvalidOperationException or IOException && !cts.IsCancellationRequested)
+        {
+            // The agent may end the call with its verdict while we are still writing (e.g. it refused the manifest's
+            // first batch); the write then fails with a transport error. The response's status is the real answer.
+            while (await call.ResponseStream.MoveNext(CancellationToken.None))
+            {
+            }
+
+            throw;
+        }
+    }
+
+    private static async Task<SyncOutcome> RunAsync(
+        AsyncDuplexStreamingCall<SyncClientFrame, SyncServerFrame> call,
+        LocalTree tree,
+        SyncScript script,
+        CancellationTokenSource cts,
+        CancellationToken ct)
+    {
         var outcome = new SyncOutcome();
         await call.RequestStream.WriteAsync(new SyncClientFrame
         {
@@ -206,6 +232,11 @@ internal static class SyncTestClient
                 }, ct);
                 if (++chunks == script.CancelAfterChunks)
                 {
+                    if (script.BeforeCancel is { } beforeCancel)
+                    {
+                        await beforeCancel();
+                    }
+
                     await cts.CancelAsync();
                     ct.ThrowIfCancellationRequested();
                 }

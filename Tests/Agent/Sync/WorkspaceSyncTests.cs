@@ -42,7 +42,7 @@ public sealed class WorkspaceSyncTests(ITestOutputHelper output)
         Assert.Equal(3ul, done.SymlinksWritten);
         Assert.Equal(4ul, done.BlobsReceived); // the two copies of blob.bin travel once; the empty file never
         Assert.Equal((ulong)(blob.Length + 18 + 7 + 1), done.BytesReceived);
-        Assert.Equal(7ul, done.DirectoriesCreated); // bin copy tools ünïcödé empty-dir empty-dir/nested-empty tools is 1
+        Assert.Equal(6ul, done.DirectoriesCreated); // bin copy tools ünïcödé empty-dir empty-dir/nested-empty
         Assert.Equal(0ul, done.EntriesDeleted);
         Assert.Equal((UnixFileMode)0b111_101_101, WorkspaceTree.Lstat(Path.Combine(dirs.Workspace, "tools/run.sh"))!.Value.Mode);
         Assert.Equal((UnixFileMode)0b110_100_100, WorkspaceTree.Lstat(Path.Combine(dirs.Workspace, "bin/blob.bin"))!.Value.Mode);
@@ -345,21 +345,31 @@ public sealed class WorkspaceSyncTests(ITestOutputHelper output)
 
         var big = new byte[1_000_000];
         new Random(7).NextBytes(big);
+        Write(dirs.Source, "aaa-first.txt", "uploaded completely before the cancel"u8.ToArray());
         Write(dirs.Source, "new/big.bin", big);
         Write(dirs.Source, "old.txt", "changed"u8.ToArray());
         File.Delete(Path.Combine(dirs.Source, "gone-later.txt"));
         var tree = LocalTree.Scan(dirs.Source);
+        var firstDigest = Convert.ToHexStringLower(tree.Entries.Single(e => e.Path == "aaa-first.txt").Digest.Span);
         await Assert.ThrowsAnyAsync<Exception>(() => SyncTestClient.SyncAsync(agent.Client, tree,
-            new SyncScript { ChunkBytes = 64 * 1024, CancelAfterChunks = 3 }).WaitAsync(s_timeout));
+            new SyncScript
+            {
+                ChunkBytes = 64 * 1024,
+                CancelAfterChunks = 3,
+                // Cancel only once the agent has the first blob (a reset can overtake data still in flight).
+                BeforeCancel = () => WaitUntil(() => File.Exists(Path.Combine(dirs.State, "staging", firstDigest))),
+            }).WaitAsync(s_timeout));
 
         // The agent notices the cancellation (log event 614) without touching the tree.
         await WaitUntil(() => agent.Logs.Count(614) >= 1);
         Assert.Equal(oldTree, TreeAssert.Dump(dirs.Workspace));
         Assert.Empty(Directory.EnumerateFiles(Path.Combine(dirs.State, "staging"), "*.part"));
 
+        // The blob that arrived completely before the cancel is kept in staging and not asked for again.
         var outcome = await SyncTestClient.SyncAsync(agent.Client, tree).WaitAsync(s_timeout);
         TreeAssert.Equal(dirs.Source, dirs.Workspace);
         Assert.Equal(2ul, outcome.Done!.BlobsReceived);
+        Assert.Equal(3ul, outcome.Done.FilesWritten);
     }
 
     [Fact]
@@ -407,6 +417,107 @@ public sealed class WorkspaceSyncTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task ACrashAtAnyPointOfTheApplyIsCompletedByReplayingTheJournal()
+    {
+        using var dirs = new SyncDirs();
+        var oldSource = Path.Combine(dirs.Root, "src-old");
+        var newSource = Path.Combine(dirs.Root, "src-new");
+        Write(oldSource, "stays.txt", "unchanged"u8.ToArray());
+        Write(oldSource, "moves.bin", "content that moves"u8.ToArray());
+        Write(oldSource, "dir-becomes-file/x.txt", "x"u8.ToArray());
+        Write(oldSource, "file-becomes-dir", "f"u8.ToArray());
+        Write(oldSource, "tool.sh", "#!/bin/sh\n"u8.ToArray(), executable: true);
+        File.CreateSymbolicLink(Path.Combine(oldSource, "link"), "stays.txt");
+        Directory.CreateDirectory(Path.Combine(oldSource, "empty-old"));
+
+        Write(newSource, "stays.txt", "unchanged"u8.ToArray());
+        Write(newSource, "moved/here.bin", "content that moves"u8.ToArray());
+        Write(newSource, "moved/copy.bin", "content that moves"u8.ToArray());
+        Write(newSource, "dir-becomes-file", "now a file"u8.ToArray());
+        Write(newSource, "file-becomes-dir/inner.txt", "now inside a dir"u8.ToArray());
+        Write(newSource, "tool.sh", "#!/bin/sh\n"u8.ToArray());
+        Write(newSource, "dup1.txt", "duplicated upload"u8.ToArray());
+        Write(newSource, "dup2.txt", "duplicated upload"u8.ToArray());
+        Write(newSource, "empty", []);
+        File.CreateSymbolicLink(Path.Combine(newSource, "link"), "moved/here.bin");
+        Directory.CreateDirectory(Path.Combine(newSource, "empty-new"));
+        var oldTree = LocalTree.Scan(oldSource);
+        var newTree = LocalTree.Scan(newSource);
+
+        await using var agent = await SyncTestAgent.StartAsync(output, dirs);
+        var applier = agent.Synchronizer.Applier;
+        for (var crashAfter = 0; ; crashAfter++)
+        {
+            Assert.True(crashAfter < 100, "the apply never finished without a crash");
+            applier.BeforeChange = null;
+            await SyncTestClient.SyncAsync(agent.Client, oldTree).WaitAsync(s_timeout);
+            TreeAssert.Equal(oldSource, dirs.Workspace);
+
+            var changes = 0;
+            applier.BeforeChange = what =>
+            {
+                if (changes++ == crashAfter)
+                {
+                    throw new IOException($"simulated crash before '{what}'");
+                }
+            };
+            try
+            {
+                await SyncTestClient.SyncAsync(agent.Client, newTree).WaitAsync(s_timeout);
+                TestLog.Write(output, $"the apply takes {changes} changes; every crash point was replayed");
+                TreeAssert.Equal(newSource, dirs.Workspace);
+                break;
+            }
+            catch (RpcException ex) when (ex.StatusCode == StatusCode.Internal)
+            {
+                applier.BeforeChange = null;
+                using (await agent.Synchronizer.AcquireAsync(CancellationToken.None))
+                {
+                    agent.Synchronizer.Recover();
+                }
+
+                Assert.False(File.Exists(Path.Combine(dirs.State, "journal")), $"crash after {crashAfter}: journal left");
+                TreeAssert.Equal(newSource, dirs.Workspace);
+            }
+        }
+
+        Assert.Equal(0, agent.Logs.Count(623)); // no replay ever gave up
+    }
+
+    [SkippableFact]
+    public async Task StagingOnAnotherFilesystemStillPlacesFilesByRename()
+    {
+        Skip.IfNot(Directory.Exists("/dev/shm"), "no /dev/shm to put the state directory on another filesystem");
+        using var dirs = new SyncDirs();
+        var state = Path.Combine("/dev/shm", $"rbs-sync-state-{Guid.NewGuid():N}");
+        try
+        {
+            Directory.CreateDirectory(state);
+            var probe = Path.Combine(state, "probe");
+            File.WriteAllBytes(probe, []);
+            Skip.If(WorkspaceTree.TryRename(probe, Path.Combine(dirs.Workspace, "probe")),
+                "/dev/shm is on the same filesystem as the temp directory");
+
+            var big = new byte[150_000];
+            new Random(3).NextBytes(big);
+            Write(dirs.Source, "a/big.bin", big, executable: true);
+            Write(dirs.Source, "b/same.bin", big);
+            Write(dirs.Source, "small.txt", "small"u8.ToArray());
+            await using var agent = await SyncTestAgent.StartAsync(output, dirs, "--sync-state-dir", state);
+            var outcome = await SyncTestClient.SyncAsync(agent.Client, LocalTree.Scan(dirs.Source)).WaitAsync(s_timeout);
+
+            TreeAssert.Equal(dirs.Source, dirs.Workspace);
+            Assert.Equal(3ul, outcome.Done!.FilesWritten);
+            Assert.Empty(Directory.EnumerateFiles(Path.Combine(state, "staging")));
+            Assert.Empty(Directory.EnumerateFileSystemEntries(dirs.Workspace, ".rbs-sync-*", SearchOption.AllDirectories));
+        }
+        finally
+        {
+            Directory.Delete(state, recursive: true);
+        }
+    }
+
+    [Fact]
     public async Task TwoConcurrentSyncsOfTheWorkspaceRunOneAfterTheOther()
     {
         using var dirs = new SyncDirs();
@@ -438,6 +549,39 @@ public sealed class WorkspaceSyncTests(ITestOutputHelper output)
         Assert.False(firstDone.Done!.UpToDate);
         Assert.False(secondDone.Done!.UpToDate);
         Assert.Equal(["b.txt"], Directory.EnumerateFileSystemEntries(dirs.Workspace).Select(Path.GetFileName));
+    }
+
+    [Fact]
+    public async Task TheStateDirectoryDefaultsToASiblingOfTheWorkspaceOrAFallbackWhenThatCannotBeCreated()
+    {
+        using var dirs = new SyncDirs();
+        Write(dirs.Source, "a.txt", "a"u8.ToArray());
+        string[] args = ["--agent-id", "sync-test-agent", "--workspace", dirs.Workspace, "--build-tool", FakeBazel.Path, "--listen", "127.0.0.1:0"];
+        await using (var agent = await SyncTestAgent.StartRawAsync(output, args))
+        {
+            Assert.Equal(Path.Combine(dirs.Root, ".ws.rbs-sync"), agent.Synchronizer.Store.Directory);
+            await SyncTestClient.SyncAsync(agent.Client, LocalTree.Scan(dirs.Source)).WaitAsync(s_timeout);
+            Assert.True(File.Exists(Path.Combine(dirs.Root, ".ws.rbs-sync", "index")));
+        }
+
+        // Something that is not a directory where the default would go (in a container: an unwritable parent).
+        using var blocked = new SyncDirs();
+        File.WriteAllText(Path.Combine(blocked.Root, ".ws.rbs-sync"), "not a directory");
+        string[] blockedArgs = ["--agent-id", "sync-test-agent", "--workspace", blocked.Workspace, "--build-tool", FakeBazel.Path, "--listen", "127.0.0.1:0"];
+        await using var fallback = await SyncTestAgent.StartRawAsync(output, blockedArgs);
+        var state = fallback.Synchronizer.Store.Directory;
+        try
+        {
+            output.WriteLine($"fallback state directory: {state}");
+            Assert.Equal(1, fallback.Logs.Count(625));
+            Assert.Contains(Path.Combine(".cache", "rbs", "sync", "ws-"), state, StringComparison.Ordinal);
+            await SyncTestClient.SyncAsync(fallback.Client, LocalTree.Scan(dirs.Source)).WaitAsync(s_timeout);
+            TreeAssert.Equal(dirs.Source, blocked.Workspace);
+        }
+        finally
+        {
+            Directory.Delete(state, recursive: true);
+        }
     }
 
     private static LocalTree FileTree(string path, byte[] content)
