@@ -33,6 +33,12 @@ internal static class ExitCodes
     public const int RemoteEnvironmentError = 34;
 
     /// <summary>
+    /// Bazel's LOCAL_ENVIRONMENTAL_ERROR: the build succeeded remotely but <c>--rbs_fetch_outputs</c> could not write
+    /// its outputs locally (permissions, disk full).
+    /// </summary>
+    public const int LocalEnvironmentalError = 36;
+
+    /// <summary>
     /// Transient remote failure (bazel uses 38 for transient remote errors): the orchestrator or agent
     /// could not be reached, timed out, or the connection broke before the command's exit status arrived.
     /// Running the command again may succeed.

@@ -3,6 +3,7 @@ using System.Threading.Channels;
 using Grpc.Core;
 using Microsoft.Extensions.Options;
 using Rbs.Agent.Hosting;
+using Rbs.Agent.Outputs;
 using Rbs.V1;
 
 namespace Rbs.Agent.Execution;
@@ -11,6 +12,7 @@ namespace Rbs.Agent.Execution;
 internal sealed partial class CommandRunner(
     IOptions<AgentOptions> options,
     CommandTracker tracker,
+    OutputCollector outputs,
     TimeProvider time,
     ILogger<CommandRunner> logger)
 {
@@ -74,10 +76,13 @@ internal sealed partial class CommandRunner(
 
         var invocationId = string.IsNullOrEmpty(start.InvocationId) ? Guid.NewGuid().ToString() : start.InvocationId;
 
+        // collect_outputs on a build: bazel also writes a BEP file, read after a successful exit (Agent/Outputs/).
+        var collection = outputs.Begin(invocationId, start);
+
         ToolProcess process;
         try
         {
-            process = ToolProcess.Start(toolPath, _options.BuildTool, start.Args, workingDirectory, environment);
+            process = ToolProcess.Start(toolPath, _options.BuildTool, collection?.Arguments ?? start.Args, workingDirectory, environment);
         }
         catch (Win32Exception ex)
         {
@@ -86,7 +91,7 @@ internal sealed partial class CommandRunner(
 
         using (process)
         {
-            await SuperviseAsync(process, invocationId, start, requests, responses, callToken);
+            await SuperviseAsync(process, invocationId, start, collection, requests, responses, callToken);
         }
     }
 
@@ -94,6 +99,7 @@ internal sealed partial class CommandRunner(
         ToolProcess process,
         string invocationId,
         StartCommand start,
+        OutputCollection? collection,
         IAsyncStreamReader<ClientFrame> requests,
         IServerStreamWriter<ServerFrame> responses,
         CancellationToken callToken)
@@ -144,6 +150,12 @@ internal sealed partial class CommandRunner(
         command.Dispose();
         var elapsed = time.GetElapsedTime(startedAt);
         Log.CommandEnded(logger, invocationId, process.Pid, exit.Code, exit.Signal, elapsed, stdout.Bytes, stderr.Bytes, interrupter.WasInterrupted);
+
+        if (collection is not null)
+        {
+            // Before the exit frame, so a client's ListOutputs right after it finds this build's outputs.
+            await collection.CompleteAsync(exit.Code);
+        }
 
         if (!delivery.IsCancellationRequested)
         {

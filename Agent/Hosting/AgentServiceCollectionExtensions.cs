@@ -3,6 +3,7 @@ using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Options;
 using Rbs.Agent.Execution;
 using Rbs.Agent.Lifetime;
+using Rbs.Agent.Outputs;
 using Rbs.Agent.Sync;
 using Rbs.Agent.Tunnel;
 
@@ -21,6 +22,7 @@ internal static class AgentServiceCollectionExtensions
         services.TryAddSingleton(TimeProvider.System);
         services.AddSingleton<CommandTracker>();
         services.AddSingleton<CommandRunner>();
+        services.AddAgentOutputs();
 
         services.AddGrpc();
         services.AddGrpcHealthChecks().AddCheck<AgentHealthCheck>("agent");
@@ -49,6 +51,7 @@ internal static class AgentServiceCollectionExtensions
     public static WebApplication MapAgent(this WebApplication app)
     {
         app.MapGrpcService<AgentService>();
+        app.MapAgentOutputs();
         app.MapGrpcService<WorkspaceSyncService>();
         app.MapGrpcHealthChecksService();
         return app;

@@ -28,6 +28,8 @@ internal static class AgentTunnelExtensions
                 "Tunnel mode needs a join token: --join-token-file (preferred) or --join-token.")
             .Validate(o => o.JoinTokenFile is not { Length: > 0 } f || File.Exists(f), "Agent:Tunnel:JoinTokenFile does not exist.")
             .Validate(o => o.SpareConnections is >= 1 and <= 64, "Agent:Tunnel:SpareConnections must be 1..64.")
+            .Validate(o => o.MaxStreamsPerTunnel is >= 1 and <= 100_000, "Agent:Tunnel:MaxStreamsPerTunnel must be 1..100000.")
+            .Validate(o => o.MaxExtraSpares is >= 0 and <= 64, "Agent:Tunnel:MaxExtraSpares must be 0..64.")
             .Validate(o => o.ReconnectInitialDelay > TimeSpan.Zero && o.ReconnectMaxDelay >= o.ReconnectInitialDelay
                 && o.KeepAliveInterval > TimeSpan.Zero && o.KeepAliveTimeout > TimeSpan.Zero && o.ConnectTimeout > TimeSpan.Zero,
                 "Agent:Tunnel delays and timeouts must be positive, with ReconnectMaxDelay >= ReconnectInitialDelay.")
@@ -49,7 +51,13 @@ internal static class AgentTunnelExtensions
         services.TryAddSingleton<AgentTunnelStatus>();
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IConnectionListenerFactory, TunnelConnectionListenerFactory>());
         services.AddOptions<KestrelServerOptions>().Configure<IOptions<AgentTunnelOptions>>((kestrel, options) =>
-            kestrel.Listen(new TunnelEndPoint(options.Value.ConnectUri()), listen => listen.Protocols = HttpProtocols.Http2));
+        {
+            // (A server-wide limit: in tunnel mode the tunnel is normally the agent's only endpoint.)
+            kestrel.Limits.Http2.MaxStreamsPerConnection = options.Value.MaxStreamsPerTunnel;
+            kestrel.Listen(new TunnelEndPoint(options.Value.ConnectUri()), listen => listen.Protocols = HttpProtocols.Http2);
+        });
+        // Counts streams per tunnel so the listener can dial extra spares before a tunnel is full.
+        services.AddTransient<IStartupFilter, TunnelStreamCounter>();
         return services;
     }
 }
@@ -81,4 +89,30 @@ internal sealed class TunnelConnectionListenerFactory(
         listener.Start();
         return ValueTask.FromResult<IConnectionListener>(listener);
     }
+}
+
+/// <summary>
+/// First middleware of the agent's pipeline in tunnel mode: counts the streams each tunnel carries (the
+/// tunnel connection is in the connection's items), which lets the listener dial spares ahead of demand.
+/// </summary>
+internal sealed class TunnelStreamCounter : IStartupFilter
+{
+    public Action<IApplicationBuilder> Configure(Action<IApplicationBuilder> next) => app =>
+    {
+        app.Use(async (context, nextMiddleware) =>
+        {
+            var tunnel = context.Features.Get<Microsoft.AspNetCore.Connections.Features.IConnectionItemsFeature>()?.Items
+                .TryGetValue(TunnelConnection.ItemKey, out var item) == true ? item as TunnelConnection : null;
+            tunnel?.StreamStarted();
+            try
+            {
+                await nextMiddleware(context);
+            }
+            finally
+            {
+                tunnel?.StreamEnded();
+            }
+        });
+        next(app);
+    };
 }

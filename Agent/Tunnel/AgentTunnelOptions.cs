@@ -21,6 +21,20 @@ internal sealed class AgentTunnelOptions
     /// <summary>Idle tunnel connections kept open; one is replaced as soon as the gateway starts using it. Default <c>2</c>.</summary>
     public int SpareConnections { get; set; } = 2;
 
+    /// <summary>
+    /// Concurrent HTTP/2 streams one tunnel carries (Kestrel's <c>Http2.MaxStreamsPerConnection</c>, which the gateway's
+    /// HTTP/2 client honours; beyond it the gateway takes another tunnel). Each stream keeps its own flow-control window,
+    /// so a higher limit only means fewer tunnels to dial under load. Default <c>1000</c>.
+    /// </summary>
+    public int MaxStreamsPerTunnel { get; set; } = 1000;
+
+    /// <summary>
+    /// Extra spares dialled ahead of demand: when a tunnel's stream count reaches 3/4 of <see cref="MaxStreamsPerTunnel"/>,
+    /// one more idle tunnel is dialled (at most this many at a time) so the gateway finds a live spare when it needs
+    /// another connection. Default <c>4</c>.
+    /// </summary>
+    public int MaxExtraSpares { get; set; } = 4;
+
     /// <summary>First reconnect delay (the cap of the first jittered wait). Default <c>00:00:00.100</c>.</summary>
     public TimeSpan ReconnectInitialDelay { get; set; } = TimeSpan.FromMilliseconds(100);
 

@@ -10,16 +10,26 @@ namespace Rbs.Agent.Tunnel;
 internal sealed class TunnelConnection : ConnectionContext,
     IConnectionIdFeature, IConnectionItemsFeature, IConnectionTransportFeature, IConnectionLifetimeFeature, IConnectionEndPointFeature
 {
+    /// <summary>Key of this connection in its items (<see cref="IConnectionItemsFeature"/>), for <see cref="TunnelStreamCounter"/>.</summary>
+    public const string ItemKey = "rbs.agent.tunnel";
+
     private static long s_nextId;
     private readonly WebSocketTunnelStream _stream;
     private readonly CancellationTokenSource _closed = new();
     private readonly Action<TunnelConnection> _onDisposed;
+    private readonly Action<TunnelConnection>? _onBusy;
+    private readonly int _busyThreshold;
     private int _disposed;
+    private int _streams;
 
-    public TunnelConnection(WebSocketTunnelStream stream, EndPoint localEndPoint, Action<TunnelConnection> onDisposed)
+    /// <param name="onBusy">Called each time the stream count rises to <paramref name="busyThreshold"/> (time to dial another spare).</param>
+    public TunnelConnection(WebSocketTunnelStream stream, EndPoint localEndPoint, Action<TunnelConnection> onDisposed,
+        Action<TunnelConnection>? onBusy = null, int busyThreshold = int.MaxValue)
     {
         _stream = stream;
         _onDisposed = onDisposed;
+        _onBusy = onBusy;
+        _busyThreshold = busyThreshold;
         ConnectionId = "tunnel-" + Interlocked.Increment(ref s_nextId).ToString(System.Globalization.CultureInfo.InvariantCulture);
         LocalEndPoint = localEndPoint;
         Transport = new Pipe(
@@ -30,10 +40,24 @@ internal sealed class TunnelConnection : ConnectionContext,
         Features.Set<IConnectionTransportFeature>(this);
         Features.Set<IConnectionLifetimeFeature>(this);
         Features.Set<IConnectionEndPointFeature>(this);
+        Items[ItemKey] = this;
         _ = stream.Closed.ContinueWith(_ => CancelClosed(), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
     }
 
     public WebSocketTunnelStream Stream => _stream;
+
+    /// <summary>HTTP/2 streams (requests) in flight on this tunnel.</summary>
+    public int ActiveStreams => Volatile.Read(ref _streams);
+
+    internal void StreamStarted()
+    {
+        if (Interlocked.Increment(ref _streams) == _busyThreshold)
+        {
+            _onBusy?.Invoke(this);
+        }
+    }
+
+    internal void StreamEnded() => Interlocked.Decrement(ref _streams);
 
     public override string ConnectionId { get; set; }
 

@@ -10,7 +10,9 @@ namespace Rbs.Agent.Tunnel;
 /// idle WebSocket open to the gateway. A tunnel is handed to Kestrel (AcceptAsync) only once the gateway
 /// sends its first bytes (the HTTP/2 preface), and the loop immediately dials a replacement spare — so the
 /// agent learns a tunnel went into use without a separate control channel, and Kestrel never times out an
-/// idle, never-used tunnel. Failures reconnect with capped exponential backoff and full jitter; a 4xx from
+/// idle, never-used tunnel. Spares are also dialled ahead of demand: when a tunnel in use reaches 3/4 of its
+/// stream limit, one extra spare is dialled (at most <see cref="AgentTunnelOptions.MaxExtraSpares"/> at a time),
+/// so the gateway rarely waits for a dial when it needs another connection. Failures reconnect with capped exponential backoff and full jitter; a 4xx from
 /// the gateway (bad or expired join token) is final.
 /// </summary>
 internal sealed partial class TunnelConnectionListener : IConnectionListener
@@ -26,7 +28,9 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
     private readonly Channel<ConnectionContext> _accepted = Channel.CreateUnbounded<ConnectionContext>();
     private readonly CancellationTokenSource _stop = new();
     private readonly HashSet<WebSocketTunnelStream> _live = [];
+    private readonly List<Task> _extraLoops = [];
     private Task[] _loops = [];
+    private int _extraSpares;
     private string? _renewedJoinToken;
 
     public TunnelConnectionListener(TunnelEndPoint endPoint, AgentTunnelOptions options, AgentTunnelStatus status, TimeProvider timeProvider, ILogger logger, Action onRejected)
@@ -67,7 +71,13 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
         }
 
         // Idle spares go now; tunnels Kestrel accepted are drained by Kestrel itself.
-        await Task.WhenAll(_loops).WaitAsync(cancellationToken);
+        Task[] extras;
+        lock (_extraLoops)
+        {
+            extras = [.. _extraLoops];
+        }
+
+        await Task.WhenAll([.. _loops, .. extras]).WaitAsync(cancellationToken);
         _accepted.Writer.TryComplete();
     }
 
@@ -92,7 +102,11 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
         }
     }
 
-    private async Task RunSpareLoopAsync(CancellationToken stop)
+    /// <summary>
+    /// Keeps one spare open: dial, wait for the gateway's first bytes, hand the tunnel to Kestrel, repeat.
+    /// An <paramref name="extra"/> spare (dialled ahead of demand) does this once and gives up on failure.
+    /// </summary>
+    private async Task RunSpareLoopAsync(CancellationToken stop, bool extra = false)
     {
         var failures = 0;
         while (!stop.IsCancellationRequested)
@@ -109,6 +123,11 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
             catch (TunnelRejectedException ex)
             {
                 Reject(ex);
+                return;
+            }
+            catch (Exception ex) when (extra)
+            {
+                Log.ExtraDialFailed(_logger, _endPoint.GatewayUri, ex.GetBaseException().Message);
                 return;
             }
             catch (Exception ex)
@@ -145,7 +164,12 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
                 // The gateway started an HTTP/2 connection on this spare: hand it to Kestrel, dial a replacement.
                 failures = 0;
                 Log.TunnelInUse(_logger);
-                _accepted.Writer.TryWrite(new TunnelConnection(stream, _endPoint, OnConnectionDisposed));
+                _accepted.Writer.TryWrite(new TunnelConnection(stream, _endPoint, OnConnectionDisposed, OnTunnelBusy, BusyThreshold));
+                if (extra)
+                {
+                    return;
+                }
+
                 continue;
             }
 
@@ -153,6 +177,11 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
             Track(stream, add: false);
             _status.TunnelClosed();
             await stream.DisposeAsync();
+            if (extra)
+            {
+                return;
+            }
+
             failures = _timeProvider.GetElapsedTime(connectedAt) > s_stableConnection ? 1 : failures + 1;
             var wait = Backoff(failures);
             Log.IdleTunnelClosed(_logger, wait.TotalMilliseconds);
@@ -160,6 +189,41 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
             {
                 return;
             }
+        }
+    }
+
+    private int BusyThreshold => Math.Max(1, _options.MaxStreamsPerTunnel * 3 / 4);
+
+    /// <summary>A tunnel reached 3/4 of its stream limit: dial one more spare now, before the gateway needs it.</summary>
+    private void OnTunnelBusy(TunnelConnection connection)
+    {
+        if (_stop.IsCancellationRequested || _options.MaxExtraSpares <= 0)
+        {
+            return;
+        }
+
+        if (Interlocked.Increment(ref _extraSpares) > _options.MaxExtraSpares)
+        {
+            Interlocked.Decrement(ref _extraSpares);
+            return;
+        }
+
+        Log.DialingExtraSpare(_logger, connection.ActiveStreams);
+        var stop = _stop.Token;
+        lock (_extraLoops)
+        {
+            _extraLoops.RemoveAll(t => t.IsCompleted);
+            _extraLoops.Add(Task.Run(async () =>
+            {
+                try
+                {
+                    await RunSpareLoopAsync(stop, extra: true);
+                }
+                finally
+                {
+                    Interlocked.Decrement(ref _extraSpares);
+                }
+            }, CancellationToken.None));
         }
     }
 
@@ -294,6 +358,12 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
 
         [LoggerMessage(EventId = 302, Level = LogLevel.Information, Message = "An idle tunnel closed; redialling in {DelayMs:0} ms")]
         public static partial void IdleTunnelClosed(ILogger logger, double delayMs);
+
+        [LoggerMessage(EventId = 304, Level = LogLevel.Information, Message = "A tunnel carries {Streams} streams (near its limit); dialling an extra spare ahead of demand")]
+        public static partial void DialingExtraSpare(ILogger logger, int streams);
+
+        [LoggerMessage(EventId = 305, Level = LogLevel.Warning, Message = "Extra spare dial to {Gateway} failed (not retried; the regular spares keep redialling): {Reason}")]
+        public static partial void ExtraDialFailed(ILogger logger, Uri gateway, string reason);
 
         [LoggerMessage(EventId = 303, Level = LogLevel.Critical, Message = "The gateway at {Gateway} rejected this agent's join token (HTTP {Status} {Reason}). Not retrying: the token is invalid, expired or for another key; the orchestrator must mint a new one.")]
         public static partial void Rejected(ILogger logger, Uri gateway, int status, string reason);

@@ -33,6 +33,9 @@ internal sealed class WebSocketTunnelStream(WebSocket webSocket) : Stream
 
     public WebSocket WebSocket => webSocket;
 
+    /// <summary>Bytes received but not read yet (e.g. the ones <see cref="WaitForDataAsync"/> observed), without consuming them.</summary>
+    public ReadOnlySpan<byte> Buffered => _buffer.AsSpan(_bufferOffset, _bufferCount);
+
     public override bool CanRead => true;
 
     public override bool CanWrite => true;

@@ -27,6 +27,12 @@ internal sealed class GatewayEndpoints
 
     public void Configure(KestrelServerOptions kestrel, GatewayOptions options)
     {
+        // Bounded buffering per client stream (thousands of concurrent streams must fit in well under 1 GiB):
+        // uploads wait on the HTTP/2 window, downloads on the response buffer; each stream has its own of both,
+        // so one slow client never stalls another.
+        kestrel.Limits.Http2.InitialStreamWindowSize = options.PublicStreamWindowSize;
+        kestrel.Limits.Http2.InitialConnectionWindowSize = Math.Max(kestrel.Limits.Http2.InitialConnectionWindowSize, options.PublicStreamWindowSize);
+        kestrel.Limits.MaxResponseBufferSize = options.PublicResponseBufferSize;
         Listen(kestrel, options.PublicListen, listen =>
         {
             _public = listen;

@@ -21,6 +21,7 @@ internal static class GatewayHostingExtensions
     /// <summary>Options, tokens, tunnels, the forwarder and both Kestrel endpoints.</summary>
     public static WebApplicationBuilder AddGateway(this WebApplicationBuilder builder)
     {
+        CapHttp2StreamWindow(builder.Configuration);
         var services = builder.Services;
         services.AddOptions<GatewayOptions>()
             .BindConfiguration(GatewayOptions.SectionName)
@@ -30,7 +31,7 @@ internal static class GatewayHostingExtensions
             .Validate(o => Uri.TryCreate(o.OrchestratorAddress, UriKind.Absolute, out var uri) && uri.Scheme is "http" or "https",
                 "Gateway:OrchestratorAddress must be an absolute http:// or https:// address.")
             .Validate(o => o.TunnelKeepAliveInterval > TimeSpan.Zero && o.TunnelKeepAliveTimeout > TimeSpan.Zero && o.TunnelAcquireTimeout > TimeSpan.Zero
-                && o.AgentStreamIdleTimeout > TimeSpan.Zero && o.JoinTokenRenewalLifetime > TimeSpan.Zero && o.OrchestratorCallTimeout > TimeSpan.Zero,
+                && o.TunnelProbeTimeout > TimeSpan.Zero && o.AgentStreamIdleTimeout > TimeSpan.Zero && o.JoinTokenRenewalLifetime > TimeSpan.Zero && o.OrchestratorCallTimeout > TimeSpan.Zero,
                 "Gateway timeouts and intervals must be positive.")
             .ValidateOnStart();
 
@@ -52,6 +53,26 @@ internal static class GatewayHostingExtensions
         services.AddReverseProxy();
         services.AddSingleton<IProxyConfigProvider>(sp => OrchestratorProxyConfig(sp.GetRequiredService<IOptions<GatewayOptions>>().Value));
         return builder;
+    }
+
+    /// <summary>
+    /// SocketsHttpHandler reads its dynamic-window cap once per process, from the environment, when it is first
+    /// used; so it is set here, before any handler exists (an operator's explicit value wins). See
+    /// <see cref="GatewayOptions.TunnelStreamMaxWindowSize"/>.
+    /// </summary>
+    private static void CapHttp2StreamWindow(IConfiguration configuration)
+    {
+        const string Variable = "DOTNET_SYSTEM_NET_HTTP_SOCKETSHTTPHANDLER_FLOWCONTROL_MAXSTREAMWINDOWSIZE";
+        if (!string.IsNullOrEmpty(Environment.GetEnvironmentVariable(Variable)))
+        {
+            return;
+        }
+
+        var configured = configuration[$"{GatewayOptions.SectionName}:{nameof(GatewayOptions.TunnelStreamMaxWindowSize)}"];
+        var cap = int.TryParse(configured, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var value)
+            ? value
+            : new GatewayOptions().TunnelStreamMaxWindowSize;
+        Environment.SetEnvironmentVariable(Variable, cap.ToString(System.Globalization.CultureInfo.InvariantCulture));
     }
 
     public static WebApplication MapGateway(this WebApplication app)

@@ -37,8 +37,32 @@ internal sealed class GatewayOptions
     /// <summary>A tunnel whose peer does not answer a ping within this time is evicted. Default <c>00:00:10</c>.</summary>
     public TimeSpan TunnelKeepAliveTimeout { get; set; } = TimeSpan.FromSeconds(10);
 
-    /// <summary>How long a new inner HTTP/2 connection waits for an idle tunnel of its agent. Default <c>00:00:05</c>.</summary>
-    public TimeSpan TunnelAcquireTimeout { get; set; } = TimeSpan.FromSeconds(5);
+    /// <summary>How long a new inner HTTP/2 connection (and the streams queued for it) waits for a live idle tunnel of its agent while the agent dials more; the bounded admission wait under load. Default <c>00:00:30</c>.</summary>
+    public TimeSpan TunnelAcquireTimeout { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Liveness probe before a tunnel is used: the agent must answer the HTTP/2 preface with SETTINGS within this time, else the tunnel is dropped and another tried. Default <c>00:00:10</c>.</summary>
+    public TimeSpan TunnelProbeTimeout { get; set; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>HTTP/2 receive window of one client stream on the public endpoint (Kestrel <c>Http2.InitialStreamWindowSize</c>): the most of a client's upload (stdin, workspace sync) the gateway buffers per stream. Default <c>262144</c> (256 KiB).</summary>
+    [Range(65_535, int.MaxValue)]
+    public int PublicStreamWindowSize { get; set; } = 256 * 1024;
+
+    /// <summary>Response bytes Kestrel buffers per client stream before the forwarder waits for the client to read (Kestrel <c>MaxResponseBufferSize</c>). Default <c>32768</c> (32 KiB).</summary>
+    [Range(4096, int.MaxValue)]
+    public int PublicResponseBufferSize { get; set; } = 32 * 1024;
+
+    /// <summary>Initial HTTP/2 receive window of one stream on a tunnel (the gateway's HTTP/2 client); it grows with dynamic window scaling up to <see cref="TunnelStreamMaxWindowSize"/> for streams whose client keeps up. Default <c>65535</c>.</summary>
+    [Range(65_535, int.MaxValue)]
+    public int TunnelStreamWindowSize { get; set; } = 65_535;
+
+    /// <summary>
+    /// Cap of that dynamic window, i.e. the most the gateway buffers per agent stream for a slow client (.NET's own
+    /// default is 16 MiB, which let 2,000 streams take 1.5 GiB). Process-wide: applied through the
+    /// <c>DOTNET_SYSTEM_NET_HTTP_SOCKETSHTTPHANDLER_FLOWCONTROL_MAXSTREAMWINDOWSIZE</c> environment variable at startup
+    /// unless that is set already. Default <c>1048576</c> (1 MiB).
+    /// </summary>
+    [Range(65_535, int.MaxValue)]
+    public int TunnelStreamMaxWindowSize { get; set; } = 1024 * 1024;
 
     /// <summary>A client stream with no bytes in either direction for this long is cancelled (a quiet bazel phase must fit). Default <c>1.00:00:00</c>.</summary>
     public TimeSpan AgentStreamIdleTimeout { get; set; } = TimeSpan.FromDays(1);

@@ -69,7 +69,7 @@ internal sealed partial class AgentTunnelRegistry : IDisposable
                 _agents.TryRemove(agentId, out replaced);
             }
 
-            agent = _agents.GetOrAdd(agentId, id => new AgentTunnels(id, userId, _options.Value, _loggerFactory));
+            agent = _agents.GetOrAdd(agentId, id => new AgentTunnels(id, userId, _options.Value, _loggerFactory, _timeProvider));
             tunnel = agent.Add(stream);
             changed = _changed;
             _changed = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -192,7 +192,11 @@ internal sealed record AgentTunnelSnapshot(string AgentId, string UserId, bool O
 /// <summary>
 /// One agent's tunnels and the HTTP/2 client that runs over them. Each inner HTTP/2 connection the handler
 /// opens takes one idle tunnel (its ConnectCallback); the agent replaces a spare as soon as it sees the
-/// HTTP/2 preface on it, so new connections rarely wait.
+/// HTTP/2 preface on it, so new connections rarely wait. A tunnel is handed to the HTTP/2 client only after
+/// a round trip proved the agent end alive: the gateway sends the connection preface and waits for the
+/// agent's SETTINGS frame. A tunnel that fails this probe (the agent's dial had timed out after the gateway
+/// accepted the WebSocket, or the path went half-open) is dropped and the next one is tried, so no request
+/// is ever queued on a dead tunnel.
 /// </summary>
 internal sealed partial class AgentTunnels : IDisposable
 {
@@ -202,14 +206,16 @@ internal sealed partial class AgentTunnels : IDisposable
     private readonly CancellationTokenSource _disposed = new();
     private readonly HashSet<GatewayTunnel> _all = [];
     private readonly GatewayOptions _options;
+    private readonly TimeProvider _timeProvider;
     private readonly ILogger _logger;
     private readonly Lazy<HttpMessageInvoker> _invoker;
 
-    public AgentTunnels(string agentId, string userId, GatewayOptions options, ILoggerFactory loggerFactory)
+    public AgentTunnels(string agentId, string userId, GatewayOptions options, ILoggerFactory loggerFactory, TimeProvider timeProvider)
     {
         AgentId = agentId;
         UserId = userId;
         _options = options;
+        _timeProvider = timeProvider;
         _logger = loggerFactory.CreateLogger<AgentTunnels>();
         _invoker = new Lazy<HttpMessageInvoker>(CreateInvoker, LazyThreadSafetyMode.ExecutionAndPublication);
     }
@@ -306,7 +312,11 @@ internal sealed partial class AgentTunnels : IDisposable
         }
     }
 
-    /// <summary>Takes an idle tunnel for a new inner HTTP/2 connection, skipping ones that died meanwhile.</summary>
+    /// <summary>
+    /// Takes an idle tunnel for a new inner HTTP/2 connection, skipping ones that died meanwhile or fail the
+    /// liveness probe. Waits (bounded by the handler's ConnectTimeout, <see cref="GatewayOptions.TunnelAcquireTimeout"/>)
+    /// while the agent dials more spares.
+    /// </summary>
     private async ValueTask<Stream> AcquireAsync(CancellationToken cancellationToken)
     {
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _disposed.Token);
@@ -326,27 +336,80 @@ internal sealed partial class AgentTunnels : IDisposable
                 }
 
                 // (A count without a tunnel belongs to one the idle watch already evicted.)
-                if (tunnel is not null
+                if (tunnel is null
                     // A completed pending receive on an idle tunnel means it already closed: skip it even
                     // if the idle watch has not run yet.
-                    && !tunnel.Stream.WaitForDataAsync().IsCompleted
-                    && tunnel.TryClaim())
+                    || tunnel.Stream.WaitForDataAsync().IsCompleted
+                    || !tunnel.TryClaim())
+                {
+                    continue;
+                }
+
+                if (await ProbeAsync(tunnel, linked.Token))
                 {
                     Log.TunnelClaimed(_logger, AgentId);
-                    return tunnel.Stream;
+                    return new PrefaceSentStream(tunnel.Stream);
                 }
             }
         }
         catch (OperationCanceledException) when (!_disposed.IsCancellationRequested)
         {
             throw new HttpRequestException(HttpRequestError.ConnectionError,
-                $"agent {AgentId} has no idle tunnel to the gateway (waited up to {_options.TunnelAcquireTimeout.TotalSeconds:0.#} s)");
+                $"agent {AgentId} has no live idle tunnel to the gateway (waited up to {_options.TunnelAcquireTimeout.TotalSeconds:0.#} s)");
         }
         catch (OperationCanceledException)
         {
             throw new HttpRequestException(HttpRequestError.ConnectionError, $"agent {AgentId} is no longer connected to the gateway");
         }
     }
+
+    /// <summary>
+    /// Liveness round trip on a claimed tunnel: send the HTTP/2 connection preface and wait for the agent's
+    /// SETTINGS frame (Kestrel answers a preface with SETTINGS). True when it came; otherwise the tunnel is
+    /// aborted (it carries no request yet, so nothing is lost) and false is returned.
+    /// </summary>
+    private async Task<bool> ProbeAsync(GatewayTunnel tunnel, CancellationToken cancellationToken)
+    {
+        var stream = tunnel.Stream;
+        string reason;
+        try
+        {
+            using var timeout = new CancellationTokenSource(_options.TunnelProbeTimeout, _timeProvider);
+            using var probe = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeout.Token);
+            try
+            {
+                await stream.WriteAsync(PrefaceSentStream.Preface, probe.Token);
+                var received = await stream.WaitForDataAsync().WaitAsync(probe.Token);
+                if (received > 0 && IsSettingsFrameStart(stream.Buffered))
+                {
+                    return true;
+                }
+
+                reason = received == 0 ? "the tunnel closed" : "the agent did not answer with an HTTP/2 SETTINGS frame";
+            }
+            catch (OperationCanceledException) when (timeout.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+            {
+                reason = $"no HTTP/2 SETTINGS from the agent within {_options.TunnelProbeTimeout.TotalSeconds:0.#} s";
+            }
+            catch (IOException ex)
+            {
+                reason = ex.GetBaseException().Message;
+            }
+        }
+        catch (OperationCanceledException)
+        {
+            // The caller gave up mid-probe: the preface is out, so the tunnel cannot go back to the idle list.
+            stream.Abort();
+            throw;
+        }
+
+        Log.TunnelProbeFailed(_logger, AgentId, reason);
+        stream.Abort();
+        return false;
+    }
+
+    /// <summary>An HTTP/2 frame header is 3 bytes length, 1 byte type (SETTINGS = 4); fewer bytes so far are accepted as alive.</summary>
+    private static bool IsSettingsFrameStart(ReadOnlySpan<byte> buffered) => buffered.Length < 4 || buffered[3] == 0x4;
 
     /// <summary>
     /// Keeps a receive pending on an idle tunnel: the agent must not speak first, so completion means the
@@ -385,6 +448,8 @@ internal sealed partial class AgentTunnels : IDisposable
             KeepAlivePingDelay = _options.TunnelKeepAliveInterval,
             KeepAlivePingTimeout = _options.TunnelKeepAliveTimeout,
             KeepAlivePingPolicy = HttpKeepAlivePingPolicy.Always,
+            // Per-stream buffering on the agent leg (see GatewayOptions.TunnelStreamMaxWindowSize for the cap).
+            InitialHttp2StreamWindowSize = _options.TunnelStreamWindowSize,
             PooledConnectionIdleTimeout = TimeSpan.FromMinutes(1),
             UseProxy = false,
             AllowAutoRedirect = false,
@@ -399,6 +464,9 @@ internal sealed partial class AgentTunnels : IDisposable
     {
         [LoggerMessage(EventId = 110, Level = LogLevel.Debug, Message = "Agent {AgentId}: an idle tunnel now carries a new HTTP/2 connection")]
         public static partial void TunnelClaimed(ILogger logger, string agentId);
+
+        [LoggerMessage(EventId = 112, Level = LogLevel.Warning, Message = "Agent {AgentId}: a claimed tunnel failed the liveness probe ({Reason}); dropped it, trying another")]
+        public static partial void TunnelProbeFailed(ILogger logger, string agentId, string reason);
 
         [LoggerMessage(EventId = 111, Level = LogLevel.Warning, Message = "Agent {AgentId} sent data on an idle tunnel (protocol violation); closing it")]
         public static partial void IdleTunnelSpoke(ILogger logger, string agentId);

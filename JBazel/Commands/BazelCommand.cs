@@ -3,6 +3,7 @@ using System.CommandLine.Parsing;
 using System.Reflection;
 using System.Text;
 using Rbs.JBazel.Configuration;
+using Rbs.JBazel.Outputs;
 using Rbs.JBazel.Remote;
 using Rbs.JBazel.Sync;
 using Rbs.JBazel.Terminal;
@@ -52,10 +53,13 @@ internal sealed class BazelCommand : RootCommand
         CustomParser = result => Parse<TimeSpan>(result, OptionValues.TryParseTimeout),
     };
 
-    internal static readonly Option<bool> SyncOption = new("--rbs_sync")
+    // Switches like --rbs_fetch_outputs: "true"/"false" after parsing, and 1/0, yes/no accepted too.
+    internal static readonly Option<string> SyncOption = new("--rbs_sync")
     {
         Description = "Sync the working tree to an agent with its own copy of the workspace even where it could share this filesystem (process mode). Agents that cannot share it (pods, tunnel mode) are synced always.",
         HelpName = "true|false",
+        Arity = ArgumentArity.ZeroOrOne,
+        CustomParser = result => Parse<bool>(result, OptionValues.TryParseSwitch) ? "true" : "false",
     };
 
     internal static readonly Option<string[]> SyncExcludeOption = new("--rbs_sync_exclude")
@@ -65,10 +69,22 @@ internal sealed class BazelCommand : RootCommand
         AllowMultipleArgumentsPerToken = false,
     };
 
-    internal static readonly Option<bool> SyncGitignoreOption = new("--rbs_sync_gitignore")
+    internal static readonly Option<string> SyncGitignoreOption = new("--rbs_sync_gitignore")
     {
         Description = "Leave what git ignores (.gitignore files, .git/info/exclude) out of the workspace sync.",
         HelpName = "true|false",
+        Arity = ArgumentArity.ZeroOrOne,
+        CustomParser = result => Parse<bool>(result, OptionValues.TryParseSwitch) ? "true" : "false",
+    };
+
+    // A switch whose value is "true" or "false" after parsing. Not Option<bool>: System.CommandLine lets a bool option
+    // consume only the literal tokens true/false, and RBS_FETCH_OUTPUTS=1 (or yes) must work too.
+    internal static readonly Option<string> FetchOutputsOption = new("--rbs_fetch_outputs")
+    {
+        Description = "After a successful 'build', fetch its top-level outputs into <workspace>/jbazel-out/ (only the changed blocks). Written --rbs_fetch_outputs or --rbs_fetch_outputs=true|false.",
+        HelpName = "true|false",
+        Arity = ArgumentArity.ZeroOrOne,
+        CustomParser = result => Parse<bool>(result, OptionValues.TryParseSwitch) ? "true" : "false",
     };
 
     internal static readonly Option<bool> HelpOption = new("--rbs_help")
@@ -83,11 +99,14 @@ internal sealed class BazelCommand : RootCommand
 
     /// <summary>Options that are settings (environment variables and rc files can set these).</summary>
     internal static readonly IReadOnlyList<Option> SettingOptions =
-        [OrchestratorOption, ConnectOption, StatusOption, ApiKeyOption, TimeoutOption, SyncOption, SyncExcludeOption, SyncGitignoreOption];
+        [OrchestratorOption, ConnectOption, StatusOption, ApiKeyOption, TimeoutOption, FetchOutputsOption, SyncOption, SyncExcludeOption, SyncGitignoreOption];
 
-    /// <summary>Option names whose value may be the next token (<c>--rbs_x value</c>); a flag (bool) takes only <c>=value</c>.</summary>
+    /// <summary>Switches: written bare or as <c>--rbs_x=value</c>, never taking the next token as their value.</summary>
+    internal static readonly IReadOnlySet<Option> SwitchOptions = new HashSet<Option> { FetchOutputsOption, SyncOption, SyncGitignoreOption };
+
+    /// <summary>Option names whose value may be the next token (<c>--rbs_x value</c>).</summary>
     internal static readonly IReadOnlySet<string> OptionsTakingValues =
-        SettingOptions.Where(option => option is not Option<bool>).Select(option => option.Name).ToHashSet(StringComparer.Ordinal);
+        SettingOptions.Where(option => !SwitchOptions.Contains(option)).Select(option => option.Name).ToHashSet(StringComparer.Ordinal);
 
     private static readonly ParserConfiguration s_parserConfiguration = new()
     {
@@ -252,8 +271,17 @@ internal sealed class BazelCommand : RootCommand
         };
         start.Args.AddRange(_bazelArgs);
         start.Env.Add(TerminalProbe.ForwardedEnvironment(_environment));
+        start.CollectOutputs = OutputsStep.Applies(settings.FetchOutputs, _bazelArgs);
 
-        return await new CommandSession(allocation, channels, _streams, interrupts).RunAsync(start, cancellationToken);
+        var exitCode = await new CommandSession(allocation, channels, _streams, interrupts).RunAsync(start, cancellationToken);
+        if (exitCode != ExitCodes.Success || !start.CollectOutputs)
+        {
+            return exitCode;
+        }
+
+        using var fetching = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, interrupts.First);
+        var printStatus = settings.Status == StatusMode.Always || (settings.Status == StatusMode.Auto && !Console.IsErrorRedirected);
+        return await OutputsStep.RunAsync(allocation, channels, workspace.Root, start.InvocationId, printStatus, _streams, fetching.Token);
     }
 
     internal static string HelpText()
@@ -288,8 +316,10 @@ internal sealed class BazelCommand : RootCommand
               2   not in a workspace, or a bad --rbs_* option / RBS_* variable / .jbazelrc line
               8   interrupted (a second Ctrl-C leaves at once; one Ctrl-C waits for bazel's own code)
               34  the orchestrator or agent rejected the request (permanent; fix the setup)
+              36  the build succeeded but --rbs_fetch_outputs could not write jbazel-out/ (local disk)
               37  internal jbazel error
-              38  the orchestrator or agent could not be reached, or the connection broke (transient; run again)
+              38  the orchestrator or agent could not be reached, or the connection broke (transient; run again);
+                  also a failed --rbs_fetch_outputs transfer after a successful build
               141 stdout was closed by its reader (e.g. '| head')
 
             """);
@@ -302,6 +332,7 @@ internal sealed class BazelCommand : RootCommand
         "--rbs_connect" => "auto",
         "--rbs_status" => "auto",
         "--rbs_timeout" => OptionValues.FormatDuration(RbsSettings.DefaultTimeout),
+        "--rbs_fetch_outputs" => "false",
         "--rbs_sync" => "false",
         "--rbs_sync_gitignore" => "true",
         _ => "none",

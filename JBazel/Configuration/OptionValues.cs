@@ -63,6 +63,25 @@ internal static class OptionValues
         }
     }
 
+    /// <summary>A switch: no value or <c>true/yes/1</c> is on, <c>false/no/0</c> off (so <c>RBS_X=1</c> works).</summary>
+    public static bool TryParseSwitch(string text, out bool value, out string error)
+    {
+        error = "";
+        switch (text.ToLowerInvariant())
+        {
+            case "" or "true" or "yes" or "1":
+                value = true;
+                return true;
+            case "false" or "no" or "0":
+                value = false;
+                return true;
+            default:
+                value = false;
+                error = $"'{text}' is not a switch value; expected true or false (or 1/0, yes/no)";
+                return false;
+        }
+    }
+
     /// <summary>Accepts <c>120</c> (seconds), <c>120s</c>, <c>500ms</c>, <c>2m</c>, <c>1h</c> or <c>hh:mm:ss</c>; must be positive.</summary>
     public static bool TryParseTimeout(string text, out TimeSpan value, out string error)
     {

@@ -39,6 +39,9 @@ internal sealed record RbsSettings(
     string? ApiKey,
     TimeSpan Timeout)
 {
+    /// <summary>Fetch a successful <c>build</c>'s top-level outputs into jbazel-out/ (<c>--rbs_fetch_outputs</c>). Default false.</summary>
+    public bool FetchOutputs { get; init; }
+
     /// <summary>Sync even where the agent could share this filesystem (<c>--rbs_sync</c>). Default false.</summary>
     public bool Sync { get; init; }
 

@@ -44,9 +44,10 @@ internal sealed class SettingsResolver(Func<IReadOnlyList<string>, ParseResult> 
             NullIfEmpty(Pick(layers, BazelCommand.ApiKeyOption, defaults.ApiKey ?? "")),
             Pick(layers, BazelCommand.TimeoutOption, defaults.Timeout))
         {
-            Sync = Pick(layers, BazelCommand.SyncOption, defaults.Sync),
+            FetchOutputs = Pick(layers, BazelCommand.FetchOutputsOption, defaults.FetchOutputs ? "true" : "false") == "true",
+            Sync = Pick(layers, BazelCommand.SyncOption, defaults.Sync ? "true" : "false") == "true",
             SyncExcludes = PickAll(layers, BazelCommand.SyncExcludeOption),
-            SyncGitignore = Pick(layers, BazelCommand.SyncGitignoreOption, defaults.SyncGitignore),
+            SyncGitignore = Pick(layers, BazelCommand.SyncGitignoreOption, defaults.SyncGitignore ? "true" : "false") == "true",
         };
     }
 

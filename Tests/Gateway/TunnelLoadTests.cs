@@ -19,7 +19,11 @@ public sealed class TunnelLoadTests(ITestOutputHelper output) : IAsyncLifetime
         const int Streams = 200;
         const int Size = 256 * 1024;
         var gateway = await _env.StartGatewayAsync();
-        var agent = await _env.StartAgentAsync("agent-load", gateway.AgentAddress, _env.JoinToken("agent-load"));
+        // 100 streams per tunnel (Kestrel's default; the agent's default is higher): 200 streams need two tunnels.
+        var agent = await _env.StartAgentAsync("agent-load", gateway.AgentAddress, _env.JoinToken("agent-load"), settings: new Dictionary<string, string?>
+        {
+            ["Agent:Tunnel:MaxStreamsPerTunnel"] = "100",
+        });
         await agent.Status.FirstConnected.WaitAsync(TunnelTestEnvironment.Timeout);
         var client = new V1.Agent.AgentClient(_env.Channel(gateway.PublicAddress));
         var metadata = TunnelTestEnvironment.Route("agent-load", _env.SessionToken("agent-load"));

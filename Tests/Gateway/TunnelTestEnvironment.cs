@@ -47,7 +47,7 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
         return http;
     }
 
-    public async Task<GatewayHost> StartGatewayAsync(string publicListen = "127.0.0.1:0", string agentListen = "127.0.0.1:0", string? orchestrator = null, string? certificatePath = null, int keepAliveSeconds = 5)
+    public async Task<GatewayHost> StartGatewayAsync(string publicListen = "127.0.0.1:0", string agentListen = "127.0.0.1:0", string? orchestrator = null, string? certificatePath = null, int keepAliveSeconds = 5, IReadOnlyDictionary<string, string?>? settings = null)
     {
         var keepAlive = TimeSpan.FromSeconds(keepAliveSeconds).ToString();
         var builder = WebApplication.CreateBuilder(new WebApplicationOptions { EnvironmentName = "Production" });
@@ -61,6 +61,7 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
             ["Gateway:TunnelKeepAliveTimeout"] = keepAlive,
             ["Gateway:CertificatePath"] = certificatePath,
         });
+        builder.Configuration.AddInMemoryCollection(settings ?? new Dictionary<string, string?>());
         var logs = new TestOutputLoggerProvider(output, "gateway");
         builder.Logging.ClearProviders().SetMinimumLevel(LogLevel.Debug).AddProvider(logs);
         builder.WebHost.UseShutdownTimeout(TimeSpan.FromSeconds(2));
@@ -74,7 +75,7 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
         return host;
     }
 
-    public async Task<AgentHost> StartAgentAsync(string agentId, string gatewayAgentAddress, string joinToken, int spares = 2, int keepAliveSeconds = 5, LogLevel logLevel = LogLevel.Debug, int connectTimeoutSeconds = 2)
+    public async Task<AgentHost> StartAgentAsync(string agentId, string gatewayAgentAddress, string joinToken, int spares = 2, int keepAliveSeconds = 5, LogLevel logLevel = LogLevel.Debug, int connectTimeoutSeconds = 2, IReadOnlyDictionary<string, string?>? settings = null)
     {
         var keepAlive = TimeSpan.FromSeconds(keepAliveSeconds).ToString();
         var builder = WebApplication.CreateBuilder(new WebApplicationOptions { EnvironmentName = "Production" });
@@ -88,6 +89,7 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
             ["Agent:Tunnel:KeepAliveTimeout"] = keepAlive,
             ["Agent:Tunnel:ConnectTimeout"] = TimeSpan.FromSeconds(connectTimeoutSeconds).ToString(),
         });
+        builder.Configuration.AddInMemoryCollection(settings ?? new Dictionary<string, string?>());
         var logs = new TestOutputLoggerProvider(output, "agent " + agentId);
         builder.Logging.ClearProviders().SetMinimumLevel(logLevel).AddProvider(logs);
         builder.WebHost.UseShutdownTimeout(TimeSpan.FromSeconds(2));
