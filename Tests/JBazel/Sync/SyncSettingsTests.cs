@@ -48,6 +48,20 @@ public sealed class SyncSettingsTests : IDisposable
         Assert.True(Resolve([], new() { ["RBS_SYNC"] = "true" }).Sync);
         Assert.False(Resolve(["--rbs_sync=false"], new() { ["RBS_SYNC"] = "true" }).Sync);
         Assert.True(Resolve(["--rbs_sync_gitignore=true"], new() { ["RBS_SYNC_GITIGNORE"] = "false" }).SyncGitignore);
+
+        // Switches take the usual spellings, from the environment too.
+        Assert.True(Resolve([], new() { ["RBS_SYNC"] = "1" }).Sync);
+        Assert.False(Resolve([], new() { ["RBS_SYNC_GITIGNORE"] = "no" }).SyncGitignore);
+    }
+
+    [Fact]
+    public void ABadSwitchValueIsACommandLineError()
+    {
+        var command = new BazelCommand(
+            new CliEnvironment(new Dictionary<string, string>(), _workspace.Root, _workspace.Home, "test-host"),
+            new StandardStreams(Stream.Null, Stream.Null, Stream.Null));
+        var parse = command.ParseTokens(["--rbs_sync=maybe"]);
+        Assert.Contains("invalid --rbs_sync", BazelCommand.DescribeErrors(parse), StringComparison.Ordinal);
     }
 
     [Fact]
