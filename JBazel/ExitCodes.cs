@@ -52,6 +52,12 @@ internal static class ExitCodes
     public const int BrokenPipe = 141;
 
     /// <summary>
+    /// Bazel's LOCAL_ENVIRONMENTAL_ERROR: something on this machine stops jbazel, e.g. a workspace file it
+    /// cannot read for the workspace sync.
+    /// </summary>
+    public const int LocalEnvironmentError = 36;
+
+    /// <summary>
     /// Bazel's BLAZE_INTERNAL_ERROR: a bug in jbazel itself (an unexpected exception).
     /// </summary>
     public const int InternalError = 37;

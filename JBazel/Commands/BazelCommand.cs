@@ -5,6 +5,7 @@ using System.Text;
 using Rbs.JBazel.Configuration;
 using Rbs.JBazel.Outputs;
 using Rbs.JBazel.Remote;
+using Rbs.JBazel.Sync;
 using Rbs.JBazel.Terminal;
 using Rbs.JBazel.Workspace;
 using Rbs.V1;
@@ -52,6 +53,30 @@ internal sealed class BazelCommand : RootCommand
         CustomParser = result => Parse<TimeSpan>(result, OptionValues.TryParseTimeout),
     };
 
+    // Switches like --rbs_fetch_outputs: "true"/"false" after parsing, and 1/0, yes/no accepted too.
+    internal static readonly Option<string> SyncOption = new("--rbs_sync")
+    {
+        Description = "Sync the working tree to an agent with its own copy of the workspace even where it could share this filesystem (process mode). Agents that cannot share it (pods, tunnel mode) are synced always.",
+        HelpName = "true|false",
+        Arity = ArgumentArity.ZeroOrOne,
+        CustomParser = result => Parse<bool>(result, OptionValues.TryParseSwitch) ? "true" : "false",
+    };
+
+    internal static readonly Option<string[]> SyncExcludeOption = new("--rbs_sync_exclude")
+    {
+        Description = "Leave paths out of the workspace sync; gitignore syntax relative to the workspace root (e.g. /data/, *.log). Repeatable; adds to those from other sources.",
+        HelpName = "PATTERN",
+        AllowMultipleArgumentsPerToken = false,
+    };
+
+    internal static readonly Option<string> SyncGitignoreOption = new("--rbs_sync_gitignore")
+    {
+        Description = "Leave what git ignores (.gitignore files, .git/info/exclude) out of the workspace sync.",
+        HelpName = "true|false",
+        Arity = ArgumentArity.ZeroOrOne,
+        CustomParser = result => Parse<bool>(result, OptionValues.TryParseSwitch) ? "true" : "false",
+    };
+
     // A switch whose value is "true" or "false" after parsing. Not Option<bool>: System.CommandLine lets a bool option
     // consume only the literal tokens true/false, and RBS_FETCH_OUTPUTS=1 (or yes) must work too.
     internal static readonly Option<string> FetchOutputsOption = new("--rbs_fetch_outputs")
@@ -74,11 +99,14 @@ internal sealed class BazelCommand : RootCommand
 
     /// <summary>Options that are settings (environment variables and rc files can set these).</summary>
     internal static readonly IReadOnlyList<Option> SettingOptions =
-        [OrchestratorOption, ConnectOption, StatusOption, ApiKeyOption, TimeoutOption, FetchOutputsOption];
+        [OrchestratorOption, ConnectOption, StatusOption, ApiKeyOption, TimeoutOption, FetchOutputsOption, SyncOption, SyncExcludeOption, SyncGitignoreOption];
+
+    /// <summary>Switches: written bare or as <c>--rbs_x=value</c>, never taking the next token as their value.</summary>
+    internal static readonly IReadOnlySet<Option> SwitchOptions = new HashSet<Option> { FetchOutputsOption, SyncOption, SyncGitignoreOption };
 
     /// <summary>Option names whose value may be the next token (<c>--rbs_x value</c>).</summary>
     internal static readonly IReadOnlySet<string> OptionsTakingValues =
-        SettingOptions.Where(option => option != FetchOutputsOption).Select(option => option.Name).ToHashSet(StringComparer.Ordinal);
+        SettingOptions.Where(option => !SwitchOptions.Contains(option)).Select(option => option.Name).ToHashSet(StringComparer.Ordinal);
 
     private static readonly ParserConfiguration s_parserConfiguration = new()
     {
@@ -213,14 +241,25 @@ internal sealed class BazelCommand : RootCommand
             },
             ClientVersion = $"jbazel/{Version}",
             ClientHost = _environment.HostName,
+            SyncWorkspace = settings.Sync,
         };
 
         using var channels = new ChannelPool();
         using var allocating = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, interrupts.First);
         var allocation = await new AgentAllocator(channels, settings).AllocateAsync(request, allocating.Token);
-        if (settings.Status == StatusMode.Always || (settings.Status == StatusMode.Auto && !Console.IsErrorRedirected))
+        var showStatus = settings.Status == StatusMode.Always || (settings.Status == StatusMode.Auto && !Console.IsErrorRedirected);
+        if (showStatus)
         {
             _streams.WriteErrorLine(allocation.StatusLine);
+        }
+
+        if (SyncStep.IsNeeded(allocation.Response, settings, root))
+        {
+            var synced = await SyncStep.RunAsync(allocation, channels, settings, _environment, root, request.RepoHash, _streams.WriteErrorLine, allocating.Token);
+            if (showStatus)
+            {
+                _streams.WriteErrorLine(synced.StatusLine);
+            }
         }
 
         var start = new StartCommand
@@ -277,6 +316,7 @@ internal sealed class BazelCommand : RootCommand
               2   not in a workspace, or a bad --rbs_* option / RBS_* variable / .jbazelrc line
               8   interrupted (a second Ctrl-C leaves at once; one Ctrl-C waits for bazel's own code)
               34  the orchestrator or agent rejected the request (permanent; fix the setup)
+              36  a workspace file could not be read for the workspace sync
               36  the build succeeded but --rbs_fetch_outputs could not write jbazel-out/ (local disk)
               37  internal jbazel error
               38  the orchestrator or agent could not be reached, or the connection broke (transient; run again);
@@ -294,6 +334,8 @@ internal sealed class BazelCommand : RootCommand
         "--rbs_status" => "auto",
         "--rbs_timeout" => OptionValues.FormatDuration(RbsSettings.DefaultTimeout),
         "--rbs_fetch_outputs" => "false",
+        "--rbs_sync" => "false",
+        "--rbs_sync_gitignore" => "true",
         _ => "none",
     };
 

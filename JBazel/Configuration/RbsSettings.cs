@@ -42,6 +42,15 @@ internal sealed record RbsSettings(
     /// <summary>Fetch a successful <c>build</c>'s top-level outputs into jbazel-out/ (<c>--rbs_fetch_outputs</c>). Default false.</summary>
     public bool FetchOutputs { get; init; }
 
+    /// <summary>Sync even where the agent could share this filesystem (<c>--rbs_sync</c>). Default false.</summary>
+    public bool Sync { get; init; }
+
+    /// <summary>Gitignore-syntax patterns left out of the sync (<c>--rbs_sync_exclude</c>), from every source. Default none.</summary>
+    public IReadOnlyList<string> SyncExcludes { get; init; } = [];
+
+    /// <summary>Leave git-ignored paths out of the sync (<c>--rbs_sync_gitignore</c>). Default true.</summary>
+    public bool SyncGitignore { get; init; } = true;
+
     public static readonly Uri DefaultOrchestrator = new("http://127.0.0.1:50051");
 
     public static readonly TimeSpan DefaultTimeout = TimeSpan.FromSeconds(120);

@@ -45,7 +45,26 @@ internal sealed class SettingsResolver(Func<IReadOnlyList<string>, ParseResult> 
             Pick(layers, BazelCommand.TimeoutOption, defaults.Timeout))
         {
             FetchOutputs = Pick(layers, BazelCommand.FetchOutputsOption, defaults.FetchOutputs ? "true" : "false") == "true",
+            Sync = Pick(layers, BazelCommand.SyncOption, defaults.Sync ? "true" : "false") == "true",
+            SyncExcludes = PickAll(layers, BazelCommand.SyncExcludeOption),
+            SyncGitignore = Pick(layers, BazelCommand.SyncGitignoreOption, defaults.SyncGitignore ? "true" : "false") == "true",
         };
+    }
+
+    /// <summary>A repeatable option's values from every source, the most important (command line) last so it can re-include.</summary>
+    private static IReadOnlyList<string> PickAll(List<ParseResult> layers, Option<string[]> option)
+    {
+        var values = new List<string>();
+        for (var i = layers.Count - 1; i >= 0; i--)
+        {
+            if (layers[i].GetResult(option) is { Implicit: false } && layers[i].GetValue(option) is { } layerValues)
+            {
+                values.AddRange(layerValues);
+            }
+        }
+
+        // The shared empty array when unset, so settings from equal inputs compare equal.
+        return values.Count == 0 ? Array.Empty<string>() : values;
     }
 
     /// <summary>Sources after the command line, in precedence order.</summary>

@@ -1,0 +1,329 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Security.Cryptography;
+using Google.Protobuf;
+using Grpc.Core;
+using Rbs.JBazel.Remote;
+using Rbs.V1;
+
+namespace Rbs.JBazel.Sync;
+
+/// <summary>What one sync did, for the status line and tests.</summary>
+internal sealed record SyncReport(int Entries, bool UpToDate, int BlobsUploaded, long BytesUploaded, long ElapsedMilliseconds, int Attempts, SyncDone Done)
+{
+    /// <summary>The <c>--rbs_status</c> line.</summary>
+    public string StatusLine => UpToDate
+        ? $"rbs: workspace up to date ({EntriesText}) in {ElapsedMilliseconds} ms"
+        : $"rbs: synced {EntriesText} ({BlobsUploaded} {(BlobsUploaded == 1 ? "file" : "files")} uploaded, {FormatBytes(BytesUploaded)}) in {ElapsedMilliseconds} ms";
+
+    private string EntriesText => Entries == 1 ? "1 entry" : $"{Entries} entries";
+
+    public static string FormatBytes(long bytes) => bytes switch
+    {
+        < 1024 => $"{bytes} B",
+        < 1024 * 1024 => string.Create(CultureInfo.InvariantCulture, $"{bytes / 1024.0:0.0} KiB"),
+        < 1024L * 1024 * 1024 => string.Create(CultureInfo.InvariantCulture, $"{bytes / (1024.0 * 1024):0.0} MiB"),
+        _ => string.Create(CultureInfo.InvariantCulture, $"{bytes / (1024.0 * 1024 * 1024):0.0} GiB"),
+    };
+}
+
+/// <summary>
+/// The client side of rbs.v1.WorkspaceSync: makes the agent's workspace an exact copy of this one. Blobs
+/// are re-hashed while they are uploaded; a file that changed since it was digested cancels the call (the
+/// agent keeps its old tree) and the whole sync runs once more.
+/// </summary>
+internal sealed class WorkspaceSyncClient(
+    WorkspaceSync.WorkspaceSyncClient client,
+    Metadata headers,
+    Func<CancellationToken, Manifest> buildManifest,
+    string agentDescription,
+    Action<string> warn)
+{
+    public const int ChunkSize = 1024 * 1024;
+    public const int MaxBatchEntries = 2000;
+    public const int MaxBatchBytes = 1024 * 1024;
+
+    public async Task<SyncReport> SyncAsync(CancellationToken cancellationToken)
+    {
+        var stopwatch = Stopwatch.StartNew();
+        for (var attempt = 1; ; attempt++)
+        {
+            try
+            {
+                var manifest = await Task.Run(() => buildManifest(cancellationToken), cancellationToken);
+                if (attempt == 1)
+                {
+                    foreach (var warning in manifest.Warnings)
+                    {
+                        warn($"rbs: warning: {warning}");
+                    }
+                }
+
+                var (done, blobs, bytes) = await SyncOnceAsync(manifest, cancellationToken);
+                return new SyncReport(manifest.Entries.Count, done.UpToDate, blobs, bytes, stopwatch.ElapsedMilliseconds, attempt, done);
+            }
+            catch (WorkspaceChangedException ex) when (attempt == 1)
+            {
+                warn($"rbs: {ex.Message} during the workspace sync; syncing again.");
+            }
+            catch (WorkspaceChangedException ex)
+            {
+                throw new RemoteFailure(ExitCodes.TransientRemoteError,
+                    $"workspace sync to {agentDescription} gave up: {ex.Message}, twice. Run the command again once it stops changing, " +
+                    $"or leave it out with --rbs_sync_exclude=/{ex.Path}.");
+            }
+        }
+    }
+
+    private async Task<(SyncDone Done, int Blobs, long Bytes)> SyncOnceAsync(Manifest manifest, CancellationToken cancellationToken)
+    {
+        using var abort = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        using var call = client.Sync(headers, cancellationToken: abort.Token);
+        var phase = "starting";
+        try
+        {
+            await WriteAsync(call, new SyncClientFrame
+            {
+                Begin = new SyncBegin
+                {
+                    ManifestDigest = ByteString.CopyFrom(manifest.Digest),
+                    EntryCount = (ulong)manifest.Entries.Count,
+                    TotalBytes = manifest.TotalBytes,
+                },
+            }, abort.Token);
+
+            var first = await ReadAsync(call, abort.Token);
+            if (first.FrameCase == SyncServerFrame.FrameOneofCase.Done && first.Done.UpToDate)
+            {
+                await call.RequestStream.CompleteAsync();
+                return (first.Done, 0, 0);
+            }
+
+            Expect(first, SyncServerFrame.FrameOneofCase.ManifestWanted);
+
+            phase = $"sending the manifest ({manifest.Entries.Count} entries)";
+            await SendManifestAsync(call, manifest, abort.Token);
+
+            phase = "waiting for the list of missing files";
+            var needed = new List<ByteString>();
+            while (true)
+            {
+                var frame = await ReadAsync(call, abort.Token);
+                if (frame.FrameCase == SyncServerFrame.FrameOneofCase.NeedEnd)
+                {
+                    break;
+                }
+
+                Expect(frame, SyncServerFrame.FrameOneofCase.Need);
+                needed.AddRange(frame.Need.Digests);
+            }
+
+            long bytes = 0;
+            phase = $"uploading {needed.Count} {(needed.Count == 1 ? "file" : "files")}";
+            foreach (var digest in needed)
+            {
+                if (!manifest.Blobs.TryGetValue(digest, out var source))
+                {
+                    throw new RemoteFailure(ExitCodes.RemoteEnvironmentError,
+                        $"{agentDescription} asked for content that is not in the manifest ({Convert.ToHexStringLower(digest.Span)}) during the workspace sync. Is it a compatible agent?");
+                }
+
+                try
+                {
+                    bytes += await UploadAsync(call, digest, source, abort.Token);
+                }
+                catch (WorkspaceChangedException)
+                {
+                    // Dropping the call before upload_end: the agent discards everything and keeps its old tree.
+                    await abort.CancelAsync();
+                    throw;
+                }
+            }
+
+            await WriteAsync(call, new SyncClientFrame { UploadEnd = new UploadEnd() }, abort.Token);
+            await call.RequestStream.CompleteAsync();
+
+            phase = "waiting for the agent to apply the new tree";
+            var last = await ReadAsync(call, abort.Token);
+            Expect(last, SyncServerFrame.FrameOneofCase.Done);
+            return (last.Done, needed.Count, bytes);
+        }
+        catch (RpcException) when (cancellationToken.IsCancellationRequested)
+        {
+            throw new OperationCanceledException(cancellationToken);
+        }
+        catch (RpcException ex)
+        {
+            throw Failure(ex, phase);
+        }
+    }
+
+    private static async Task SendManifestAsync(AsyncDuplexStreamingCall<SyncClientFrame, SyncServerFrame> call, Manifest manifest, CancellationToken cancellationToken)
+    {
+        var batch = new ManifestBatch();
+        var batchBytes = 0;
+        foreach (var entry in manifest.Entries)
+        {
+            var size = entry.CalculateSize();
+            if (batch.Entries.Count > 0 && (batch.Entries.Count >= MaxBatchEntries || batchBytes + size > MaxBatchBytes))
+            {
+                await WriteAsync(call, new SyncClientFrame { Manifest = batch }, cancellationToken);
+                batch = new ManifestBatch();
+                batchBytes = 0;
+            }
+
+            batch.Entries.Add(entry);
+            batchBytes += size + 4;
+        }
+
+        if (batch.Entries.Count > 0)
+        {
+            await WriteAsync(call, new SyncClientFrame { Manifest = batch }, cancellationToken);
+        }
+
+        await WriteAsync(call, new SyncClientFrame { ManifestEnd = new ManifestEnd() }, cancellationToken);
+    }
+
+    /// <summary>Streams one blob in chunks of at most 1 MiB, checking that the file still has the digested content.</summary>
+    private static async Task<long> UploadAsync(
+        AsyncDuplexStreamingCall<SyncClientFrame, SyncServerFrame> call,
+        ByteString digest,
+        BlobSource source,
+        CancellationToken cancellationToken)
+    {
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        FileStream stream;
+        try
+        {
+            stream = new FileStream(source.FullPath, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, bufferSize: 0, useAsync: false);
+        }
+        catch (Exception ex) when (ex is FileNotFoundException or DirectoryNotFoundException)
+        {
+            throw new WorkspaceChangedException(source.Path, "was deleted");
+        }
+
+        await using (stream)
+        {
+            var buffer = new byte[(int)Math.Min(ChunkSize, Math.Max(source.Size, 1))];
+            long offset = 0;
+            while (true)
+            {
+                var read = await ReadFullAsync(stream, buffer, cancellationToken);
+                if (read == 0)
+                {
+                    break;
+                }
+
+                if (offset + read > source.Size)
+                {
+                    throw new WorkspaceChangedException(source.Path, "changed");
+                }
+
+                hash.AppendData(buffer, 0, read);
+                await WriteAsync(call, new SyncClientFrame
+                {
+                    Blob = new BlobChunk { Digest = digest, Offset = (ulong)offset, Data = ByteString.CopyFrom(buffer, 0, read) },
+                }, cancellationToken);
+                offset += read;
+            }
+
+            if (offset != source.Size || !hash.GetHashAndReset().AsSpan().SequenceEqual(digest.Span))
+            {
+                throw new WorkspaceChangedException(source.Path, "changed");
+            }
+
+            return offset;
+        }
+    }
+
+    private static async Task<int> ReadFullAsync(FileStream stream, byte[] buffer, CancellationToken cancellationToken)
+    {
+        var total = 0;
+        while (total < buffer.Length)
+        {
+            var read = await stream.ReadAsync(buffer.AsMemory(total), cancellationToken);
+            if (read == 0)
+            {
+                break;
+            }
+
+            total += read;
+        }
+
+        return total;
+    }
+
+    private static async Task WriteAsync(AsyncDuplexStreamingCall<SyncClientFrame, SyncServerFrame> call, SyncClientFrame frame, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await call.RequestStream.WriteAsync(frame, cancellationToken);
+        }
+        catch (Exception ex) when (ex is InvalidOperationException or IOException or RpcException && !cancellationToken.IsCancellationRequested)
+        {
+            // The agent ended the call (e.g. rejected the manifest): its status says why.
+            await DrainAsync(call, cancellationToken);
+            throw;
+        }
+    }
+
+    private static async Task DrainAsync(AsyncDuplexStreamingCall<SyncClientFrame, SyncServerFrame> call, CancellationToken cancellationToken)
+    {
+        while (await call.ResponseStream.MoveNext(cancellationToken))
+        {
+        }
+
+        if (call.GetStatus().StatusCode != StatusCode.OK)
+        {
+            throw new RpcException(call.GetStatus());
+        }
+    }
+
+    private static async Task<SyncServerFrame> ReadAsync(AsyncDuplexStreamingCall<SyncClientFrame, SyncServerFrame> call, CancellationToken cancellationToken)
+    {
+        if (!await call.ResponseStream.MoveNext(cancellationToken))
+        {
+            throw new RpcException(new Status(StatusCode.Unavailable, "the agent ended the sync stream early"));
+        }
+
+        return call.ResponseStream.Current;
+    }
+
+    private void Expect(SyncServerFrame frame, SyncServerFrame.FrameOneofCase expected)
+    {
+        if (frame.FrameCase != expected)
+        {
+            throw new RemoteFailure(ExitCodes.RemoteEnvironmentError,
+                $"{agentDescription} broke the workspace sync protocol: sent {frame.FrameCase} where {expected} was due. Is it a compatible agent?");
+        }
+    }
+
+    private RemoteFailure Failure(RpcException ex, string phase)
+    {
+        var detail = RemoteFailure.Describe(ex).ReplaceLineEndings(" ");
+        var what = $"workspace sync to {agentDescription} failed while {phase}";
+        if (ex.Status.DebugException is null)
+        {
+            switch (ex.StatusCode)
+            {
+                case StatusCode.InvalidArgument or StatusCode.FailedPrecondition or StatusCode.ResourceExhausted:
+                    // The agent refused this tree (unsafe path, case collision, over its limits): permanent.
+                    return new RemoteFailure(ExitCodes.RemoteEnvironmentError, $"{what} ({ex.StatusCode}): {detail}");
+                case StatusCode.Aborted:
+                    return new RemoteFailure(ExitCodes.TransientRemoteError,
+                        $"{what} (Aborted): {detail}. Another sync of this workspace is running; run the command again.");
+                case StatusCode.Unimplemented:
+                    return new RemoteFailure(ExitCodes.RemoteEnvironmentError,
+                        $"{what}: the agent does not serve rbs.v1.WorkspaceSync ({detail}). Update the agent, or drop --rbs_sync.");
+                default:
+                    break;
+            }
+        }
+
+        var exitCode = ExitCodes.ForRemoteStatus(ex);
+        return new RemoteFailure(exitCode,
+            exitCode == ExitCodes.TransientRemoteError
+                ? $"{what} ({detail}). Run the command again; a new agent will be allocated if it died."
+                : $"{what} ({ex.StatusCode}): {detail}");
+    }
+}
