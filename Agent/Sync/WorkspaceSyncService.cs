@@ -26,12 +26,14 @@ internal sealed partial class WorkspaceSyncService(
     {
         var cancellationToken = context.CancellationToken;
         var stopwatch = Stopwatch.StartNew();
+        // Held until the partial uploads are gone: they belong to this sync, and the next one may start right after.
+        IDisposable? held = null;
         try
         {
             var begin = (await ReadAsync(requestStream, SyncClientFrame.FrameOneofCase.Begin, "begin", cancellationToken)).Begin;
             ManifestBuilder.CheckBegin(options.Value, begin);
             Log.SyncStarted(logger, context.Peer, begin.EntryCount, begin.TotalBytes);
-            using var held = await synchronizer.AcquireAsync(cancellationToken);
+            held = await synchronizer.AcquireAsync(cancellationToken);
             synchronizer.Recover();
 
             var disk = WorkspaceTree.Walk(synchronizer.Workspace);
@@ -88,7 +90,6 @@ internal sealed partial class WorkspaceSyncService(
         }
         catch (OperationCanceledException)
         {
-            DeletePartialUploads();
             Log.Cancelled(logger, stopwatch.ElapsedMilliseconds);
             throw;
         }
@@ -100,7 +101,12 @@ internal sealed partial class WorkspaceSyncService(
         }
         finally
         {
-            DeletePartialUploads();
+            if (held is not null)
+            {
+                // Only with the lock: without it, the .part files are another sync's uploads in progress.
+                DeletePartialUploads();
+                held.Dispose();
+            }
         }
     }
 
