@@ -53,10 +53,15 @@ eval "$RSYNC"
 diff -r "$TREE" "$DST" >/dev/null || { log "rsync copy differs from the tree"; exit 1; }
 diff -r "$TREE" "$AGENT_TREE" >/dev/null || { log "the agent's synced copy differs from the tree"; exit 1; }
 
+# First sync: the previous copies are moved aside, not deleted: freeing 10k inodes right before the run makes ext4's
+# next 10k allocations scan recently freed inodes, which measured the file system rather than either tool.
+TRASH="$E2E_TMP/trash"; mkdir -p "$TRASH"
+aside() { echo "mv $1 $TRASH/\$(date +%s%N) 2>/dev/null; true"; }
 log "first sync"
 mapfile -t first < <(hf_shell first \
-    --prepare "rm -rf $DST" "$RSYNC" \
-    --prepare "find $AGENT_TREE -mindepth 1 -delete; rm -rf $AGENT_SYNC_STATE $XDG_CACHE_HOME" "$JBAZEL_SYNC")
+    --prepare "$(aside "$DST")" "$RSYNC" \
+    --prepare "$(aside "$AGENT_TREE"); mkdir $AGENT_TREE; $(aside "$AGENT_SYNC_STATE"); $(aside "$XDG_CACHE_HOME")" "$JBAZEL_SYNC")
+rm -rf "$TRASH"
 
 log "no-op sync"
 mapfile -t noop < <(hf_shell noop "$RSYNC" "$JBAZEL_SYNC")

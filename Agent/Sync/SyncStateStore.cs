@@ -59,20 +59,39 @@ internal sealed class SyncStateStore(string directory)
 
     public void DeleteJournal() => File.Delete(JournalPath);
 
-    /// <summary>The staged blob file for a hex digest (it may not exist).</summary>
-    public string StagedPath(string digest) => Path.Combine(StagingDirectory, digest);
+    /// <summary>
+    /// The staged blob file for a hex digest (it may not exist), in one of 256 shard directories: every create and
+    /// rename looks its name up, and a flat directory of 10k blobs made that lookup the cost of a first sync (a
+    /// linear scan on file systems without hashed directory indexes).
+    /// </summary>
+    public string StagedPath(string digest)
+    {
+        var shard = Path.Combine(StagingDirectory, digest[..2]);
+        if (!System.IO.Directory.Exists(shard))
+        {
+            WorkspaceTree.MakeDirectory(shard, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        }
+
+        return Path.Combine(shard, digest);
+    }
 
     /// <summary>Completely received, verified blobs.</summary>
     public HashSet<string> StagedDigests() =>
-        System.IO.Directory.EnumerateFiles(StagingDirectory)
+        StagedFiles()
             .Select(Path.GetFileName)
             .Where(name => name is { Length: 64 } && name.All(char.IsAsciiHexDigitLower))
             .ToHashSet(StringComparer.Ordinal)!;
 
+    /// <summary>Everything in staging: verified blobs and partial uploads (<c>.part</c>, <c>.copy</c>).</summary>
+    public IEnumerable<string> StagedFiles() =>
+        System.IO.Directory.Exists(StagingDirectory)
+            ? System.IO.Directory.EnumerateFiles(StagingDirectory, "*", SearchOption.AllDirectories)
+            : [];
+
     /// <summary>Removes partial uploads and staged blobs the current sync does not use (keeps the rest for a retry).</summary>
     public void PruneStaging(IReadOnlySet<string> keep)
     {
-        foreach (var file in System.IO.Directory.EnumerateFiles(StagingDirectory).ToList())
+        foreach (var file in StagedFiles().ToList())
         {
             if (!keep.Contains(Path.GetFileName(file)))
             {

@@ -90,6 +90,11 @@ internal sealed partial class WorkspaceSyncService(
         }
         catch (OperationCanceledException)
         {
+            if (held is not null)
+            {
+                DeletePartialUploads();
+            }
+
             Log.Cancelled(logger, stopwatch.ElapsedMilliseconds);
             throw;
         }
@@ -339,7 +344,7 @@ internal sealed partial class WorkspaceSyncService(
     {
         try
         {
-            foreach (var part in Directory.EnumerateFiles(synchronizer.Store.StagingDirectory, "*.part"))
+            foreach (var part in synchronizer.Store.StagedFiles().Where(f => f.EndsWith(".part", StringComparison.Ordinal)).ToList())
             {
                 File.Delete(part);
             }

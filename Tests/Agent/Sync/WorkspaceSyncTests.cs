@@ -357,13 +357,13 @@ public sealed class WorkspaceSyncTests(ITestOutputHelper output)
                 ChunkBytes = 64 * 1024,
                 CancelAfterChunks = 3,
                 // Cancel only once the agent has the first blob (a reset can overtake data still in flight).
-                BeforeCancel = () => WaitUntil(() => File.Exists(Path.Combine(dirs.State, "staging", firstDigest))),
+                BeforeCancel = () => WaitUntil(() => File.Exists(Path.Combine(dirs.State, "staging", firstDigest[..2], firstDigest))),
             }).WaitAsync(s_timeout));
 
         // The agent notices the cancellation (log event 614) without touching the tree.
         await WaitUntil(() => agent.Logs.Count(614) >= 1);
         Assert.Equal(oldTree, TreeAssert.Dump(dirs.Workspace));
-        Assert.Empty(Directory.EnumerateFiles(Path.Combine(dirs.State, "staging"), "*.part"));
+        Assert.Empty(Directory.EnumerateFiles(Path.Combine(dirs.State, "staging"), "*.part", SearchOption.AllDirectories));
 
         // The blob that arrived completely before the cancel is kept in staging and not asked for again.
         var outcome = await SyncTestClient.SyncAsync(agent.Client, tree).WaitAsync(s_timeout);
@@ -508,7 +508,7 @@ public sealed class WorkspaceSyncTests(ITestOutputHelper output)
 
             TreeAssert.Equal(dirs.Source, dirs.Workspace);
             Assert.Equal(3ul, outcome.Done!.FilesWritten);
-            Assert.Empty(Directory.EnumerateFiles(Path.Combine(state, "staging")));
+            Assert.Empty(Directory.EnumerateFiles(Path.Combine(state, "staging"), "*", SearchOption.AllDirectories));
             Assert.Empty(Directory.EnumerateFileSystemEntries(dirs.Workspace, ".rbs-sync-*", SearchOption.AllDirectories));
         }
         finally
