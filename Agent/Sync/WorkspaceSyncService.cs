@@ -275,7 +275,9 @@ internal sealed partial class WorkspaceSyncService(
             var staged = synchronizer.Store.StagedPath(digest);
             long received = 0;
             // Synchronous writes: they land in the page cache at once, and thread-pool hops per small blob cost more.
-            using (var part = new FileStream(staged + ".part", FileMode.Create, FileAccess.Write, FileShare.None, 1 << 16))
+            // Unbuffered (bufferSize 0): chunks are written whole, and a 64 KiB buffer per blob was 640 MiB of garbage
+            // for a first sync of 10k files.
+            using (var part = new FileStream(staged + ".part", FileMode.Create, FileAccess.Write, FileShare.None, bufferSize: 0))
             {
                 while (received < size)
                 {
