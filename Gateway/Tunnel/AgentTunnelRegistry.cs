@@ -385,7 +385,9 @@ internal sealed partial class AgentTunnels : IDisposable
                     return true;
                 }
 
-                reason = received == 0 ? "the tunnel closed" : "the agent did not answer with an HTTP/2 SETTINGS frame";
+                reason = received == 0
+                    ? "the tunnel closed"
+                    : $"the agent did not answer with an HTTP/2 SETTINGS frame; it sent {Convert.ToHexString(stream.Buffered[..Math.Min(stream.Buffered.Length, 16)])}";
             }
             catch (OperationCanceledException) when (timeout.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
             {
