@@ -280,8 +280,7 @@ internal sealed class BazelCommand : RootCommand
         }
 
         using var fetching = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, interrupts.First);
-        var printStatus = settings.Status == StatusMode.Always || (settings.Status == StatusMode.Auto && !Console.IsErrorRedirected);
-        return await OutputsStep.RunAsync(allocation, channels, workspace.Root, start.InvocationId, printStatus, _streams, fetching.Token);
+        return await OutputsStep.RunAsync(allocation, channels, workspace.Root, start.InvocationId, showStatus, _streams, fetching.Token);
     }
 
     internal static string HelpText()
