@@ -72,7 +72,9 @@ set -m  # own process group, so the background jbazel does not start with SIGINT
 slow_pid=$!
 set +m
 for _ in $(seq 600); do pgrep -f "sleep 598" >/dev/null && break; sleep 0.1; done
-check "slow genrule started remotely" pgrep -f "sleep 598" >/dev/null
+# (the redirection inside a function: on the check line it would swallow the CHECK line too)
+running() { pgrep -f "$1" >/dev/null; }
+check "slow genrule started remotely" running "sleep 598"
 kill -INT "$slow_pid"
 set +e; wait "$slow_pid"; slow_rc=$?; set -e
 log "interrupted jbazel → exit $slow_rc"
