@@ -33,10 +33,11 @@ internal static class ExitCodes
     public const int RemoteEnvironmentError = 34;
 
     /// <summary>
-    /// Bazel's LOCAL_ENVIRONMENTAL_ERROR: the build succeeded remotely but <c>--rbs_fetch_outputs</c> could not write
-    /// its outputs locally (permissions, disk full).
+    /// Bazel's LOCAL_ENVIRONMENTAL_ERROR: something on this machine stops jbazel, e.g. a workspace file it cannot
+    /// read for the workspace sync, or <c>--rbs_fetch_outputs</c> cannot write the outputs of a successful build
+    /// (permissions, disk full).
     /// </summary>
-    public const int LocalEnvironmentalError = 36;
+    public const int LocalEnvironmentError = 36;
 
     /// <summary>
     /// Transient remote failure (bazel uses 38 for transient remote errors): the orchestrator or agent
@@ -50,12 +51,6 @@ internal static class ExitCodes
     /// is abandoned quietly with the code a shell reports for a process ended by SIGPIPE (128 + 13).
     /// </summary>
     public const int BrokenPipe = 141;
-
-    /// <summary>
-    /// Bazel's LOCAL_ENVIRONMENTAL_ERROR: something on this machine stops jbazel, e.g. a workspace file it
-    /// cannot read for the workspace sync.
-    /// </summary>
-    public const int LocalEnvironmentError = 36;
 
     /// <summary>
     /// Bazel's BLAZE_INTERNAL_ERROR: a bug in jbazel itself (an unexpected exception).

@@ -315,8 +315,8 @@ internal sealed class BazelCommand : RootCommand
               2   not in a workspace, or a bad --rbs_* option / RBS_* variable / .jbazelrc line
               8   interrupted (a second Ctrl-C leaves at once; one Ctrl-C waits for bazel's own code)
               34  the orchestrator or agent rejected the request (permanent; fix the setup)
-              36  a workspace file could not be read for the workspace sync
-              36  the build succeeded but --rbs_fetch_outputs could not write jbazel-out/ (local disk)
+              36  this machine's side failed: a workspace file could not be read for the sync, or the build
+                  succeeded but --rbs_fetch_outputs could not write jbazel-out/ (local disk)
               37  internal jbazel error
               38  the orchestrator or agent could not be reached, or the connection broke (transient; run again);
                   also a failed --rbs_fetch_outputs transfer after a successful build

@@ -54,7 +54,7 @@ internal static class OutputsStep
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
-            throw new RemoteFailure(ExitCodes.LocalEnvironmentalError,
+            throw new RemoteFailure(ExitCodes.LocalEnvironmentError,
                 $"the build succeeded, but its outputs could not be written to {OutputFetcher.FolderName}/: {ex.Message}");
         }
     }
