@@ -238,10 +238,7 @@ internal sealed class SyncApplier(string workspace, SyncStateStore store)
         EnsureRealParent(entry.Path, realDirectories);
         var full = Full(entry.Path);
         Change($"write {entry.Path}");
-        var temp = WorkspaceTree.TempPathBeside(full);
-        File.Copy(staged, temp);
-        WorkspaceTree.SetMode(temp, WorkspaceTree.FileMode(entry.Executable));
-        RenameInto(temp, full);
+        CopyBeside(staged, full, entry.Executable);
     }
 
     private void MoveInto(string staged, TreeEntry entry, HashSet<string> realDirectories)
@@ -257,11 +254,17 @@ internal sealed class SyncApplier(string workspace, SyncStateStore store)
 
         // The state directory is on another filesystem: copy beside the target, rename that into place, and only
         // then drop the staged blob (its absence tells a replay this group is done).
+        CopyBeside(staged, full, entry.Executable);
+        File.Delete(staged);
+    }
+
+    /// <summary>Copies <paramref name="staged"/> to a temporary name beside <paramref name="full"/> and renames it into place.</summary>
+    private static void CopyBeside(string staged, string full, bool executable)
+    {
         var temp = WorkspaceTree.TempPathBeside(full);
         File.Copy(staged, temp);
-        WorkspaceTree.SetMode(temp, WorkspaceTree.FileMode(entry.Executable));
+        WorkspaceTree.SetMode(temp, WorkspaceTree.FileMode(executable));
         RenameInto(temp, full);
-        File.Delete(staged);
     }
 
     private static void RenameInto(string temp, string full)
