@@ -47,20 +47,29 @@ internal static class GetServerRequestValidator
         var normalized = Path.TrimEndingDirectorySeparator(Path.GetFullPath(sourcePath));
         if (sourceMustExist)
         {
-            if (File.Exists(normalized))
-            {
-                throw Invalid($"source_path '{sourcePath}' is a file; send the workspace root directory");
-            }
-
-            if (!Directory.Exists(normalized))
-            {
-                throw Invalid(
-                    $"source_path '{sourcePath}' does not exist on the orchestrator's machine; " +
-                    "local-mode agents build the workspace in place, so it must be a directory here");
-            }
+            EnsureSourceDirectoryExists(sourcePath, normalized);
         }
 
         return normalized;
+    }
+
+    /// <summary>
+    /// For an agent that builds the client's directory in place: <paramref name="normalized"/> (the validated form of
+    /// the client's <paramref name="sourcePath"/>) must be a directory on this machine.
+    /// </summary>
+    public static void EnsureSourceDirectoryExists(string sourcePath, string normalized)
+    {
+        if (File.Exists(normalized))
+        {
+            throw Invalid($"source_path '{sourcePath}' is a file; send the workspace root directory");
+        }
+
+        if (!Directory.Exists(normalized))
+        {
+            throw Invalid(
+                $"source_path '{sourcePath}' does not exist on the orchestrator's machine; " +
+                "local-mode agents build the workspace in place, so it must be a directory here");
+        }
     }
 
     public static void ValidateRepoHash(string repoHash)

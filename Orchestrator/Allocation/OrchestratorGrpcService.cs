@@ -24,12 +24,14 @@ internal sealed partial class OrchestratorGrpcService(
     {
         var userId = authenticator.Authenticate(context.RequestHeaders);
         // The request's shape first, so a malformed one is InvalidArgument whatever the gateway configuration.
-        GetServerRequestValidator.Validate(request, sourceMustExist: false);
+        var sourcePath = GetServerRequestValidator.Validate(request, sourceMustExist: false);
         var mode = tunnels.Resolve(request.ConnectMode);
-        var sourcePath = GetServerRequestValidator.Validate(
-            request,
-            sourceMustExist: WorkspacePlacement.SourceMustExist(request, mode, options.Value));
         var placement = WorkspacePlacement.For(request, userId, mode, sourcePath, options.Value);
+        if (!placement.SyncRequired)
+        {
+            // The agent builds the client's own directory, so it must exist here.
+            GetServerRequestValidator.EnsureSourceDirectoryExists(request.SourcePath, sourcePath);
+        }
 
         AllocationResult result;
         try

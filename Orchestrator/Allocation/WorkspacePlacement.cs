@@ -39,10 +39,6 @@ internal sealed record WorkspacePlacement(string AgentKey, string Workspace, boo
         return new WorkspacePlacement(request.RepoHash + SyncedKeySuffix, workspace, SyncRequired: true);
     }
 
-    /// <summary>Whether the agent's workspace must already exist here: only where it is the client's own directory.</summary>
-    public static bool SourceMustExist(GetServerRequest request, ConnectMode mode, OrchestratorOptions options) =>
-        options.GetBackend() == OrchestratorOptions.ProcessBackend && !request.SyncWorkspace && mode != ConnectMode.Tunnel;
-
     /// <summary>
     /// A user id as one safe directory name: kept when it is plain (letters, digits, '.', '_', '-'), otherwise a
     /// readable prefix plus a hash, so two users can never share a directory.
