@@ -1,9 +1,4 @@
 using Rbs.Gateway.Hosting;
 
-var builder = WebApplication.CreateBuilder(args);
-builder.Configuration.AddCommandLine(args, GatewayOptions.SwitchMappings);
-builder.AddGateway();
-
-var app = builder.Build();
-app.MapGateway();
-await app.RunAsync();
+// rbs-gateway: flags, --help and start-up errors are Shared/Hosting's; the services are AddGateway's.
+return await GatewayHost.RunAsync(args);

@@ -47,6 +47,14 @@ internal static class ExitCodes
     public const int TransientRemoteError = 38;
 
     /// <summary>
+    /// The orchestrator refused to start another agent because an agent limit is reached (GetServer ResourceExhausted:
+    /// <c>--max-agents-per-user</c> or <c>--max-agents</c>). Distinct from 38 on purpose: running the command again at once
+    /// will not help, and a script should wait or free an agent instead. Bazel's codes stop at 48 (0–4, 6–9, 32–39, 45,
+    /// 48), so 50 can never be mistaken for one of bazel's own.
+    /// </summary>
+    public const int AgentLimitReached = 50;
+
+    /// <summary>
     /// Standard output was a pipe whose reader went away (<c>jbazel ... | head</c>): the remote command
     /// is abandoned quietly with the code a shell reports for a process ended by SIGPIPE (128 + 13).
     /// </summary>
@@ -59,7 +67,8 @@ internal static class ExitCodes
 
     /// <summary>
     /// The exit code for a failed orchestrator or agent call: 38 when repeating may help (Unavailable,
-    /// DeadlineExceeded, ResourceExhausted, Aborted, Unknown, Cancelled), 34 otherwise (InvalidArgument,
+    /// DeadlineExceeded, ResourceExhausted — except from GetServer, which is <see cref="AgentLimitReached"/> —, Aborted,
+    /// Unknown, Cancelled), 34 otherwise (InvalidArgument,
     /// FailedPrecondition, PermissionDenied, Unauthenticated, NotFound, Unimplemented, Internal, ...).
     /// </summary>
     public static int ForRemoteStatus(StatusCode code) =>

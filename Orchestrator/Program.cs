@@ -1,7 +1,4 @@
 using Rbs.Orchestrator.Hosting;
 
-var builder = OrchestratorHost.CreateBuilder(args);
-builder.Services.AddOrchestrator(builder.Configuration);
-var app = builder.Build();
-app.MapOrchestrator();
-return await OrchestratorHost.RunAsync(app);
+// rbs-orchestrator: flags, --help and start-up errors are Shared/Hosting's; the services are AddOrchestrator's.
+return await OrchestratorHost.RunAsync(args);

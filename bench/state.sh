@@ -13,7 +13,7 @@ CONCURRENCY="${RBS_BENCH_CONCURRENCY:-8}"
 
 build_artifacts
 if [ ! -x "$RBS_ARTIFACTS/rbs-bench/rbs-bench" ] || [ "${RBS_REBUILD:-0}" = 1 ]; then
-    dotnet build "$BENCH_DIR/Rbs.Bench/Rbs.Bench.csproj" -c Release -o "$RBS_ARTIFACTS/rbs-bench" -nologo -v quiet >&2
+    dotnet build "$BENCH_DIR/Rbs.Bench/Rbs.Bench.csproj" -c Release -o "$RBS_ARTIFACTS/rbs-bench" "${DOTNET_LAYOUT[@]}" -nologo -v quiet >&2
 fi
 BENCH="$RBS_ARTIFACTS/rbs-bench/rbs-bench"
 
@@ -31,13 +31,15 @@ CLEANUP_CMDS+=("psql -q -d postgres -c 'DROP DATABASE IF EXISTS \"$database\" WI
 postgres="Host=$PGHOST;Port=$PGPORT;Username=$PGUSER;Password=$PGPASSWORD;Database=$database"
 
 # start_replica NAME [flags...]: an orchestrator with its own state dir $E2E_TMP/state-NAME; sets REPLICA_URL.
+# No agent limits: the allocation benchmark starts $ALLOCATIONS agents for one user (its agents run /bin/true).
 start_replica() {
     local name="$1"; shift
     local state="$E2E_TMP/state-$name"
     mkdir -p "$state"
     "$RBS_ARTIFACTS/rbs-orchestrator/rbs-orchestrator" --local-mode --port 0 \
         --state-path "$state/orchestrator.db" --ready-file "$state/orchestrator.json" \
-        --agent-path "$RBS_ARTIFACTS/rbs-agent/rbs-agent" "$@" >>"$E2E_TMP/orchestrator-$name.log" 2>&1 &
+        --agent-path "$RBS_ARTIFACTS/rbs-agent/rbs-agent" --max-agents 0 --max-agents-per-user 0 "$@" \
+        >>"$E2E_TMP/orchestrator-$name.log" 2>&1 &
     CLEANUP_PIDS+=("$!")
     REPLICA_URL="$(wait_ready_file "$state/orchestrator.json" address "$!")"
     log "orchestrator $name (pid $!) at $REPLICA_URL"
@@ -58,8 +60,8 @@ read -r two_rate two_p50 two_p99 < <("$BENCH" allocate "$pg1_url,$pg2_url" "$E2E
 kill_agents
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
-echo "| GetServer warm p50 / p99, SQLite | $sq_p50 ms / $sq_p99 ms | 1.00x | |"
-echo "| GetServer warm p50 / p99, PostgreSQL | $pg_p50 ms / $pg_p99 ms | $(ratio "$pg_p50" "$sq_p50") of SQLite (p50) | |"
-echo "| GetServer cold (agent spawn) p50, SQLite / PostgreSQL | $sq_cold ms / $pg_cold ms | | |"
-echo "| allocations/s, 1 replica on PostgreSQL ($ALLOCATIONS agents, $CONCURRENCY in flight) | $one_rate/s (p50 $one_p50 ms, p99 $one_p99 ms) | 1.00x | |"
-echo "| allocations/s, 2 replicas on one PostgreSQL | $two_rate/s (p50 $two_p50 ms, p99 $two_p99 ms) | $(ratio "$two_rate" "$one_rate") of 1 replica | |"
+echo "| GetServer warm p50 / p99, SQLite | $sq_p50 ms / $sq_p99 ms | 1.00x | | |"
+echo "| GetServer warm p50 / p99, PostgreSQL | $pg_p50 ms / $pg_p99 ms | $(ratio "$pg_p50" "$sq_p50") of SQLite (p50) | | |"
+echo "| GetServer cold (agent spawn) p50, SQLite / PostgreSQL | $sq_cold ms / $pg_cold ms | | | |"
+echo "| allocations/s, 1 replica on PostgreSQL ($ALLOCATIONS agents, $CONCURRENCY in flight) | $one_rate/s (p50 $one_p50 ms, p99 $one_p99 ms) | 1.00x | | |"
+echo "| allocations/s, 2 replicas on one PostgreSQL | $two_rate/s (p50 $two_p50 ms, p99 $two_p99 ms) | $(ratio "$two_rate" "$one_rate") of 1 replica | | |"

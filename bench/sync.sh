@@ -6,15 +6,16 @@
 #   1-file edit:  one 16 kB file changed before each run
 # jbazel's time is end to end: process start, GetServer, the sync, and a no-op command (the agents' build tool
 # is /bin/true, so no bazel time is included). Not part of the tests; never asserts times.
-# Usage: bash bench/sync.sh   (installs openssh-server, hyperfine, rsync when missing; its own sshd on 127.0.0.1:2222)
+# Usage: bash bench/sync.sh   (installs openssh-server, hyperfine, rsync when missing; its own sshd on a free 127.0.0.1 port)
 source "$(dirname "${BASH_SOURCE[0]}")/../e2e/lib.sh"
 BENCH_DIR="$REPO_ROOT/bench"
 source "$BENCH_DIR/lib.sh"
-RUNS="${RBS_BENCH_RUNS:-10}"
+RUNS="${RBS_BENCH_SYNC_RUNS:-10}"
 FILES="${RBS_SYNC_FILES:-10000}"
 
 install_bench_tools
 build_artifacts
+bench_tool
 
 E2E_TMP="$(mktemp -d /tmp/rbs-bench-sync.XXXXXX)"
 start_private_sshd
@@ -22,16 +23,7 @@ start_private_sshd
 # The tree: WORKSPACE + 100 directories of 16,000-byte files (FILES of them) + 10 files of 4 MiB, all random.
 TREE="$E2E_TMP/tree"
 log "generating $FILES files under $TREE"
-mkdir -p "$TREE/split"
-touch "$TREE/WORKSPACE"
-head -c $((FILES * 16000)) /dev/urandom >"$E2E_TMP/blob"
-(cd "$TREE/split" && split -b 16000 -a 5 -d "$E2E_TMP/blob" f)
-rm "$E2E_TMP/blob"
-for d in $(seq -w 0 99); do mkdir -p "$TREE/pkg$d"; done
-i=0
-for f in "$TREE"/split/f*; do mv "$f" "$TREE/pkg$(printf %02d $((i % 100)))/"; i=$((i + 1)); done
-rmdir "$TREE/split"
-for b in $(seq 0 9); do head -c 4194304 /dev/urandom >"$TREE/pkg0$b/big$b.bin"; done
+sync_tree "$TREE" "$FILES"
 EDITED="$(find "$TREE/pkg42" -type f -name 'f*' | head -n1)"
 log "tree: $(find "$TREE" -type f | wc -l) files, $(du -sm "$TREE" | cut -f1) MB; edited file $EDITED"
 
@@ -57,25 +49,30 @@ diff -r "$TREE" "$AGENT_TREE" >/dev/null || { log "the agent's synced copy diffe
 # next 10k allocations scan recently freed inodes, which measured the file system rather than either tool.
 TRASH="$E2E_TMP/trash"; mkdir -p "$TRASH"
 aside() { echo "mv $1 $TRASH/\$(date +%s%N) 2>/dev/null; true"; }
-log "first sync"
-mapfile -t first < <(hf_shell first \
-    --prepare "$(aside "$DST")" "$RSYNC" \
-    --prepare "$(aside "$AGENT_TREE"); mkdir $AGENT_TREE; $(aside "$AGENT_SYNC_STATE"); $(aside "$XDG_CACHE_HOME")" "$JBAZEL_SYNC")
+log "first sync ($RUNS interleaved runs each)"
+first="$(interleave first "$RUNS" 0 \
+    "rsync:prepare=$(aside "$DST")" "rsync=$RSYNC" \
+    "jbazel:prepare=$(aside "$AGENT_TREE"); mkdir $AGENT_TREE; $(aside "$AGENT_SYNC_STATE"); $(aside "$XDG_CACHE_HOME")" "jbazel=$JBAZEL_SYNC")"
 rm -rf "$TRASH"
 
 log "no-op sync"
-mapfile -t noop < <(hf_shell noop "$RSYNC" "$JBAZEL_SYNC")
+noop="$(interleave noop "$RUNS" 1 "rsync=$RSYNC" "jbazel=$JBAZEL_SYNC")"
 
 log "1-file edit"
-mapfile -t edit < <(hf_shell edit \
-    --prepare "head -c 16000 /dev/urandom >$EDITED" "$RSYNC" \
-    --prepare "head -c 16000 /dev/urandom >$EDITED" "$JBAZEL_SYNC")
+edit="$(interleave edit "$RUNS" 0 \
+    "rsync:prepare=head -c 16000 /dev/urandom >$EDITED" "rsync=$RSYNC" \
+    "jbazel:prepare=head -c 16000 /dev/urandom >$EDITED" "jbazel=$JBAZEL_SYNC")"
 
 diff -r "$TREE" "$AGENT_TREE" >/dev/null || { log "the agent's synced copy differs from the tree after the runs"; exit 1; }
 
-echo
-echo "| sync of $FILES files, $(du -sm "$TREE" | cut -f1) MB | rsync -a over ssh localhost | jbazel --rbs_sync (end to end) | ratio | target |"
-echo "|---|---|---|---|---|"
-echo "| first sync | $(ms "${first[0]}") | $(ms "${first[1]}") | $(ratio "${first[1]}" "${first[0]}") | <= 1.00x |"
-echo "| no-op sync | $(ms "${noop[0]}") | $(ms "${noop[1]}") | $(ratio "${noop[1]}" "${noop[0]}") | <= 0.50x |"
-echo "| 1-file edit | $(ms "${edit[0]}") | $(ms "${edit[1]}") | $(ratio "${edit[1]}" "${edit[0]}") | |"
+# Rows of bench/run.sh's table (run on its own, this script prints just these rows).
+mb="$(du -sm "$TREE" | cut -f1)"
+row() { # row LABEL LINES TARGET_OP TARGET_RATIO
+    local r j ratio_v target="" result=""
+    r="$(field "$2" rsync median)"; j="$(field "$2" jbazel median)"; ratio_v="$(ratio_value "$j" "$r")"
+    if [ -n "${3:-}" ]; then target="$3 ${4}x of rsync"; result="$(verdict "$ratio_v" "$3" "$4")"; fi
+    echo "| sync of $FILES files / $mb MB, $1: jbazel --rbs_sync (end to end) vs rsync -a over ssh | $(ms "$j") ($(spread "$(field "$2" jbazel p25)" "$(field "$2" jbazel p75)")) vs $(ms "$r") ($(spread "$(field "$2" rsync p25)" "$(field "$2" rsync p75)")) | $(ratio "$j" "$r") of rsync | $target | $result |"
+}
+row "first sync" "$first" "<=" 0.80
+row "no-op sync" "$noop" "<=" 0.50
+row "1-file edit" "$edit"

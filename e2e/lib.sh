@@ -1,6 +1,6 @@
 # Shared helpers for the e2e scripts. Source it; it sets strict mode and a cleanup trap.
 #   RBS_ARTIFACTS  where the published binaries live (default: <repo>/artifacts); built when missing
-#   RBS_E2E_KEEP=1 keep the temp dir for inspection
+#   RBS_E2E_KEEP=1 keep the temp dir (and the bazel output bases of its workspaces) for inspection
 set -euo pipefail
 
 E2E_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -21,6 +21,10 @@ check() {
     if "$@"; then pass "$what"; else fail "$what"; fi
 }
 
+# dotnet's own build files go to $RBS_ARTIFACTS/dotnet/{bin,obj}/<project>/ (the SDK's artifacts layout) instead of
+# <project>/bin and <project>/obj, so building and publishing leave nothing in the source tree.
+DOTNET_LAYOUT=(-p:UseArtifactsOutput=true "-p:ArtifactsPath=$RBS_ARTIFACTS/dotnet")
+
 # Publishes the executables once (framework-dependent; jbazel as Native AOT) into $RBS_ARTIFACTS.
 build_artifacts() {
     if [ -x "$RBS_ARTIFACTS/rbs-orchestrator/rbs-orchestrator" ] && [ -x "$RBS_ARTIFACTS/rbs-agent/rbs-agent" ] \
@@ -32,14 +36,60 @@ build_artifacts() {
     local p
     for p in Orchestrator:rbs-orchestrator Agent:rbs-agent Gateway:rbs-gateway; do
         dotnet publish "$REPO_ROOT/${p%%:*}/${p%%:*}.csproj" -c Release -o "$RBS_ARTIFACTS/${p##*:}" -p:UseAppHost=true \
-            -nologo -v quiet >&2
+            "${DOTNET_LAYOUT[@]}" -nologo -v quiet >&2
     done
-    dotnet publish "$REPO_ROOT/JBazel/JBazel.csproj" -c Release -r linux-x64 -o "$RBS_ARTIFACTS/jbazel" -nologo -v quiet >&2
+    dotnet publish "$REPO_ROOT/JBazel/JBazel.csproj" -c Release -r linux-x64 -o "$RBS_ARTIFACTS/jbazel" "${DOTNET_LAYOUT[@]}" \
+        -nologo -v quiet >&2
 }
 
 JBAZEL() { "$RBS_ARTIFACTS/jbazel/jbazel" "$@"; }
 
-# Runs on exit: kills what the script started, then the temp dir.
+# copy_workspace SRC DST: a copy of a workspace for a test run, without what a run leaves in a workspace —
+# bazel's convenience symlinks (root-level bazel-*) and fetched outputs (root-level jbazel-out/) — so a test never
+# starts from another run's state. (tar, not cp -r: cp has no excludes; rsync is not on every machine.)
+copy_workspace() {
+    local src="$1" dst="$2"
+    mkdir -p "$dst"
+    tar -C "$src" --anchored --exclude='./bazel-*' --exclude='./jbazel-out' -cf - . | tar -C "$dst" -xf -
+}
+
+# A free TCP port on 127.0.0.1 (the kernel's pick; a caller that loses the race to bind it retries).
+free_port() { perl -MIO::Socket::INET -e 'print IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => 0, Listen => 1)->sockport, "\n"'; }
+
+# bazel's output base of a workspace: <output user root>/<md5 of the workspace path> (bazel's own rule).
+output_base_for() { printf '%s/%s\n' "$(bazel_user_root)" "$(printf '%s' "$1" | md5sum | cut -d' ' -f1)"; }
+bazel_user_root() { printf '%s\n' "$HOME/.cache/bazel/_bazel_$(id -un)"; }
+
+# forget_output_base DIR: deletes the output base a temporary workspace left under ~/.cache/bazel once its server is
+# shut down (bazel makes parts of it read-only). Refuses anything that is not such an output base.
+forget_output_base() {
+    local dir="$1"
+    [[ "$dir" == "$(bazel_user_root)"/* && "${dir##*/}" =~ ^[0-9a-f]{32}$ ]] || { log "not an output base, kept: $dir"; return 1; }
+    [ -e "$dir" ] || return 0
+    chmod -R u+w "$dir" 2>/dev/null || true
+    rm -rf "$dir"
+}
+
+# Workspaces of this run that bazel builds in place (register them: RUN_WORKSPACES+=("$WS")); their output bases and
+# those of every synced agent copy of the run are deleted on exit, once the servers are down.
+declare -a RUN_WORKSPACES=()
+run_output_bases() {
+    local ws
+    for ws in "${RUN_WORKSPACES[@]}" "$E2E_TMP"/state/workspaces/*/*/tree "$E2E_TMP"/state-*/workspaces/*/*/tree; do
+        [ -d "$ws" ] && output_base_for "$ws"
+    done
+    return 0
+}
+forget_run_output_bases() {
+    local ob
+    for ob in $(run_output_bases); do forget_output_base "$ob" || true; done
+}
+# Output bases that still link into this run's temp dir (bazel's execroot links the workspace's top-level entries).
+stale_output_bases() {
+    find "$(bazel_user_root)" -mindepth 4 -maxdepth 4 -lname "$E2E_TMP/*" 2>/dev/null | sed 's|/execroot/.*||' | sort -u
+}
+
+# Runs on exit: kills what the script started, forgets the bazel output bases of its workspaces, then the temp dir.
 e2e_cleanup() {
     local rc=$?
     set +e
@@ -51,7 +101,7 @@ e2e_cleanup() {
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$pid" 2>/dev/null
     done
-    if [ -n "${E2E_TMP:-}" ] && [ "${RBS_E2E_KEEP:-0}" != 1 ]; then rm -rf "$E2E_TMP"; fi
+    if [ -n "${E2E_TMP:-}" ] && [ "${RBS_E2E_KEEP:-0}" != 1 ]; then forget_run_output_bases; rm -rf "$E2E_TMP"; fi
     exit "$rc"
 }
 trap e2e_cleanup EXIT
@@ -70,20 +120,36 @@ wait_ready_file() {
     jq -r ".$field" "$file"
 }
 
-# Starts rbs-orchestrator --local-mode on an ephemeral port; sets ORCH_PID and RBS_ORCHESTRATOR.
+# Starts rbs-orchestrator --local-mode on an ephemeral port (or $ORCH_PORT); sets ORCH_PID and RBS_ORCHESTRATOR.
 # Extra arguments go to the orchestrator.
 start_orchestrator() {
     local state="$E2E_TMP/state"
     mkdir -p "$state"
     rm -f "$state/orchestrator.json"
-    "$RBS_ARTIFACTS/rbs-orchestrator/rbs-orchestrator" --local-mode --port 0 \
+    "$RBS_ARTIFACTS/rbs-orchestrator/rbs-orchestrator" --local-mode --port "${ORCH_PORT:-0}" \
         --state-path "$state/orchestrator.db" --ready-file "$state/orchestrator.json" \
         --agent-path "$RBS_ARTIFACTS/rbs-agent/rbs-agent" "$@" >>"$E2E_TMP/orchestrator.log" 2>&1 &
     ORCH_PID=$!
     CLEANUP_PIDS+=("$ORCH_PID")
-    RBS_ORCHESTRATOR="$(wait_ready_file "$state/orchestrator.json" address "$ORCH_PID")"
+    RBS_ORCHESTRATOR="$(wait_ready_file "$state/orchestrator.json" address "$ORCH_PID")" || return 1
     export RBS_ORCHESTRATOR
     log "orchestrator pid $ORCH_PID at $RBS_ORCHESTRATOR"
+}
+
+# start_gateway ORCHESTRATOR_URL: rbs-gateway on loopback, both endpoints on ephemeral ports, proxying GetServer to
+# the orchestrator; sets GATEWAY_PID, GATEWAY_PUBLIC (jbazel's address) and GATEWAY_AGENT (the agents').
+# Its token key is $E2E_TMP/token.key, created when missing; pass the same file to the orchestrator.
+start_gateway() {
+    local ready="$E2E_TMP/gateway.json"
+    [ -s "$E2E_TMP/token.key" ] || { head -c 32 /dev/urandom | base64 >"$E2E_TMP/token.key"; chmod 600 "$E2E_TMP/token.key"; }
+    rm -f "$ready"
+    "$RBS_ARTIFACTS/rbs-gateway/rbs-gateway" --public-listen 127.0.0.1:0 --agent-listen 127.0.0.1:0 \
+        --orchestrator "$1" --token-key-file "$E2E_TMP/token.key" --ready-file "$ready" >>"$E2E_TMP/gateway.log" 2>&1 &
+    GATEWAY_PID=$!
+    CLEANUP_PIDS+=("$GATEWAY_PID")
+    GATEWAY_PUBLIC="$(wait_ready_file "$ready" publicAddress "$GATEWAY_PID")" || return 1
+    GATEWAY_AGENT="$(jq -r .agentAddress "$ready")"
+    log "gateway pid $GATEWAY_PID: public $GATEWAY_PUBLIC, agents $GATEWAY_AGENT"
 }
 
 stop_orchestrator() {
@@ -95,7 +161,8 @@ stop_orchestrator() {
 # ($E2E_TMP/state, and $E2E_TMP/state-* of extra orchestrators, e.g. replicas on one database).
 agent_pids() {
     local f
-    for f in "$E2E_TMP"/state/agents/*.json "$E2E_TMP"/state-*/agents/*.json; do
+    # Ready files: in the agents directory, or with user isolation in each user's .agents directory.
+    for f in "$E2E_TMP"/state/agents/*.json "$E2E_TMP"/state-*/agents/*.json "$E2E_TMP"/state/workspaces/*/.agents/*.json; do
         [ -e "$f" ] && jq -r .pid "$f"
     done
     return 0

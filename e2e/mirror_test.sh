@@ -9,7 +9,8 @@ build_artifacts
 
 E2E_TMP="$(mktemp -d /tmp/rbs-mirror.XXXXXX)"
 WS="$E2E_TMP/workspace"
-cp -r "$E2E_DIR/workspace" "$WS"
+copy_workspace "$E2E_DIR/workspace" "$WS"
+RUN_WORKSPACES+=("$WS")
 CLEANUP_CMDS+=("cd '$WS' && timeout 60 bazel shutdown")
 start_orchestrator
 
@@ -38,6 +39,7 @@ check "greeting output exists and matches" test "$(cat "$WS/bazel-bin/app/greeti
 expected_report="$(printf 'report for:\nHELLO FROM RBS\n15')"
 check "report output exists and matches" test "$(cat "$WS/bazel-bin/app/report.txt" 2>/dev/null)" = "$expected_report"
 check "noop output exists" test -f "$WS/bazel-bin/app/noop.txt"
+check "the C++ binary was compiled and runs" test "$("$WS/bazel-bin/app/hello" rbs 2>/dev/null | tail -n1)" = "[1] Hello, rbs! (3 bytes)"
 
 # 2. The second run reuses the same warm agent (same id, same pid).
 run second build //...
@@ -92,5 +94,7 @@ sleep 0.5
 left="$(leftover_processes)"
 [ -z "$left" ] || log "left behind: $left"
 check "no process of this run left behind" test -z "$left"
+forget_run_output_bases
+check "no bazel output base of this run left behind" test -z "$(stale_output_bases)"
 
 finish

@@ -5,7 +5,7 @@
 #   laptop namespace:  jbazel; it can reach only the gateway's public address
 # Checks: (i) the laptop cannot dial agents (or the orchestrator) directly; (ii) `jbazel build //...` from the
 # laptop works through the gateway with real bazel: the agent builds its own synced copy of the laptop's tree,
-# an uncommitted edit included (git-ignored files stay behind), and the outputs come back into jbazel-out/;
+# an uncommitted edit included (git-ignored files and .git too: bazel can read them), and the outputs come back into jbazel-out/;
 # (iii) direct mode works inside the cluster namespace;
 # (iv) user B cannot reach user A's agent, forged/expired tokens are refused, a bad join token cannot register.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -13,13 +13,15 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 [ "$(id -u)" -eq 0 ] || { echo "vpc_test.sh needs root (network namespaces)" >&2; exit 1; }
 bash "$REPO_ROOT/scripts/install-prereqs.sh"
 build_artifacts
-dotnet build "$E2E_DIR/probe/Rbs.Probe.csproj" -c Release -o "$RBS_ARTIFACTS/rbs-probe" -nologo -v quiet >&2
+dotnet build "$E2E_DIR/probe/Rbs.Probe.csproj" -c Release -o "$RBS_ARTIFACTS/rbs-probe" "${DOTNET_LAYOUT[@]}" -nologo -v quiet >&2
 PROBE="$RBS_ARTIFACTS/rbs-probe/rbs-probe"
 
 E2E_TMP="$(mktemp -d /tmp/rbs-vpc.XXXXXX)"
+# Two users and a root orchestrator: each user's agents run under a uid of their own and must reach the state dir.
+chmod 711 "$E2E_TMP"
 WS="$E2E_TMP/workspace"
-cp -r "$E2E_DIR/workspace" "$WS"
-# The laptop's checkout: committed, plus a git-ignored local file that must never reach the agent.
+copy_workspace "$E2E_DIR/workspace" "$WS"
+# The laptop's checkout: committed, plus a git-ignored local file (synced like everything bazel can read).
 printf 'notes.local\n' >"$WS/.gitignore"
 echo "private notes" >"$WS/notes.local"
 git -C "$WS" init -q && git -C "$WS" add -A \
@@ -57,6 +59,9 @@ chmod 600 "$KEY_FILE"
 ALICE_KEY="alice-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 BOB_KEY="bob-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 mkdir -p "$E2E_TMP/state"
+# The agents run under their users' uids: they need an agent binary other uids can reach, wherever this checkout is
+# (a clone below /root, mode 0700, is not); a copy in the run's directory always is.
+cp -r "$RBS_ARTIFACTS/rbs-agent" "$E2E_TMP/rbs-agent" && chmod -R go+rX "$E2E_TMP/rbs-agent"
 
 # Started with `ip netns exec` directly (not through C): a backgrounded function would be a subshell whose pid
 # is not the server's.
@@ -71,7 +76,7 @@ ip netns exec "$NS_C" env Orchestrator__ApiKeys__0__User=alice Orchestrator__Api
     Orchestrator__ApiKeys__1__User=bob Orchestrator__ApiKeys__1__Key="$BOB_KEY" \
     "$RBS_ARTIFACTS/rbs-orchestrator/rbs-orchestrator" --local-mode --port 50051 \
     --state-path "$E2E_TMP/state/orchestrator.db" --ready-file "$E2E_TMP/state/orchestrator.json" \
-    --agent-path "$RBS_ARTIFACTS/rbs-agent/rbs-agent" \
+    --agent-path "$E2E_TMP/rbs-agent/rbs-agent" \
     --gateway-public-address "$GATEWAY_PUBLIC" --gateway-agent-address "$GATEWAY_AGENT" --token-key-file "$KEY_FILE" \
     >>"$E2E_TMP/orchestrator.log" 2>&1 &
 ORCH_PID=$!
@@ -110,7 +115,11 @@ ALICE_AGENT="$(agent_of laptop_build)"
 AGENT_TREE="$(find "$E2E_TMP/state/workspaces/alice" -mindepth 2 -maxdepth 2 -type d -name tree | head -n1)"
 log "alice's agent builds in $AGENT_TREE"
 check "cluster: the agent builds its own copy, not the laptop's directory" test -n "$AGENT_TREE" -a -f "$AGENT_TREE/app/greeting.in" -a ! -e "$WS/bazel-bin"
-check "cluster: the git-ignored file stayed on the laptop" test ! -e "$AGENT_TREE/notes.local"
+# The sync carries what bazel can read: glob() sees git-ignored files, a status command runs git (docs/sync.md).
+check "cluster: the git-ignored file reached the agent too (bazel's glob() reads it)" test -f "$AGENT_TREE/notes.local"
+# (The tree belongs to alice's uid, so root's git needs safe.directory to look at it.)
+check "cluster: .git came along: git on the agent sees the laptop's commit" \
+    test "$(git -c safe.directory='*' -C "$AGENT_TREE" rev-parse HEAD 2>/dev/null)" = "$(git -C "$WS" rev-parse HEAD)"
 check "laptop: the output came back into jbazel-out/" test "$(cat "$WS/jbazel-out/k8-fastbuild/bin/app/greeting.txt" 2>/dev/null)" = "HELLO FROM RBS"
 echo "hello from an uncommitted edit" >"$WS/app/greeting.in"
 check "laptop: the edit is uncommitted" test "$(git -C "$WS" status --porcelain --untracked-files=no)" = " M app/greeting.in"
@@ -124,7 +133,8 @@ jb laptop_fail "$NS_L" "${AS_ALICE[@]}" build //fail:fail
 check "laptop: a failing target gives bazel's exit code 1 through the tunnel" test "$(rc_of laptop_fail)" = 1
 
 # (i) nothing but the gateway's public address is reachable from the laptop ---------------------------------
-AGENT_ADDR="$(jq -r .address "$E2E_TMP/state/agents/$ALICE_AGENT.json" 2>/dev/null || true)"
+# The orchestrator's own record of the agent (its ready file sits in the user's directory, where builds can write).
+AGENT_ADDR="$(jq -r .address "$E2E_TMP/state/agents/$ALICE_AGENT.spec" 2>/dev/null || true)"
 AGENT_PORT="${AGENT_ADDR##*:}"
 log "alice's agent $ALICE_AGENT: $AGENT_ADDR inside the cluster namespace"
 check "cluster: the agent's direct address works inside the cluster" tcp_open "$NS_C" 127.0.0.1 "$AGENT_PORT"
@@ -151,6 +161,13 @@ check "wrong API key: refused with exit 34" test "$(rc_of bad_key)" = 34
 jb bob_build "$NS_L" "${AS_BOB[@]}" build //app:noop
 BOB_AGENT="$(agent_of bob_build)"
 check "bob: builds through the gateway on his own agent" test "$(rc_of bob_build)" = 0 -a -n "$BOB_AGENT" -a "$BOB_AGENT" != "$ALICE_AGENT"
+agent_uid() { awk '/^Uid:/ {print $2}' "/proc/$(jq -r .pid "$E2E_TMP/state/agents/$1.spec")/status" 2>/dev/null; }
+ALICE_UID="$(agent_uid "$ALICE_AGENT")"; BOB_UID="$(agent_uid "$BOB_AGENT")"
+log "agent uids: alice $ALICE_UID, bob $BOB_UID"
+check "cluster: alice's and bob's agents run under uids of their own, not root" \
+    test -n "$ALICE_UID" -a -n "$BOB_UID" -a "$ALICE_UID" != 0 -a "$BOB_UID" != 0 -a "$ALICE_UID" != "$BOB_UID"
+check "cluster: alice's directory is closed to everyone but her uid" \
+    test "$(stat -c '%a %u' "$E2E_TMP/state/workspaces/alice")" = "700 $ALICE_UID"
 
 REPO_HASH="probe$ID"
 probe() { ip netns exec "$NS_L" "$PROBE" "$@"; }
@@ -202,5 +219,7 @@ left="$(leftover_processes)"
 [ -z "$left" ] || log "left behind: $left"
 check "no process of this run left behind" test -z "$left"
 check "no network namespace of this run left behind" not grep -q -- "-$ID\b" <<<"$(ip netns list)"
+forget_run_output_bases
+check "no bazel output base of this run left behind" test -z "$(stale_output_bases)"
 
 finish

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: the xunit suite (unit + functional on real Kestrel, real processes, real PostgreSQL)
-# and the e2e scripts (real bazel; network namespaces). This is the README's test command; .ci/run calls it.
+# and the e2e scripts (real bazel; network namespaces; a real terminal in tmux). This is the README's test command; .ci/run calls it.
 # Ends with one line "N passed, N failed, N skipped".
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,8 +17,11 @@ passed=0; failed=0; skipped=0
 start=$(date +%s)
 
 echo "== dotnet test"
-dotnet build Rbs.sln -c Release -nologo -v quiet 2>&1 | tail -20
-dotnet test Tests/Tests.csproj -c Release --no-build -nologo \
+# Build files under artifacts/dotnet (the SDK's artifacts layout), not <project>/bin and obj: a test run leaves
+# nothing in the source tree. The same layout as the e2e scripts' publish (e2e/lib.sh DOTNET_LAYOUT).
+DOTNET_LAYOUT=(-p:UseArtifactsOutput=true "-p:ArtifactsPath=${RBS_ARTIFACTS:-$ROOT/artifacts}/dotnet")
+dotnet build Rbs.sln -c Release -nologo -v quiet "${DOTNET_LAYOUT[@]}" 2>&1 | tail -20
+dotnet test Tests/Tests.csproj -c Release --no-build -nologo "${DOTNET_LAYOUT[@]}" \
     --logger "console;verbosity=normal" --logger "trx;LogFileName=tests.trx" --results-directory "$LOGS" \
     >"$LOGS/dotnet-test.log" 2>&1
 dotnet_rc=$?
@@ -38,8 +41,15 @@ if [ "$total" -eq 0 ]; then
     failed=$((failed + 1))
 fi
 
-# Each e2e script prints "CHECK PASS|FAIL" lines; every check counts as one test.
-for script in e2e/mirror_test.sh e2e/vpc_test.sh; do
+# Each e2e script prints "CHECK PASS|FAIL" lines; every check counts as one test. One script per line.
+E2E_SCRIPTS=(
+    e2e/mirror_test.sh
+    e2e/example_test.sh
+    e2e/compare_test.sh
+    e2e/vpc_test.sh
+    e2e/terminal_test.sh
+)
+for script in "${E2E_SCRIPTS[@]}"; do
     [ -f "$script" ] || continue
     echo "== $script"
     bash "$script" >"$LOGS/$(basename "$script" .sh).log" 2>&1
@@ -53,6 +63,15 @@ for script in e2e/mirror_test.sh e2e/vpc_test.sh; do
     fi
 done
 
+# The failures again, last, with their first message lines: CI shows only the tail of this output.
+if [ "$failed" -ne 0 ]; then
+    echo "== failures"
+    grep -E -A4 "^\s+Failed " "$LOGS/dotnet-test.log" | grep -v -E "^\s+Stack Trace:" | head -60
+    for script in "${E2E_SCRIPTS[@]}"; do
+        log="$LOGS/$(basename "$script" .sh).log"
+        [ -f "$log" ] && grep -H "^CHECK FAIL" "$log" | sed "s|^$LOGS/||" | head -20
+    done
+fi
 echo "== total time $(( $(date +%s) - start )) s; logs in $LOGS"
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

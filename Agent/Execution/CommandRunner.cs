@@ -2,9 +2,12 @@ using System.ComponentModel;
 using System.Threading.Channels;
 using Grpc.Core;
 using Microsoft.Extensions.Options;
+using Rbs.Agent.Bazelrc;
 using Rbs.Agent.Hosting;
+using Rbs.Agent.Lifetime;
 using Rbs.Agent.Outputs;
 using Rbs.Agent.Sync;
+using Rbs.Shared.Text;
 using Rbs.V1;
 
 namespace Rbs.Agent.Execution;
@@ -14,19 +17,28 @@ internal sealed partial class CommandRunner(
     IOptions<AgentOptions> options,
     CommandTracker tracker,
     OutputCollector outputs,
+    ClientBazelrcStore clientBazelrc,
     WorkspaceSynchronizer workspaceSync,
+    BuildToolServers servers,
+    BazelWrapperShortcut wrapperShortcut,
     TimeProvider time,
     ILogger<CommandRunner> logger)
 {
     /// <summary>
-    /// Frames waiting for the response stream. Small on purpose: together with the two 64 KiB pipe buffers this is
-    /// everything the agent holds per command, whatever the tool writes and however slowly the client reads.
+    /// Frames waiting for the response stream. Small on purpose: a pipe's frames wrap its pump's segments (at most
+    /// <see cref="OutputPump.SegmentCount"/> × <see cref="OutputPump.SegmentSize"/> per pipe, queued or not) and a
+    /// terminal's frames are copies of at most <see cref="OutputPump.ChunkSize"/>; with the kernel's pipe buffers
+    /// (<see cref="ToolProcess.OutputPipeSize"/> each) that is everything the agent holds per command, whatever the
+    /// tool writes and however slowly the client reads.
     /// </summary>
     internal const int FrameChannelCapacity = 8;
 
     /// <summary>After the tool's group is gone, a pipe read that sees nothing for this long means an escaped
     /// descendant holds the pipe open; stop waiting for its EOF.</summary>
     internal static readonly TimeSpan DrainIdleTimeout = TimeSpan.FromSeconds(5);
+
+    /// <summary>A client's invocation id names its outputs and appears in every log line of the command: a UUID fits.</summary>
+    internal const int MaxInvocationIdLength = 128;
 
     private readonly AgentOptions _options = options.Value;
     private readonly Lazy<string> _workspace = new(() => Native.RealPath(options.Value.Workspace) ?? options.Value.Workspace);
@@ -47,6 +59,21 @@ internal sealed partial class CommandRunner(
             throw Reject(StatusCode.Unavailable, "the agent is shutting down; retry to get a new agent.", context.Peer);
         }
 
+        if (start.RawArgs.Count > 0)
+        {
+            if (start.RawArgs.Count != start.Args.Count)
+            {
+                throw Reject(StatusCode.InvalidArgument,
+                    $"raw_args has {start.RawArgs.Count} arguments and args {start.Args.Count}; send both with the same arguments.", context.Peer);
+            }
+
+            // The exact bytes replace their U+FFFD stand-ins (in memory only: bad bytes are lone surrogates, which
+            // ToolProcess writes back as the bytes; Shared/Text/ArgumentBytes.cs).
+            var exact = start.RawArgs.Select(raw => ArgumentBytes.Decode(raw.Span)).ToList();
+            start.Args.Clear();
+            start.Args.AddRange(exact);
+        }
+
         foreach (var arg in start.Args)
         {
             if (arg.Contains('\0', StringComparison.Ordinal))
@@ -55,11 +82,25 @@ internal sealed partial class CommandRunner(
             }
         }
 
+        if (ToolEnvironment.CheckLimits(start.Env) is { } tooLarge)
+        {
+            throw Reject(StatusCode.InvalidArgument, tooLarge, context.Peer);
+        }
+
+        if (start.InvocationId.Length > MaxInvocationIdLength)
+        {
+            throw Reject(StatusCode.InvalidArgument,
+                $"invocation_id is {start.InvocationId.Length} characters long; at most {MaxInvocationIdLength} are accepted (send a UUID).", context.Peer);
+        }
+
         string workingDirectory;
+        IReadOnlyList<string> args;
         try
         {
             await workspaceSync.EnsureWholeTreeAsync(callToken);
             workingDirectory = WorkspacePaths.ResolveWorkingDirectory(WorkspaceRealPath, start.RelativeWorkingDirectory);
+            // The client's bazelrc files in front of its arguments (client_bazelrc), before outputs collection looks for the verb.
+            args = clientBazelrc.Arguments(start);
         }
         catch (RpcException ex)
         {
@@ -79,24 +120,45 @@ internal sealed partial class CommandRunner(
 
         var invocationId = string.IsNullOrEmpty(start.InvocationId) ? Guid.NewGuid().ToString() : start.InvocationId;
 
-        // collect_outputs on a build: bazel also writes a BEP file, read after a successful exit (Agent/Outputs/).
-        var collection = outputs.Begin(invocationId, start);
+        // collect_outputs on a build: bazel also writes a BEP file, read after a successful exit; collect_test_logs on a
+        // test: bazel's testlogs are read after the exit (Agent/Outputs/).
+        var collection = outputs.Begin(invocationId, start, args, WorkspaceRealPath);
 
+        var arguments = collection?.Arguments ?? args;
+        // Debian's bazel wrapper: what it would exec, without its ~145 ms of bash and forks (BazelWrapperShortcut).
+        var launch = wrapperShortcut.Apply(new ToolStartInfo(toolPath, _options.BuildTool, arguments, workingDirectory, environment)
+        {
+            Terminal = TerminalFor(start.Terminal),
+            DiesWithAgent = true,
+        });
         ToolProcess process;
         try
         {
-            process = ToolProcess.Start(toolPath, _options.BuildTool, collection?.Arguments ?? start.Args, workingDirectory, environment);
+            process = await ToolProcess.StartAsync(launch);
         }
         catch (Win32Exception ex)
         {
             throw Reject(StatusCode.FailedPrecondition, $"could not start the build tool: {ex.Message}", context.Peer);
         }
 
+        // Its server is shut down when the agent stops (Agent/Lifetime/BuildToolServers.cs).
+        servers.Record(arguments);
+
         using (process)
         {
             await SuperviseAsync(process, invocationId, start, collection, requests, responses, callToken);
         }
     }
+
+    /// <summary>
+    /// A pseudo-terminal when the client's stderr is a terminal, so the tool sees what it would see locally (bazel:
+    /// colour, curses progress, the terminal's width); stdout and stdin are on it only when the client's are terminals
+    /// too, so a redirected stdout stays a separate, byte-exact pipe.
+    /// </summary>
+    internal static ToolTerminal? TerminalFor(TerminalInfo? terminal) =>
+        terminal is { StderrIsTty: true }
+            ? new ToolTerminal(Math.Max(terminal.Columns, 0), Math.Max(terminal.Rows, 0), terminal.StdinIsTty, terminal.StdoutIsTty)
+            : null;
 
     private async Task SuperviseAsync(
         ToolProcess process,
@@ -108,7 +170,7 @@ internal sealed partial class CommandRunner(
         CancellationToken callToken)
     {
         var startedAt = time.GetTimestamp();
-        Log.CommandStarted(logger, invocationId, process.Pid, start.Args.Count, start.RelativeWorkingDirectory);
+        Log.CommandStarted(logger, invocationId, process.Pid, start.Args.Count, start.RelativeWorkingDirectory, process.Terminal is not null);
 
         using var interrupter = new Interrupter(process, _options.InterruptGracePeriod, _options.TerminateGracePeriod, time, logger);
         using var command = tracker.Begin(invocationId, () => interrupter.Interrupt(force: false, "agent stopping"));
@@ -117,24 +179,38 @@ internal sealed partial class CommandRunner(
         // A client that goes away (cancel, disconnect, deadline) counts as Ctrl-C.
         using var onCallCancelled = callToken.Register(() => interrupter.Interrupt(force: false, "client went away"));
 
-        var frames = Channel.CreateBounded<ServerFrame>(new BoundedChannelOptions(FrameChannelCapacity)
+        var frames = Channel.CreateBounded<OutgoingFrame>(new BoundedChannelOptions(FrameChannelCapacity)
         {
             SingleReader = true,
             SingleWriter = false,
             FullMode = BoundedChannelFullMode.Wait,
         });
-        frames.Writer.TryWrite(new ServerFrame
+        frames.Writer.TryWrite(new OutgoingFrame(new ServerFrame
         {
             Started = new CommandStarted { InvocationId = invocationId, Pid = process.Pid, AgentId = _options.AgentId },
-        });
+        }));
 
         var writer = WriteFramesAsync(frames.Reader, responses, delivery, interrupter);
-        using var stdout = new OutputPump(process.StandardOutput, isStdout: true, frames.Writer, delivery.Token);
-        using var stderr = new OutputPump(process.StandardError, isStdout: false, frames.Writer, delivery.Token);
-        var pumps = Task.WhenAll(
-            Task.Run(() => stdout.RunAsync(time), CancellationToken.None),
-            Task.Run(() => stderr.RunAsync(time), CancellationToken.None));
-        var reader = ReadClientFramesAsync(requests, process, interrupter, readerStop.Token);
+        var outputs = new List<OutputPump>(3);
+        if (process.StandardOutput is { } stdoutPipe)
+        {
+            outputs.Add(new OutputPump(stdoutPipe.SafePipeHandle, isStdout: true, frames.Writer, delivery.Token));
+        }
+
+        if (process.StandardError is { } stderrPipe)
+        {
+            outputs.Add(new OutputPump(stderrPipe.SafePipeHandle, isStdout: false, frames.Writer, delivery.Token));
+        }
+
+        if (process.Terminal is { } terminal)
+        {
+            outputs.Add(new OutputPump(terminal, frames.Writer, delivery.Token));
+        }
+
+        using var disposeOutputs = new DisposeAll(outputs);
+        var pumps = Task.WhenAll(outputs.Select(pump => pump.RunAsync(time)));
+        var violation = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var reader = ReadClientFramesAsync(requests, process, interrupter, violation, readerStop.Token);
 
         var exit = await process.Exited;
 
@@ -146,18 +222,36 @@ internal sealed partial class CommandRunner(
         }
 
         interrupter.Dispose();
-        await DrainAsync(pumps, [stdout, stderr], invocationId);
+        await DrainAsync(pumps, outputs, invocationId);
         frames.Writer.TryComplete();
         await writer;
 
         command.Dispose();
         var elapsed = time.GetElapsedTime(startedAt);
-        Log.CommandEnded(logger, invocationId, process.Pid, exit.Code, exit.Signal, elapsed, stdout.Bytes, stderr.Bytes, interrupter.WasInterrupted);
+        Log.CommandEnded(
+            logger,
+            invocationId,
+            process.Pid,
+            exit.Code,
+            exit.Signal,
+            elapsed,
+            outputs.Where(pump => pump.IsStdout).Sum(pump => pump.Bytes),
+            outputs.Where(pump => !pump.IsStdout).Sum(pump => pump.Bytes),
+            interrupter.WasInterrupted);
 
         if (collection is not null)
         {
             // Before the exit frame, so a client's ListOutputs right after it finds this build's outputs.
             await collection.CompleteAsync(exit.Code);
+        }
+
+        if (violation.Task.IsCompleted)
+        {
+            // The client broke the protocol: the call ends with its status instead of an exit frame.
+            readerStop.Cancel();
+            await reader;
+            throw Reject(StatusCode.InvalidArgument, $"{violation.Task.Result} The command (invocation {invocationId}) was interrupted " +
+                $"and ended with exit code {exit.Code}; its output up to then was delivered.", "the client");
         }
 
         if (!delivery.IsCancellationRequested)
@@ -197,7 +291,7 @@ internal sealed partial class CommandRunner(
 
     /// <summary>The only writer of the response stream (gRPC forbids concurrent writes).</summary>
     private async Task WriteFramesAsync(
-        ChannelReader<ServerFrame> frames,
+        ChannelReader<OutgoingFrame> frames,
         IServerStreamWriter<ServerFrame> responses,
         CancellationTokenSource delivery,
         Interrupter interrupter)
@@ -206,7 +300,15 @@ internal sealed partial class CommandRunner(
         {
             await foreach (var frame in frames.ReadAllAsync(delivery.Token))
             {
-                await responses.WriteAsync(frame, delivery.Token);
+                try
+                {
+                    await responses.WriteAsync(frame.Frame, delivery.Token);
+                }
+                finally
+                {
+                    // The message is serialized (copied into the response stream) once the write has completed.
+                    frame.Written();
+                }
             }
         }
         catch (Exception ex)
@@ -223,10 +325,10 @@ internal sealed partial class CommandRunner(
         IAsyncStreamReader<ClientFrame> requests,
         ToolProcess process,
         Interrupter interrupter,
+        TaskCompletionSource<string> violation,
         CancellationToken cancellationToken)
     {
-        var stdin = process.StandardInput;
-        var stdinOpen = true;
+        var stdin = new ToolInput(process);
         try
         {
             while (await requests.MoveNext(cancellationToken))
@@ -234,29 +336,35 @@ internal sealed partial class CommandRunner(
                 var frame = requests.Current;
                 switch (frame.FrameCase)
                 {
-                    case ClientFrame.FrameOneofCase.Stdin when stdinOpen:
-                        try
+                    case ClientFrame.FrameOneofCase.Stdin when stdin.IsOpen:
+                        if (!await stdin.WriteAsync(frame.Stdin.Memory))
                         {
-                            // Blocks while the tool does not read: backpressure to the client through HTTP/2 flow control.
-                            await stdin.WriteAsync(frame.Stdin.Memory, process.ExitedToken);
-                        }
-                        catch (Exception ex) when (ex is IOException or OperationCanceledException or ObjectDisposedException)
-                        {
-                            stdinOpen = false;
                             Log.StdinClosedByTool(logger, process.Pid);
                         }
 
                         break;
-                    case ClientFrame.FrameOneofCase.StdinEof when stdinOpen:
-                        stdinOpen = false;
-                        await stdin.DisposeAsync();
+                    case ClientFrame.FrameOneofCase.StdinEof when stdin.IsOpen:
+                        await stdin.CloseAsync();
                         break;
                     case ClientFrame.FrameOneofCase.Interrupt:
                         interrupter.Interrupt(frame.Interrupt.Force, frame.Interrupt.Force ? "client forced interrupt" : "client interrupt");
                         break;
-                    case ClientFrame.FrameOneofCase.Start:
-                        Log.DuplicateStart(logger, process.Pid);
+                    case ClientFrame.FrameOneofCase.Resize:
+                        Resize(process, frame.Resize);
                         break;
+                    case ClientFrame.FrameOneofCase.Start:
+                        // One command per call: a client that sends another start is confused about the stream's
+                        // state, so nothing more it sends is trusted. Its command is stopped as if by Ctrl-C (never
+                        // left running unsupervised, never replaced) and the call ends with InvalidArgument.
+                        Log.DuplicateStart(logger, process.Pid);
+                        violation.TrySetResult("a second 'start' frame arrived on a running ExecuteCommand call; send one 'start' per call.");
+                        interrupter.Interrupt(force: false, "protocol violation: second start frame");
+                        if (stdin.IsOpen)
+                        {
+                            await stdin.CloseAsync();
+                        }
+
+                        return;
                     default:
                         break;
                 }
@@ -264,9 +372,9 @@ internal sealed partial class CommandRunner(
 
             // Half-close: the client will send nothing more, so the tool's stdin ends too (like `bazel < /dev/null`).
             // It is not an interrupt; the command runs on and its output still flows.
-            if (stdinOpen)
+            if (stdin.IsOpen)
             {
-                await stdin.DisposeAsync();
+                await stdin.CloseAsync();
             }
         }
         catch (Exception ex) when (ex is OperationCanceledException or IOException or InvalidOperationException)
@@ -280,7 +388,21 @@ internal sealed partial class CommandRunner(
         }
     }
 
-    private async Task DrainAsync(Task pumps, OutputPump[] pipePumps, string invocationId)
+    /// <summary>A resize frame: the new window size of the client's terminal. Pipes have no size; nonsense sizes are ignored.</summary>
+    private void Resize(ToolProcess process, Rbs.V1.Resize resize)
+    {
+        if (process.Terminal is not { } terminal || process.HasExited)
+        {
+            return;
+        }
+
+        if (resize.Columns <= 0 || resize.Rows <= 0 || !terminal.Resize(resize.Columns, resize.Rows))
+        {
+            Log.IgnoredResize(logger, process.Pid, resize.Columns, resize.Rows);
+        }
+    }
+
+    private async Task DrainAsync(Task pumps, IReadOnlyList<OutputPump> pipePumps, string invocationId)
     {
         while (!pumps.IsCompleted)
         {
@@ -300,6 +422,18 @@ internal sealed partial class CommandRunner(
         await pumps;
     }
 
+    /// <summary>Disposes the pumps at the end of the command, however it ends.</summary>
+    private sealed class DisposeAll(IEnumerable<IDisposable> items) : IDisposable
+    {
+        public void Dispose()
+        {
+            foreach (var item in items)
+            {
+                item.Dispose();
+            }
+        }
+    }
+
     private RpcException Reject(StatusCode code, string message, string peer)
     {
         Log.Rejected(logger, peer, code, message);
@@ -308,8 +442,8 @@ internal sealed partial class CommandRunner(
 
     private static partial class Log
     {
-        [LoggerMessage(EventId = 100, Level = LogLevel.Information, Message = "Command {InvocationId} started: pid {Pid}, {ArgCount} args, in '{RelativeWorkingDirectory}'")]
-        public static partial void CommandStarted(ILogger logger, string invocationId, int pid, int argCount, string relativeWorkingDirectory);
+        [LoggerMessage(EventId = 100, Level = LogLevel.Information, Message = "Command {InvocationId} started: pid {Pid}, {ArgCount} args, in '{RelativeWorkingDirectory}', on a terminal: {OnTerminal}")]
+        public static partial void CommandStarted(ILogger logger, string invocationId, int pid, int argCount, string relativeWorkingDirectory, bool onTerminal);
 
         [LoggerMessage(EventId = 101, Level = LogLevel.Information, Message = "Command {InvocationId} (pid {Pid}) ended: exit code {ExitCode}, signal {Signal}, after {Duration}; {StdoutBytes} bytes stdout, {StderrBytes} bytes stderr; interrupted: {Interrupted}")]
         public static partial void CommandEnded(ILogger logger, string invocationId, int pid, int exitCode, int signal, TimeSpan duration, long stdoutBytes, long stderrBytes, bool interrupted);
@@ -326,7 +460,7 @@ internal sealed partial class CommandRunner(
         [LoggerMessage(EventId = 105, Level = LogLevel.Debug, Message = "Tool pid {Pid} closed its stdin; further stdin frames are dropped")]
         public static partial void StdinClosedByTool(ILogger logger, int pid);
 
-        [LoggerMessage(EventId = 106, Level = LogLevel.Warning, Message = "Ignored a second 'start' frame for the command of tool pid {Pid}")]
+        [LoggerMessage(EventId = 106, Level = LogLevel.Warning, Message = "A second 'start' frame arrived for the command of tool pid {Pid}: interrupting it and ending the call with InvalidArgument")]
         public static partial void DuplicateStart(ILogger logger, int pid);
 
         [LoggerMessage(EventId = 107, Level = LogLevel.Debug, Message = "Command {InvocationId}: SIGKILLed what was left in tool pid {Pid}'s process group after it exited")]
@@ -340,5 +474,8 @@ internal sealed partial class CommandRunner(
 
         [LoggerMessage(EventId = 109, Level = LogLevel.Information, Message = "Command {InvocationId}: the client was gone before the exit frame")]
         public static partial void ClientGoneBeforeExit(ILogger logger, string invocationId);
+
+        [LoggerMessage(EventId = 130, Level = LogLevel.Debug, Message = "Ignored a resize to {Columns}x{Rows} for tool pid {Pid} (no terminal, or not a window size)")]
+        public static partial void IgnoredResize(ILogger logger, int pid, int columns, int rows);
     }
 }

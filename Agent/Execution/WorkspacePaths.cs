@@ -1,4 +1,5 @@
 using Grpc.Core;
+using Rbs.Shared.Text;
 
 namespace Rbs.Agent.Execution;
 
@@ -6,6 +7,11 @@ namespace Rbs.Agent.Execution;
 internal static class WorkspacePaths
 {
     /// <summary>The real (symlink-free) directory to run in.</summary>
+    /// <remarks>
+    /// Not Shared/Paths/SafeRelativePath on purpose: a working directory is what a user typed ("", ".", "a/./b" and
+    /// "a//b" are fine), it must already exist, and realpath decides where it is, so only '..' and absolute paths are
+    /// refused up front and the resolved path must be inside the workspace (a symlink cannot lead out).
+    /// </remarks>
     /// <param name="workspaceRealPath">The workspace root, already resolved with realpath.</param>
     /// <param name="relative">The client's relative_working_directory ("" or "." = the root).</param>
     /// <exception cref="RpcException">InvalidArgument for escapes, FailedPrecondition for a missing directory.</exception>
@@ -24,12 +30,12 @@ internal static class WorkspacePaths
         if (Path.IsPathRooted(relative))
         {
             throw Invalid(
-                $"relative_working_directory '{relative}' is absolute; send the directory relative to the workspace root.");
+                $"relative_working_directory '{UntrustedText.Echo(relative)}' is absolute; send the directory relative to the workspace root.");
         }
 
         if (relative.Split('/').Any(segment => segment == ".."))
         {
-            throw Invalid($"relative_working_directory '{relative}' contains '..'; it must stay inside the workspace.");
+            throw Invalid($"relative_working_directory '{UntrustedText.Echo(relative)}' contains '..'; it must stay inside the workspace.");
         }
 
         var combined = Path.Combine(workspaceRealPath, relative);
@@ -38,13 +44,13 @@ internal static class WorkspacePaths
         {
             throw new RpcException(new Status(
                 StatusCode.FailedPrecondition,
-                $"working directory '{relative}' does not exist in the agent's workspace ({combined})."));
+                $"working directory '{UntrustedText.Echo(relative)}' does not exist in the agent's workspace ({UntrustedText.Echo(combined)})."));
         }
 
         if (!IsInside(workspaceRealPath, real))
         {
             throw Invalid(
-                $"relative_working_directory '{relative}' resolves to '{real}', outside the workspace '{workspaceRealPath}' (symlink escape).");
+                $"relative_working_directory '{UntrustedText.Echo(relative)}' resolves to '{UntrustedText.Echo(real)}', outside the workspace '{workspaceRealPath}' (symlink escape).");
         }
 
         return real;

@@ -2,7 +2,8 @@ namespace Rbs.Agent.Hosting;
 
 /// <summary>
 /// The agent's configuration (section <c>Agent</c>; flags <c>--agent-id</c>, <c>--workspace</c>, <c>--build-tool</c>,
-/// <c>--listen</c>, <c>--ready-file</c>, <c>--idle-exit-after</c>, <c>--interrupt-grace-period</c>; env <c>Agent__Key</c>).
+/// <c>--listen</c>, <c>--ready-file</c>, <c>--idle-exit-after</c>, <c>--interrupt-grace-period</c>,
+/// <c>--build-tool-shutdown-timeout</c>; env <c>Agent__Key</c>).
 /// </summary>
 internal sealed class AgentOptions
 {
@@ -30,6 +31,13 @@ internal sealed class AgentOptions
     /// </summary>
     public string? ReadyFile { get; set; }
 
+    /// <summary>
+    /// A file holding the key every call on the agent's own listener must present as <c>authorization: Bearer &lt;key&gt;</c>
+    /// (<c>--access-key-file</c>); read once at start-up and deleted. Calls over a gateway tunnel need none. The
+    /// orchestrator's process backend sets it for agents it runs under their user's uid. Default: none (no key).
+    /// </summary>
+    public string? AccessKeyFile { get; set; }
+
     /// <summary>The agent stops itself after this long without a command; zero disables it. Default <c>00:00:00</c> (never).</summary>
     public TimeSpan IdleExitAfter { get; set; } = TimeSpan.Zero;
 
@@ -38,4 +46,10 @@ internal sealed class AgentOptions
 
     /// <summary>How long after SIGTERM the tool's whole process tree is SIGKILLed. Default <c>00:00:05</c>.</summary>
     public TimeSpan TerminateGracePeriod { get; set; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>
+    /// When the agent stops, how long it spends shutting down the build tool's servers (<c>bazel shutdown</c>) before it
+    /// exits; a shutdown still running then finishes on its own. Zero keeps the servers running. Default <c>00:00:10</c>.
+    /// </summary>
+    public TimeSpan BuildToolShutdownTimeout { get; set; } = TimeSpan.FromSeconds(10);
 }

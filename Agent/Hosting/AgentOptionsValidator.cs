@@ -37,6 +37,11 @@ internal sealed class AgentOptionsValidator : IValidateOptions<AgentOptions>
             failures.Add($"Agent:Listen '{options.Listen}' must be host:port with an IP address or localhost, e.g. 127.0.0.1:0 (--listen).");
         }
 
+        if (!string.IsNullOrWhiteSpace(options.AccessKeyFile) && !File.Exists(options.AccessKeyFile))
+        {
+            failures.Add($"Agent:AccessKeyFile '{options.AccessKeyFile}' does not exist (--access-key-file).");
+        }
+
         if (options.IdleExitAfter < TimeSpan.Zero)
         {
             failures.Add("Agent:IdleExitAfter must not be negative; 00:00:00 disables idle exit (--idle-exit-after).");
@@ -50,6 +55,11 @@ internal sealed class AgentOptionsValidator : IValidateOptions<AgentOptions>
         if (options.TerminateGracePeriod < TimeSpan.Zero)
         {
             failures.Add("Agent:TerminateGracePeriod must not be negative.");
+        }
+
+        if (options.BuildToolShutdownTimeout < TimeSpan.Zero)
+        {
+            failures.Add("Agent:BuildToolShutdownTimeout must not be negative; 00:00:00 leaves the build tool's servers running (--build-tool-shutdown-timeout).");
         }
 
         return failures.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(failures);

@@ -1,11 +1,13 @@
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Options;
+using Rbs.Agent.Bazelrc;
 using Rbs.Agent.Execution;
 using Rbs.Agent.Lifetime;
 using Rbs.Agent.Outputs;
 using Rbs.Agent.Sync;
 using Rbs.Agent.Tunnel;
+using Rbs.Shared.Hosting;
 
 namespace Rbs.Agent.Hosting;
 
@@ -22,23 +24,32 @@ internal static class AgentServiceCollectionExtensions
         services.TryAddSingleton(TimeProvider.System);
         services.AddSingleton<CommandTracker>();
         services.AddSingleton<CommandRunner>();
+        services.AddSingleton<BazelWrapperShortcut>();
+        services.AddSingleton<BuildToolServers>();
         services.AddAgentOutputs();
+        services.AddSingleton<ClientBazelrcStore>();
 
-        services.AddGrpc();
+        services.AddSingleton<DirectAccessKey>();
+        services.AddHostedService<DirectAccessKeyLoader>();
+        services.AddGrpc(grpc => grpc.Interceptors.Add<DirectAccessInterceptor>());
         services.AddGrpcHealthChecks().AddCheck<AgentHealthCheck>("agent");
+
+        // Handshake timeout, connection and stream limits (Agent:Limits). Registered before tunnel mode, whose
+        // per-tunnel stream limit then wins over the per-connection default.
+        services.AddServerLimits(AgentOptions.SectionName);
 
         // Direct mode: h2c on Agent:Listen. Registered as options configuration so another mode (the tunnel) can add
         // its own listener the same way without touching this one.
         services.AddSingleton<IConfigureOptions<KestrelServerOptions>>(new DirectListener(configuration));
 
         // Give interrupted commands time to finish (SIGINT → grace → SIGTERM → grace → SIGKILL) before Kestrel
-        // aborts their streams on shutdown. Bound without validation: HostOptions is resolved while the host is built,
+        // aborts their streams on shutdown, and then the build tool's servers time to shut down. Bound without validation: HostOptions is resolved while the host is built,
         // and an invalid AgentOptions must fail at start with its own message, not here.
         services.AddOptions<HostOptions>().Configure(host =>
         {
             var agent = new AgentOptions();
             configuration.GetSection(AgentOptions.SectionName).Bind(agent);
-            host.ShutdownTimeout = agent.InterruptGracePeriod + agent.TerminateGracePeriod + TimeSpan.FromSeconds(10);
+            host.ShutdownTimeout = agent.InterruptGracePeriod + agent.TerminateGracePeriod + agent.BuildToolShutdownTimeout + TimeSpan.FromSeconds(10);
         });
 
         services.AddHostedService<GracefulShutdown>();
@@ -82,11 +93,20 @@ internal static class AgentServiceCollectionExtensions
 
             if (endPoint is null)
             {
-                kestrel.ListenLocalhost(port, listen => listen.Protocols = HttpProtocols.Http2);
+                kestrel.ListenLocalhost(port, Http2Guarded);
             }
             else
             {
-                kestrel.Listen(endPoint, listen => listen.Protocols = HttpProtocols.Http2);
+                kestrel.Listen(endPoint, Http2Guarded);
+            }
+
+            static void Http2Guarded(ListenOptions listen)
+            {
+                listen.Protocols = HttpProtocols.Http2;
+                // A listening socket: connections that never send a request are closed (tunnels are not guarded).
+                listen.UseConnectionGuard();
+                // Calls on this listener (unlike those over a tunnel) must carry the access key, when there is one.
+                listen.Use(DirectAccessKey.MarkDirectConnections);
             }
         }
     }

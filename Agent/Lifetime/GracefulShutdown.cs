@@ -5,10 +5,12 @@ namespace Rbs.Agent.Lifetime;
 /// <summary>
 /// SIGTERM (or idle exit) → interrupt every running command as a Ctrl-C would, and let their exit frames reach the
 /// clients before the server goes away. Hooked on ApplicationStopping because that fires before Kestrel starts
-/// draining connections; Kestrel then waits (up to HostOptions.ShutdownTimeout) for these calls to finish.
+/// draining connections; Kestrel then waits (up to HostOptions.ShutdownTimeout) for these calls to finish. Once no
+/// command runs, the build tool's servers are shut down (<see cref="BuildToolServers"/>).
 /// </summary>
 internal sealed partial class GracefulShutdown(
     CommandTracker tracker,
+    BuildToolServers servers,
     IHostApplicationLifetime lifetime,
     ILogger<GracefulShutdown> logger) : IHostedService
 {
@@ -30,8 +32,12 @@ internal sealed partial class GracefulShutdown(
         }
         catch (OperationCanceledException)
         {
+            // A shutdown would only wait behind the command still running ("Another command is running").
             Log.GaveUpWaiting(logger, tracker.RunningCount);
+            return;
         }
+
+        await servers.ShutdownAsync(cancellationToken);
     }
 
     private static partial class Log

@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Json;
+using Rbs.Shared.Paths;
 
 namespace Rbs.Agent.Outputs;
 
@@ -114,8 +115,8 @@ internal static class BuildEventFile
     }
 
     /// <summary>
-    /// True for namedSet and targetCompleted events, and for lines in an unexpected shape (parsed to be sure);
-    /// false for every other event kind.
+    /// True for namedSet and targetCompleted events, and for lines in an unexpected shape (parsed to be
+    /// sure); false for every other event kind.
     /// </summary>
     private static bool IsInteresting(ReadOnlySpan<byte> head)
     {
@@ -349,12 +350,8 @@ internal static class BuildEventFile
 /// <summary>Rules for the relative output paths the agent lists and serves.</summary>
 internal static class OutputPaths
 {
-    /// <summary>'/'-separated, relative, no empty, "." or ".." segments, no NUL: safe to join under any root.</summary>
-    public static bool IsSafeRelative(string path) =>
-        path.Length > 0
-        && path[0] != '/'
-        && !path.Contains('\0', StringComparison.Ordinal)
-        && path.Split('/').All(segment => segment.Length > 0 && segment != "." && segment != "..");
+    /// <summary>'/'-separated, relative, no empty, "." or ".." segments, no NUL: safe to join under any root (jbazel checks the same).</summary>
+    public static bool IsSafeRelative(string path) => SafeRelativePath.IsSafe(path);
 
     public static string Describe(IReadOnlyList<string> notes) =>
         notes.Count == 0 ? "" : new StringBuilder().AppendJoin("; ", notes).ToString();

@@ -10,6 +10,9 @@ internal sealed class InvocationOutputs(string invocationId, IReadOnlyList<Outpu
 
     public IReadOnlyList<OutputRecord>? Files { get; } = files;
 
+    /// <summary>For test logs: the labels of the tests whose logs are listed.</summary>
+    public IReadOnlyList<string> TestLabels { get; init; } = [];
+
     /// <summary>Why outputs are missing or incomplete; empty when there is nothing to say.</summary>
     public string Note { get; } = note;
 

@@ -3,6 +3,7 @@ using Google.Protobuf;
 using Grpc.Core;
 using Microsoft.Win32.SafeHandles;
 using Rbs.V1;
+using Rbs.Shared.Text;
 
 namespace Rbs.Agent.Outputs;
 
@@ -29,6 +30,8 @@ internal sealed partial class OutputsService(OutputStore store, ILogger<OutputsS
             response.Files.Add(listed);
         }
 
+        response.TestLabels.Add(invocation.TestLabels);
+
         return Task.FromResult(response);
     }
 
@@ -45,11 +48,11 @@ internal sealed partial class OutputsService(OutputStore store, ILogger<OutputsS
         foreach (var range in request.Ranges)
         {
             var file = invocation.Find(range.Path)
-                ?? throw Reject(StatusCode.InvalidArgument, $"'{range.Path}' is not an output of invocation {request.InvocationId}; only listed outputs can be read.");
+                ?? throw Reject(StatusCode.InvalidArgument, $"'{UntrustedText.Echo(range.Path)}' is not an output of invocation {UntrustedText.Echo(request.InvocationId)}; only listed outputs can be read.");
             if (range.Offset > (ulong)file.Size || range.Length > (ulong)file.Size - range.Offset)
             {
                 throw Reject(StatusCode.InvalidArgument,
-                    $"range {range.Offset}+{range.Length} is past the end of '{range.Path}' ({file.Size} bytes).");
+                    $"range {range.Offset}+{range.Length} is past the end of '{UntrustedText.Echo(range.Path)}' ({file.Size} bytes).");
             }
 
             plan.Add((range, file));
@@ -102,17 +105,17 @@ internal sealed partial class OutputsService(OutputStore store, ILogger<OutputsS
             ArrayPool<byte>.Shared.Return(buffer);
         }
 
-        Log.Served(logger, request.InvocationId, plan.Count, sent);
+        Log.Served(logger, UntrustedText.Echo(request.InvocationId), plan.Count, sent);
     }
 
     private InvocationOutputs Find(string invocationId)
     {
         var invocation = store.Find(invocationId)
             ?? throw Reject(StatusCode.NotFound,
-                $"no outputs recorded for invocation '{invocationId}': it was not a build run with collect_outputs, or it is older than the agent's last {OutputStore.MaxInvocations} invocations.");
+                $"no outputs recorded for invocation '{UntrustedText.Echo(invocationId)}': it was not a build run with collect_outputs, or it is older than the agent's last {OutputStore.MaxInvocations} invocations.");
         if (invocation.Files is null)
         {
-            throw Reject(StatusCode.NotFound, $"no outputs recorded for invocation '{invocationId}': {invocation.Note}.");
+            throw Reject(StatusCode.NotFound, $"no outputs recorded for invocation '{UntrustedText.Echo(invocationId)}': {invocation.Note}.");
         }
 
         return invocation;

@@ -154,7 +154,7 @@ internal sealed class SyncApplier(string workspace, SyncStateStore store)
         foreach (var group in entries.Where(e => e.Kind == EntryKind.File && e.Write).GroupBy(e => e.Digest, StringComparer.Ordinal))
         {
             var targets = group.ToList();
-            if (group.Key == ManifestBuilder.EmptyDigest)
+            if (group.Key == ManifestReceiver.EmptyDigest)
             {
                 foreach (var entry in targets)
                 {

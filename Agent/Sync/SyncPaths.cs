@@ -1,5 +1,6 @@
 using System.Text;
 using Grpc.Core;
+using Rbs.Shared.Text;
 
 namespace Rbs.Agent.Sync;
 
@@ -13,6 +14,10 @@ internal static class SyncPaths
     private const int MaxSymlinkExpansions = 40;
 
     /// <summary>Throws InvalidArgument unless <paramref name="path"/> is a clean, relative, '/'-separated path.</summary>
+    /// <remarks>
+    /// Stricter than Shared/Paths/SafeRelativePath on purpose: a manifest path becomes a file the agent creates, so it
+    /// also refuses a backslash, a trailing '/', names and paths over Linux's limits, and says which rule a client broke.
+    /// </remarks>
     public static void ValidatePath(string path)
     {
         if (path.Length == 0)
@@ -22,44 +27,44 @@ internal static class SyncPaths
 
         if (path.Contains('\0', StringComparison.Ordinal))
         {
-            throw Invalid($"path '{Printable(path)}' contains a NUL character.");
+            throw Invalid($"path '{Shown(path)}' contains a NUL character.");
         }
 
         if (path.Contains('\\', StringComparison.Ordinal))
         {
-            throw Invalid($"path '{path}' contains a backslash; paths are '/'-separated and backslashes are not allowed in names.");
+            throw Invalid($"path '{Shown(path)}' contains a backslash; paths are '/'-separated and backslashes are not allowed in names.");
         }
 
         if (path[0] == '/')
         {
-            throw Invalid($"path '{path}' is absolute; manifest paths are relative to the workspace root.");
+            throw Invalid($"path '{Shown(path)}' is absolute; manifest paths are relative to the workspace root.");
         }
 
         if (path[^1] == '/')
         {
-            throw Invalid($"path '{path}' ends with '/'.");
+            throw Invalid($"path '{Shown(path)}' ends with '/'.");
         }
 
         if (Encoding.UTF8.GetByteCount(path) > MaxPathBytes)
         {
-            throw Invalid($"path '{path[..64]}...' is longer than {MaxPathBytes} bytes.");
+            throw Invalid($"path '{Shown(path)}' is longer than {MaxPathBytes} bytes.");
         }
 
         foreach (var segment in path.Split('/'))
         {
             if (segment.Length == 0)
             {
-                throw Invalid($"path '{path}' has an empty segment ('//').");
+                throw Invalid($"path '{Shown(path)}' has an empty segment ('//').");
             }
 
             if (segment is "." or "..")
             {
-                throw Invalid($"path '{path}' contains a '{segment}' segment; it must stay inside the workspace.");
+                throw Invalid($"path '{Shown(path)}' contains a '{segment}' segment; it must stay inside the workspace.");
             }
 
             if (Encoding.UTF8.GetByteCount(segment) > MaxSegmentBytes)
             {
-                throw Invalid($"path '{path}' has a name longer than {MaxSegmentBytes} bytes.");
+                throw Invalid($"path '{Shown(path)}' has a name longer than {MaxSegmentBytes} bytes.");
             }
         }
     }
@@ -73,22 +78,22 @@ internal static class SyncPaths
     {
         if (target.Length == 0)
         {
-            throw Invalid($"symlink '{linkPath}' has an empty target.");
+            throw Invalid($"symlink '{Shown(linkPath)}' has an empty target.");
         }
 
         if (target.Contains('\0', StringComparison.Ordinal))
         {
-            throw Invalid($"symlink '{linkPath}' has a target containing a NUL character.");
+            throw Invalid($"symlink '{Shown(linkPath)}' has a target containing a NUL character.");
         }
 
         if (target[0] == '/')
         {
-            throw Invalid($"symlink '{linkPath}' -> '{target}' is absolute; only relative targets inside the workspace are synced.");
+            throw Invalid($"symlink '{Shown(linkPath)}' -> '{Shown(target)}' is absolute; only relative targets inside the workspace are synced.");
         }
 
         if (Encoding.UTF8.GetByteCount(target) > MaxPathBytes)
         {
-            throw Invalid($"symlink '{linkPath}' has a target longer than {MaxPathBytes} bytes.");
+            throw Invalid($"symlink '{Shown(linkPath)}' has a target longer than {MaxPathBytes} bytes.");
         }
 
         // The resolved location as a stack of real (symlink-free) names from the workspace root.
@@ -109,7 +114,7 @@ internal static class SyncPaths
             {
                 if (resolved.Count == 0)
                 {
-                    throw Invalid($"symlink '{linkPath}' -> '{target}' resolves outside the workspace.");
+                    throw Invalid($"symlink '{Shown(linkPath)}' -> '{Shown(target)}' resolves outside the workspace.");
                 }
 
                 resolved.RemoveAt(resolved.Count - 1);
@@ -121,42 +126,19 @@ internal static class SyncPaths
             {
                 if (++expansions > MaxSymlinkExpansions)
                 {
-                    throw Invalid($"symlink '{linkPath}' -> '{target}' does not resolve (a symlink loop).");
+                    throw Invalid($"symlink '{Shown(linkPath)}' -> '{Shown(target)}' does not resolve (a symlink loop).");
                 }
 
                 // A link's target is relative to the directory holding the link.
                 resolved.RemoveAt(resolved.Count - 1);
                 if (next.StartsWith('/'))
                 {
-                    throw Invalid($"symlink '{linkPath}' -> '{target}' resolves through an absolute symlink.");
+                    throw Invalid($"symlink '{Shown(linkPath)}' -> '{Shown(target)}' resolves through an absolute symlink.");
                 }
 
                 PushReversed(pending, next);
             }
         }
-    }
-
-    /// <summary>Ordinal comparison of the UTF-8 encodings (the manifest's sort order), without allocating.</summary>
-    public static int CompareUtf8(string a, string b)
-    {
-        // UTF-16 ordinal order equals UTF-8 byte order except where surrogates meet U+E000..U+FFFF; compare by
-        // code point, which is exactly UTF-8 byte order.
-        var i = 0;
-        var j = 0;
-        while (i < a.Length && j < b.Length)
-        {
-            var ca = char.IsSurrogatePair(a, i) ? char.ConvertToUtf32(a, i) : a[i];
-            var cb = char.IsSurrogatePair(b, j) ? char.ConvertToUtf32(b, j) : b[j];
-            if (ca != cb)
-            {
-                return ca < cb ? -1 : 1;
-            }
-
-            i += ca > 0xFFFF ? 2 : 1;
-            j += cb > 0xFFFF ? 2 : 1;
-        }
-
-        return (a.Length - i).CompareTo(b.Length - j);
     }
 
     /// <summary>Whether <paramref name="path"/> is a root-level <c>bazel-*</c> name (bazel's convenience symlinks).</summary>
@@ -174,5 +156,6 @@ internal static class SyncPaths
         }
     }
 
-    private static string Printable(string path) => path.Replace("\0", "\\0", StringComparison.Ordinal);
+    /// <summary>A client's path as a message quotes it: bounded, control characters (NUL included) escaped.</summary>
+    public static string Shown(string path) => UntrustedText.Echo(path);
 }

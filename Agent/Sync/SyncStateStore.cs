@@ -16,6 +16,10 @@ internal sealed class SyncStateStore(string directory)
 {
     private const string Magic = "rbs-sync-tree-v1";
 
+    // Shard directories known to exist, so each blob does not stat its shard (twice: when received, when placed).
+    // Reset by EnsureCreated at the start of every sync and recovery, in case the directory was removed meanwhile.
+    private readonly HashSet<string> _shards = new(StringComparer.Ordinal);
+
     public string Directory { get; } = directory;
 
     public string StagingDirectory => Path.Combine(Directory, "staging");
@@ -31,6 +35,10 @@ internal sealed class SyncStateStore(string directory)
         System.IO.Directory.CreateDirectory(Path.GetDirectoryName(Path.TrimEndingDirectorySeparator(Directory)) ?? "/");
         WorkspaceTree.MakeDirectory(Directory, privateMode);
         WorkspaceTree.MakeDirectory(StagingDirectory, privateMode);
+        lock (_shards)
+        {
+            _shards.Clear();
+        }
     }
 
     public SavedTree? LoadIndex() => Load(IndexPath);
@@ -67,9 +75,17 @@ internal sealed class SyncStateStore(string directory)
     public string StagedPath(string digest)
     {
         var shard = Path.Combine(StagingDirectory, digest[..2]);
-        if (!System.IO.Directory.Exists(shard))
+        lock (_shards)
         {
-            WorkspaceTree.MakeDirectory(shard, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            if (!_shards.Contains(shard))
+            {
+                if (!System.IO.Directory.Exists(shard))
+                {
+                    WorkspaceTree.MakeDirectory(shard, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+                }
+
+                _shards.Add(shard);
+            }
         }
 
         return Path.Combine(shard, digest);

@@ -28,10 +28,11 @@ internal sealed partial class WorkspaceSyncService(
         var stopwatch = Stopwatch.StartNew();
         // Held until the partial uploads are gone: they belong to this sync, and the next one may start right after.
         IDisposable? held = null;
+        var applying = false;
         try
         {
             var begin = (await ReadAsync(requestStream, SyncClientFrame.FrameOneofCase.Begin, "begin", cancellationToken)).Begin;
-            ManifestBuilder.CheckBegin(options.Value, begin);
+            ManifestReceiver.CheckBegin(options.Value, begin);
             Log.SyncStarted(logger, context.Peer, begin.EntryCount, begin.TotalBytes);
             held = await synchronizer.AcquireAsync(cancellationToken);
             synchronizer.Recover();
@@ -45,7 +46,7 @@ internal sealed partial class WorkspaceSyncService(
                 return;
             }
 
-            await responseStream.WriteAsync(new SyncServerFrame { ManifestWanted = new ManifestWanted() }, cancellationToken);
+            await responseStream.WriteAsync(new SyncServerFrame { ManifestWanted = new ManifestWanted { BlobBatches = true } }, cancellationToken);
             var manifest = await ReceiveManifestAsync(requestStream, begin, cancellationToken);
             var plan = Plan(manifest, index, disk);
             await SendNeedsAsync(responseStream, plan, cancellationToken);
@@ -60,13 +61,14 @@ internal sealed partial class WorkspaceSyncService(
                     // Edited on the agent without changing size or mtime: stop trusting the index.
                     synchronizer.Store.DeleteIndex();
                     throw new RpcException(new Status(StatusCode.Aborted,
-                        $"'{source.Path}' changed on the agent while syncing; retry the sync."));
+                        $"'{SyncPaths.Shown(source.Path)}' changed on the agent while syncing; retry the sync."));
                 }
             }
 
             // From here on the tree changes; the journal makes that all-or-nothing even if the agent dies, and the
             // client going away no longer matters.
             var journal = new SavedTree(manifest.Digest, [.. manifest.Entries]);
+            applying = true;
             synchronizer.Store.SaveJournal(journal);
             var counts = synchronizer.Applier.Apply(journal);
             var done = new SyncDone
@@ -97,6 +99,17 @@ internal sealed partial class WorkspaceSyncService(
 
             Log.Cancelled(logger, stopwatch.ElapsedMilliseconds);
             throw;
+        }
+        catch (IOException ex) when (DiskFull.Is(ex))
+        {
+            // Not an internal error: the next step is to free space on the agent, then run the command again.
+            Log.DiskFull(logger, synchronizer.Workspace, synchronizer.Store.Directory, ex.Message);
+            throw new RpcException(new Status(StatusCode.ResourceExhausted,
+                $"the agent's disk is full: {ex.Message.TrimEnd('.')} (workspace {synchronizer.Workspace}, sync state {synchronizer.Store.Directory}). " +
+                (applying
+                    ? "The new tree is half applied; the agent completes it at the next sync once there is space. "
+                    : "The agent's workspace is unchanged. ") +
+                "Free space on the agent's disk (its administrator can enlarge the volume or remove unused agent workspaces), then run the command again."));
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or InvalidDataException)
         {
@@ -163,7 +176,7 @@ internal sealed partial class WorkspaceSyncService(
 
     private async Task<SyncManifest> ReceiveManifestAsync(IAsyncStreamReader<SyncClientFrame> requestStream, SyncBegin begin, CancellationToken cancellationToken)
     {
-        using var builder = new ManifestBuilder(options.Value, begin);
+        using var builder = new ManifestReceiver(options.Value, begin);
         while (true)
         {
             var frame = await ReadAsync(requestStream, null, "manifest or manifest_end", cancellationToken);
@@ -268,6 +281,7 @@ internal sealed partial class WorkspaceSyncService(
         CancellationToken cancellationToken)
     {
         ulong bytes = 0;
+        var chunks = new ChunkReader(requestStream, plan);
         using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         for (var i = 0; i < plan.Needed.Count; i++)
         {
@@ -281,35 +295,8 @@ internal sealed partial class WorkspaceSyncService(
             {
                 while (received < size)
                 {
-                    var frame = await ReadAsync(requestStream, null, $"blob {digest}", cancellationToken);
-                    if (frame.FrameCase != SyncClientFrame.FrameOneofCase.Blob)
-                    {
-                        throw SyncPaths.Invalid(
-                            $"expected blob {digest} ({i + 1} of {plan.Needed.Count} needed), got {Name(frame.FrameCase)}; send every needed blob before upload_end.");
-                    }
-
-                    var chunk = frame.Blob;
-                    var chunkDigest = Convert.ToHexStringLower(chunk.Digest.Span);
-                    if (chunkDigest != digest)
-                    {
-                        throw SyncPaths.Invalid($"expected a chunk of blob {digest} (blobs come in need order), got one of {chunkDigest}.");
-                    }
-
-                    if (chunk.Offset != (ulong)received)
-                    {
-                        throw SyncPaths.Invalid($"blob {digest}: chunk at offset {chunk.Offset}, expected {received}.");
-                    }
-
-                    if (chunk.Data.Length > MaxChunkBytes)
-                    {
-                        throw SyncPaths.Invalid($"blob {digest}: a chunk of {chunk.Data.Length} bytes; chunks are at most {MaxChunkBytes} bytes.");
-                    }
-
-                    if (received + chunk.Data.Length > size)
-                    {
-                        throw SyncPaths.Invalid($"blob {digest}: more than the {size} bytes the manifest lists.");
-                    }
-
+                    var chunk = await chunks.NextAsync(i, received, cancellationToken);
+                    CheckChunk(plan, i, received, chunk);
                     hash.AppendData(chunk.Data.Span);
                     part.Write(chunk.Data.Span);
                     received += chunk.Data.Length;
@@ -331,15 +318,116 @@ internal sealed partial class WorkspaceSyncService(
             bytes += (ulong)size;
         }
 
+        if (chunks.Leftover is { } extra)
+        {
+            throw SyncPaths.Invalid($"blob {Convert.ToHexStringLower(extra.Digest.Span)} was not needed (all {plan.Needed.Count} needed blobs were complete).");
+        }
+
         var end = await ReadAsync(requestStream, null, "upload_end", cancellationToken);
         if (end.FrameCase != SyncClientFrame.FrameOneofCase.UploadEnd)
         {
-            throw end.FrameCase == SyncClientFrame.FrameOneofCase.Blob
-                ? SyncPaths.Invalid($"blob {Convert.ToHexStringLower(end.Blob.Digest.Span)} was not needed (all {plan.Needed.Count} needed blobs were complete).")
-                : OutOfOrder("upload_end", end.FrameCase);
+            throw end.FrameCase switch
+            {
+                SyncClientFrame.FrameOneofCase.Blob =>
+                    SyncPaths.Invalid($"blob {Convert.ToHexStringLower(end.Blob.Digest.Span)} was not needed (all {plan.Needed.Count} needed blobs were complete)."),
+                SyncClientFrame.FrameOneofCase.Blobs when end.Blobs.Chunks.Count > 0 =>
+                    SyncPaths.Invalid($"blob {Convert.ToHexStringLower(end.Blobs.Chunks[0].Digest.Span)} was not needed (all {plan.Needed.Count} needed blobs were complete)."),
+                _ => OutOfOrder("upload_end", end.FrameCase),
+            };
         }
 
         return ((ulong)plan.Needed.Count, bytes);
+    }
+
+    /// <summary>
+    /// The rules every chunk follows, whether it came alone or in a batch: the next piece of the blob due (need order,
+    /// contiguous offsets), at most <see cref="MaxChunkBytes"/>, never past the size the manifest lists.
+    /// </summary>
+    private static void CheckChunk(SyncPlan plan, int blob, long received, BlobChunk chunk)
+    {
+        if (blob >= plan.Needed.Count)
+        {
+            throw SyncPaths.Invalid($"blob {Convert.ToHexStringLower(chunk.Digest.Span)} was not needed (all {plan.Needed.Count} needed blobs were complete).");
+        }
+
+        var (digest, size) = plan.Needed[blob];
+        var chunkDigest = Convert.ToHexStringLower(chunk.Digest.Span);
+        if (chunkDigest != digest)
+        {
+            throw SyncPaths.Invalid($"expected a chunk of blob {digest} (blobs come in need order), got one of {chunkDigest}.");
+        }
+
+        if (chunk.Offset != (ulong)received)
+        {
+            throw SyncPaths.Invalid($"blob {digest}: chunk at offset {chunk.Offset}, expected {received}.");
+        }
+
+        if (chunk.Data.Length > MaxChunkBytes)
+        {
+            throw SyncPaths.Invalid($"blob {digest}: a chunk of {chunk.Data.Length} bytes; chunks are at most {MaxChunkBytes} bytes.");
+        }
+
+        if (received + chunk.Data.Length > size)
+        {
+            throw SyncPaths.Invalid($"blob {digest}: more than the {size} bytes the manifest lists.");
+        }
+    }
+
+    /// <summary>
+    /// The uploaded chunks in order, from <c>blob</c> frames and <c>blobs</c> batches alike. A batch is checked as a
+    /// whole when it arrives, before any of its chunks is written: one bad chunk refuses all of it.
+    /// </summary>
+    private sealed class ChunkReader(IAsyncStreamReader<SyncClientFrame> requestStream, SyncPlan plan)
+    {
+        private BlobBatch? _batch;
+        private int _next;
+
+        /// <summary>A chunk of the current batch that no needed blob took (the upload sent more than was needed).</summary>
+        public BlobChunk? Leftover => _batch is not null && _next < _batch.Chunks.Count ? _batch.Chunks[_next] : null;
+
+        /// <param name="blob">Index of the blob being received (for the messages and the batch check).</param>
+        /// <param name="received">Bytes of it received so far.</param>
+        public async ValueTask<BlobChunk> NextAsync(int blob, long received, CancellationToken cancellationToken)
+        {
+            while (true)
+            {
+                if (_batch is not null && _next < _batch.Chunks.Count)
+                {
+                    return _batch.Chunks[_next++];
+                }
+
+                _batch = null;
+                var (digest, _) = plan.Needed[blob];
+                var frame = await ReadAsync(requestStream, null, $"blob {digest}", cancellationToken);
+                switch (frame.FrameCase)
+                {
+                    case SyncClientFrame.FrameOneofCase.Blob:
+                        return frame.Blob;
+                    case SyncClientFrame.FrameOneofCase.Blobs:
+                        CheckBatch(frame.Blobs, blob, received);
+                        _batch = frame.Blobs;
+                        _next = 0;
+                        break;
+                    default:
+                        throw SyncPaths.Invalid(
+                            $"expected blob {digest} ({blob + 1} of {plan.Needed.Count} needed), got {Name(frame.FrameCase)}; send every needed blob before upload_end.");
+                }
+            }
+        }
+
+        private void CheckBatch(BlobBatch batch, int blob, long received)
+        {
+            foreach (var chunk in batch.Chunks)
+            {
+                CheckChunk(plan, blob, received, chunk);
+                received += chunk.Data.Length;
+                if (received == plan.Needed[blob].Size)
+                {
+                    blob++;
+                    received = 0;
+                }
+            }
+        }
     }
 
     private void DeletePartialUploads()
@@ -401,6 +489,7 @@ internal sealed partial class WorkspaceSyncService(
         SyncClientFrame.FrameOneofCase.ManifestEnd => "manifest_end",
         SyncClientFrame.FrameOneofCase.Blob => "blob",
         SyncClientFrame.FrameOneofCase.UploadEnd => "upload_end",
+        SyncClientFrame.FrameOneofCase.Blobs => "blobs",
         _ => "an empty frame",
     };
 
@@ -424,6 +513,9 @@ internal sealed partial class WorkspaceSyncService(
 
         [LoggerMessage(EventId = 615, Level = LogLevel.Error, Message = "Sync failed")]
         public static partial void Failed(ILogger logger, Exception exception);
+
+        [LoggerMessage(EventId = 617, Level = LogLevel.Error, Message = "Sync failed: the disk is full (workspace {Workspace}, sync state {StateDirectory}): {Reason}")]
+        public static partial void DiskFull(ILogger logger, string workspace, string stateDirectory, string reason);
 
         [LoggerMessage(EventId = 616, Level = LogLevel.Warning, Message = "The sync index is unreadable; treating the workspace as unknown")]
         public static partial void IndexUnreadable(ILogger logger, Exception exception);

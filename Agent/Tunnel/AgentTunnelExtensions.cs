@@ -63,7 +63,7 @@ internal static class AgentTunnelExtensions
 }
 
 /// <summary>Binds <see cref="TunnelEndPoint"/>s; Kestrel keeps using sockets for every other endpoint.</summary>
-internal sealed class TunnelConnectionListenerFactory(
+internal sealed partial class TunnelConnectionListenerFactory(
     IOptions<AgentTunnelOptions> options,
     AgentTunnelStatus status,
     TimeProvider timeProvider,
@@ -77,39 +77,80 @@ internal sealed class TunnelConnectionListenerFactory(
         var tunnelEndPoint = endpoint as TunnelEndPoint
             ?? throw new NotSupportedException($"{endpoint.GetType().Name} is not a tunnel endpoint.");
         var o = options.Value;
-        var listener = new TunnelConnectionListener(tunnelEndPoint, o, status, timeProvider,
-            loggerFactory.CreateLogger<TunnelConnectionListener>(),
+        var logger = loggerFactory.CreateLogger<TunnelConnectionListener>();
+        // Read once, here (after the options were validated): from now on the token lives in memory only.
+        var credentials = JoinCredentials.Load(o, timeProvider, logger);
+        var listener = new TunnelConnectionListener(tunnelEndPoint, o, credentials, status, timeProvider, logger,
             onRejected: () =>
             {
                 if (o.StopOnRejection)
                 {
-                    lifetime.StopApplication();
+                    _ = StopWhenIdleAsync(logger);
                 }
             });
         listener.Start();
         return ValueTask.FromResult<IConnectionListener>(listener);
     }
+
+    /// <summary>
+    /// Credentials finally refused: a running command must not die of it (its tunnel still carries it), so the agent
+    /// stops only once no request is in flight. It takes no new tunnel meanwhile.
+    /// </summary>
+    private async Task StopWhenIdleAsync(ILogger logger)
+    {
+        var inFlight = status.ActiveRequests;
+        if (inFlight > 0)
+        {
+            Log.StoppingWhenIdle(logger, inFlight);
+        }
+
+        try
+        {
+            await status.WhenIdleAsync(lifetime.ApplicationStopping);
+        }
+        catch (OperationCanceledException)
+        {
+            return;
+        }
+
+        Log.StoppingRefused(logger, await status.Rejected);
+        lifetime.StopApplication();
+    }
+
+    private static partial class Log
+    {
+        [LoggerMessage(EventId = 312, Level = LogLevel.Warning, Message = "Credentials refused while {Requests} request(s) are in flight: they keep running; the agent stops once they end")]
+        public static partial void StoppingWhenIdle(ILogger logger, int requests);
+
+        [LoggerMessage(EventId = 313, Level = LogLevel.Critical, Message = "Stopping the agent: {Reason}, and no request is in flight (Agent:Tunnel:StopOnRejection)")]
+        public static partial void StoppingRefused(ILogger logger, string reason);
+    }
 }
 
 /// <summary>
 /// First middleware of the agent's pipeline in tunnel mode: counts the streams each tunnel carries (the
-/// tunnel connection is in the connection's items), which lets the listener dial spares ahead of demand.
+/// tunnel connection is in the connection's items), which lets the listener dial spares ahead of demand, and the
+/// requests in flight on the whole agent.
 /// </summary>
 internal sealed class TunnelStreamCounter : IStartupFilter
 {
     public Action<IApplicationBuilder> Configure(Action<IApplicationBuilder> next) => app =>
     {
+        var status = app.ApplicationServices.GetRequiredService<AgentTunnelStatus>();
         app.Use(async (context, nextMiddleware) =>
         {
             var tunnel = context.Features.Get<Microsoft.AspNetCore.Connections.Features.IConnectionItemsFeature>()?.Items
                 .TryGetValue(TunnelConnection.ItemKey, out var item) == true ? item as TunnelConnection : null;
             tunnel?.StreamStarted();
+            // Every request, tunnel or direct: an agent whose credentials were refused stops only once none is left.
+            status.RequestStarted();
             try
             {
                 await nextMiddleware(context);
             }
             finally
             {
+                status.RequestEnded();
                 tunnel?.StreamEnded();
             }
         });

@@ -12,10 +12,14 @@ internal sealed class AgentTunnelOptions
     /// <summary>The gateway's agent endpoint, e.g. <c>http://rbs-gateway:8081</c> (<c>https</c>/<c>wss</c> for TLS). Flag <c>--gateway</c>. Default none (tunnel mode off).</summary>
     public string? GatewayAddress { get; set; }
 
-    /// <summary>Join token minted by the orchestrator for this agent id. Flag <c>--join-token</c>. Default none.</summary>
+    /// <summary>Join token minted by the orchestrator for this agent id (tests; pods get it from a Secret through the environment). Flag <c>--join-token</c>. Default none.</summary>
     public string? JoinToken { get; set; }
 
-    /// <summary>File holding the join token (preferred over the command line, which other users can read). Flag <c>--join-token-file</c>. Default none.</summary>
+    /// <summary>
+    /// File holding the join token (preferred over the command line, which other users can read). Read once at start-up
+    /// and deleted (emptied when its directory does not allow deleting); the token then lives in memory only, renewed by
+    /// the gateway. Flag <c>--join-token-file</c>. Default none.
+    /// </summary>
     public string? JoinTokenFile { get; set; }
 
     /// <summary>Idle tunnel connections kept open; one is replaced as soon as the gateway starts using it. Default <c>2</c>.</summary>
@@ -38,8 +42,12 @@ internal sealed class AgentTunnelOptions
     /// <summary>First reconnect delay (the cap of the first jittered wait). Default <c>00:00:00.100</c>.</summary>
     public TimeSpan ReconnectInitialDelay { get; set; } = TimeSpan.FromMilliseconds(100);
 
-    /// <summary>Cap of the exponential reconnect delay (full jitter below it). Default <c>00:00:30</c>.</summary>
-    public TimeSpan ReconnectMaxDelay { get; set; } = TimeSpan.FromSeconds(30);
+    /// <summary>
+    /// Cap of the exponential reconnect delay (full jitter below it). Short, because it bounds how long a live agent
+    /// stays unreachable after a gateway restart or outage ends, which is what the first build after it waits; the
+    /// cost is at most one refused connect per spare every few seconds while the gateway is down. Default <c>00:00:05</c>.
+    /// </summary>
+    public TimeSpan ReconnectMaxDelay { get; set; } = TimeSpan.FromSeconds(5);
 
     /// <summary>WebSocket ping interval on tunnels. Default <c>00:00:15</c>.</summary>
     public TimeSpan KeepAliveInterval { get; set; } = TimeSpan.FromSeconds(15);
@@ -50,7 +58,10 @@ internal sealed class AgentTunnelOptions
     /// <summary>Timeout of one WebSocket connect to the gateway. Default <c>00:00:10</c>.</summary>
     public TimeSpan ConnectTimeout { get; set; } = TimeSpan.FromSeconds(10);
 
-    /// <summary>When the gateway rejects the join token (4xx, final), stop the agent instead of idling without a tunnel. Default <c>true</c>.</summary>
+    /// <summary>
+    /// When the gateway finally refuses the credentials (4xx), stop the agent instead of idling without a tunnel — once
+    /// no request is in flight: a running command is never cut for it. Default <c>true</c>.
+    /// </summary>
     public bool StopOnRejection { get; set; } = true;
 
     /// <summary>Friendly flags for the agent's command line (merge into the agent's switch mappings).</summary>

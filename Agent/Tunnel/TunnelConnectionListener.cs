@@ -2,6 +2,8 @@ using System.Net;
 using System.Net.WebSockets;
 using System.Threading.Channels;
 using Microsoft.AspNetCore.Connections;
+using Rbs.Shared.Protocol;
+using Rbs.Shared.Tunnel;
 
 namespace Rbs.Agent.Tunnel;
 
@@ -12,8 +14,14 @@ namespace Rbs.Agent.Tunnel;
 /// agent learns a tunnel went into use without a separate control channel, and Kestrel never times out an
 /// idle, never-used tunnel. Spares are also dialled ahead of demand: when a tunnel in use reaches 3/4 of its
 /// stream limit, one extra spare is dialled (at most <see cref="AgentTunnelOptions.MaxExtraSpares"/> at a time),
-/// so the gateway rarely waits for a dial when it needs another connection. Failures reconnect with capped exponential backoff and full jitter; a 4xx from
-/// the gateway (bad or expired join token) is final.
+/// so the gateway rarely waits for a dial when it needs another connection.
+/// <para>
+/// Credentials: every dial uses the join token in <see cref="JoinCredentials"/> and stores the renewed one the
+/// gateway returns. An idle agent dials nothing, so once its newest token has used up half its lifetime the
+/// renewal loop rotates the oldest idle spare (dial a fresh one first, then close the old one), which keeps the
+/// token fresh without new demand. Failures reconnect with capped exponential backoff and full jitter; a 4xx from
+/// the gateway (credentials refused) is final: no more dials, while requests in flight run to their end.
+/// </para>
 /// </summary>
 internal sealed partial class TunnelConnectionListener : IConnectionListener
 {
@@ -21,6 +29,7 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
 
     private readonly TunnelEndPoint _endPoint;
     private readonly AgentTunnelOptions _options;
+    private readonly JoinCredentials _credentials;
     private readonly AgentTunnelStatus _status;
     private readonly TimeProvider _timeProvider;
     private readonly ILogger _logger;
@@ -28,15 +37,16 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
     private readonly Channel<ConnectionContext> _accepted = Channel.CreateUnbounded<ConnectionContext>();
     private readonly CancellationTokenSource _stop = new();
     private readonly HashSet<WebSocketTunnelStream> _live = [];
+    private readonly List<IdleSpare> _idle = [];
     private readonly List<Task> _extraLoops = [];
     private Task[] _loops = [];
     private int _extraSpares;
-    private string? _renewedJoinToken;
 
-    public TunnelConnectionListener(TunnelEndPoint endPoint, AgentTunnelOptions options, AgentTunnelStatus status, TimeProvider timeProvider, ILogger logger, Action onRejected)
+    public TunnelConnectionListener(TunnelEndPoint endPoint, AgentTunnelOptions options, JoinCredentials credentials, AgentTunnelStatus status, TimeProvider timeProvider, ILogger logger, Action onRejected)
     {
         _endPoint = endPoint;
         _options = options;
+        _credentials = credentials;
         _status = status;
         _timeProvider = timeProvider;
         _logger = logger;
@@ -45,10 +55,16 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
 
     public EndPoint EndPoint => _endPoint;
 
+    public JoinCredentials Credentials => _credentials;
+
     public void Start()
     {
         _status.Attach(this);
-        _loops = [.. Enumerable.Range(0, Math.Max(1, _options.SpareConnections)).Select(_ => Task.Run(() => RunSpareLoopAsync(_stop.Token)))];
+        _loops =
+        [
+            .. Enumerable.Range(0, Math.Max(1, _options.SpareConnections)).Select(_ => Task.Run(() => RunSpareLoopAsync(_stop.Token))),
+            Task.Run(() => RunRenewalLoopAsync(_stop.Token)),
+        ];
     }
 
     public async ValueTask<ConnectionContext?> AcceptAsync(CancellationToken cancellationToken = default)
@@ -143,28 +159,19 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
                 continue;
             }
 
-            var connectedAt = _timeProvider.GetTimestamp();
-            Track(stream, add: true);
-            _status.TunnelOpened();
-            int received;
-            try
+            var spare = new IdleSpare(Opened(stream), _timeProvider.GetTimestamp());
+            var outcome = await KeepIdleAsync(spare, stop);
+            if (outcome == SpareOutcome.Stopped)
             {
-                received = await stream.WaitForDataAsync().WaitAsync(stop);
-            }
-            catch (OperationCanceledException)
-            {
-                Track(stream, add: false);
-                _status.TunnelClosed();
-                await stream.DisposeAsync();
+                await CloseAsync(spare.Stream);
                 return;
             }
 
-            if (received > 0)
+            if (outcome == SpareOutcome.InUse)
             {
                 // The gateway started an HTTP/2 connection on this spare: hand it to Kestrel, dial a replacement.
                 failures = 0;
-                Log.TunnelInUse(_logger);
-                _accepted.Writer.TryWrite(new TunnelConnection(stream, _endPoint, OnConnectionDisposed, OnTunnelBusy, BusyThreshold));
+                HandToKestrel(spare.Stream);
                 if (extra)
                 {
                     return;
@@ -174,21 +181,160 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
             }
 
             // Closed while idle: the gateway stopped or evicted it, or keepalive found it dead.
-            Track(stream, add: false);
-            _status.TunnelClosed();
-            await stream.DisposeAsync();
+            await CloseAsync(spare.Stream);
             if (extra)
             {
                 return;
             }
 
-            failures = _timeProvider.GetElapsedTime(connectedAt) > s_stableConnection ? 1 : failures + 1;
+            failures = _timeProvider.GetElapsedTime(spare.ConnectedAt) > s_stableConnection ? 1 : failures + 1;
             var wait = Backoff(failures);
             Log.IdleTunnelClosed(_logger, wait.TotalMilliseconds);
             if (!await DelayAsync(wait, stop))
             {
                 return;
             }
+        }
+    }
+
+    /// <summary>
+    /// Waits while <paramref name="spare"/> is idle, until the gateway uses it (InUse), it closes (Closed) or the
+    /// listener stops (Stopped). A rotation asked for meanwhile dials a fresh tunnel first, then retires the old one
+    /// and goes on waiting on the fresh one; if that dial fails the old tunnel stays, so a rotation never costs a spare.
+    /// </summary>
+    private async Task<SpareOutcome> KeepIdleAsync(IdleSpare spare, CancellationToken stop)
+    {
+        while (true)
+        {
+            var data = spare.Stream.WaitForDataAsync();
+            SetIdle(spare, idle: true);
+            try
+            {
+                await Task.WhenAny(data, spare.RotationRequested).WaitAsync(stop);
+            }
+            catch (OperationCanceledException)
+            {
+                SetIdle(spare, idle: false);
+                spare.Leave();
+                return SpareOutcome.Stopped;
+            }
+
+            SetIdle(spare, idle: false);
+            if (data.IsCompleted)
+            {
+                spare.Leave();
+                return data.Result > 0 ? SpareOutcome.InUse : SpareOutcome.Closed;
+            }
+
+            WebSocketTunnelStream fresh;
+            try
+            {
+                fresh = await DialAsync(stop);
+            }
+            catch (OperationCanceledException) when (stop.IsCancellationRequested)
+            {
+                spare.Leave();
+                return SpareOutcome.Stopped;
+            }
+            catch (TunnelRejectedException ex)
+            {
+                spare.Leave();
+                Reject(ex);
+                return SpareOutcome.Stopped;
+            }
+            catch (Exception ex)
+            {
+                // Keep the old tunnel: its token is still valid for the other half of its lifetime; the renewal loop retries.
+                Log.RotationDialFailed(_logger, _endPoint.GatewayUri, ex.GetBaseException().Message);
+                spare.RotationFinished(replacement: null, 0);
+                continue;
+            }
+
+            var old = spare.Stream;
+            spare.RotationFinished(Opened(fresh), _timeProvider.GetTimestamp());
+            if (data.IsCompleted && data.Result > 0)
+            {
+                // The gateway claimed the old one while the fresh one was dialled: it goes into use, the fresh one stays.
+                HandToKestrel(old);
+            }
+            else
+            {
+                // Still idle (or already closed): retire it. Should the gateway be claiming it this very moment, its
+                // liveness probe sees the close and takes another tunnel; no request is lost.
+                await CloseAsync(old);
+            }
+
+            Log.SpareRotated(_logger);
+        }
+    }
+
+    /// <summary>
+    /// Keeps the credentials fresh on an idle agent: when the newest token has used up half its lifetime, the oldest
+    /// idle spare is rotated (its fresh dial brings a renewed token). Retried with backoff while no spare is idle or
+    /// the dial fails.
+    /// </summary>
+    private async Task RunRenewalLoopAsync(CancellationToken stop)
+    {
+        var attempts = 0;
+        while (!stop.IsCancellationRequested)
+        {
+            var changed = _credentials.Changed;
+            var due = _credentials.RenewDue;
+            var wait = due is { } at ? at - _timeProvider.GetUtcNow() : Timeout.InfiniteTimeSpan;
+            if (due is null || wait > TimeSpan.Zero)
+            {
+                if (!await WaitForChangeAsync(changed, wait, stop))
+                {
+                    return;
+                }
+
+                continue;
+            }
+
+            if (OldestIdle() is { } spare)
+            {
+                Log.RenewingCredentials(_logger);
+                try
+                {
+                    await spare.RequestRotation().WaitAsync(stop);
+                }
+                catch (OperationCanceledException)
+                {
+                    return;
+                }
+            }
+
+            if (_credentials.RenewDue is { } next && next > _timeProvider.GetUtcNow())
+            {
+                attempts = 0;
+                continue;
+            }
+
+            attempts++;
+            if (!await DelayAsync(Backoff(attempts), stop))
+            {
+                return;
+            }
+        }
+    }
+
+    /// <summary>False when the listener stopped; true when <paramref name="changed"/> completed or <paramref name="wait"/> passed.</summary>
+    private async Task<bool> WaitForChangeAsync(Task changed, TimeSpan wait, CancellationToken stop)
+    {
+        using var cancel = CancellationTokenSource.CreateLinkedTokenSource(stop);
+        try
+        {
+            await Task.WhenAny(changed, Task.Delay(wait, _timeProvider, cancel.Token)).WaitAsync(stop);
+            return true;
+        }
+        catch (OperationCanceledException)
+        {
+            return false;
+        }
+        finally
+        {
+            // Disposes the pending delay's timer.
+            await cancel.CancelAsync();
         }
     }
 
@@ -233,6 +379,26 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
         _status.TunnelClosed();
     }
 
+    private WebSocketTunnelStream Opened(WebSocketTunnelStream stream)
+    {
+        Track(stream, add: true);
+        _status.TunnelOpened();
+        return stream;
+    }
+
+    private async Task CloseAsync(WebSocketTunnelStream stream)
+    {
+        Track(stream, add: false);
+        _status.TunnelClosed();
+        await stream.DisposeAsync();
+    }
+
+    private void HandToKestrel(WebSocketTunnelStream stream)
+    {
+        Log.TunnelInUse(_logger);
+        _accepted.Writer.TryWrite(new TunnelConnection(stream, _endPoint, OnConnectionDisposed, OnTunnelBusy, BusyThreshold));
+    }
+
     private void Track(WebSocketTunnelStream stream, bool add)
     {
         lock (_live)
@@ -248,26 +414,35 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
         }
     }
 
-    private async Task<WebSocketTunnelStream> DialAsync(CancellationToken stop)
+    private void SetIdle(IdleSpare spare, bool idle)
     {
-        var renewed = Volatile.Read(ref _renewedJoinToken);
-        try
+        lock (_idle)
         {
-            return await DialWithTokenAsync(renewed ?? ConfiguredJoinToken(), stop);
-        }
-        catch (TunnelRejectedException) when (renewed is not null)
-        {
-            // The gateway's renewed token can lapse during a long outage; the configured one may be newer (rotated secret).
-            Interlocked.CompareExchange(ref _renewedJoinToken, null, renewed);
-            return await DialWithTokenAsync(ConfiguredJoinToken(), stop);
+            if (idle)
+            {
+                _idle.Add(spare);
+            }
+            else
+            {
+                _idle.Remove(spare);
+            }
         }
     }
 
-    private async Task<WebSocketTunnelStream> DialWithTokenAsync(string token, CancellationToken stop)
+    private IdleSpare? OldestIdle()
+    {
+        lock (_idle)
+        {
+            return _idle.Count == 0 ? null : _idle.MinBy(s => s.ConnectedAt);
+        }
+    }
+
+    /// <summary>One WebSocket connect with the current token; the renewed token of the 101 replaces it for later dials.</summary>
+    private async Task<WebSocketTunnelStream> DialAsync(CancellationToken stop)
     {
         var webSocket = new ClientWebSocket();
         webSocket.Options.CollectHttpResponseDetails = true;
-        webSocket.Options.SetRequestHeader("Authorization", "Bearer " + token);
+        webSocket.Options.SetRequestHeader("Authorization", "Bearer " + _credentials.Token);
         webSocket.Options.KeepAliveInterval = _options.KeepAliveInterval;
         webSocket.Options.KeepAliveTimeout = _options.KeepAliveTimeout;
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(stop);
@@ -288,24 +463,21 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
             throw;
         }
 
-        if (webSocket.HttpResponseHeaders?.TryGetValue("rbs-join-token", out var renewed) == true && renewed.FirstOrDefault() is { Length: > 0 } fresh)
+        if (webSocket.HttpResponseHeaders?.TryGetValue(RbsHeaders.RenewedJoinToken, out var renewed) == true && renewed.FirstOrDefault() is { Length: > 0 } fresh)
         {
-            Volatile.Write(ref _renewedJoinToken, fresh);
+            _credentials.Renewed(fresh, AnnouncedLifetime(webSocket.HttpResponseHeaders));
         }
 
         webSocket.HttpResponseHeaders = null;
         return new WebSocketTunnelStream(webSocket);
     }
 
-    private string ConfiguredJoinToken()
-    {
-        if (!string.IsNullOrWhiteSpace(_options.JoinTokenFile))
-        {
-            return File.ReadAllText(_options.JoinTokenFile).Trim();
-        }
-
-        return _options.JoinToken?.Trim() ?? "";
-    }
+    private static TimeSpan? AnnouncedLifetime(IReadOnlyDictionary<string, IEnumerable<string>> headers) =>
+        headers.TryGetValue(RbsHeaders.RenewedJoinTokenLifetime, out var values)
+        && long.TryParse(values.FirstOrDefault(), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var seconds)
+        && seconds > 0
+            ? TimeSpan.FromSeconds(seconds)
+            : null;
 
     // 4xx is the gateway's final word on our credentials; 408/429 are worth retrying.
     private static bool IsFinal(HttpStatusCode status) =>
@@ -348,6 +520,88 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
         public HttpStatusCode StatusCode => statusCode;
     }
 
+    private enum SpareOutcome
+    {
+        InUse,
+        Closed,
+        Stopped,
+    }
+
+    /// <summary>A spare loop's idle tunnel, which the renewal loop may ask to rotate.</summary>
+    private sealed class IdleSpare(WebSocketTunnelStream stream, long connectedAt)
+    {
+        private readonly Lock _lock = new();
+        private TaskCompletionSource _requested = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private TaskCompletionSource? _finished;
+        private bool _left;
+
+        public WebSocketTunnelStream Stream { get; private set; } = stream;
+
+        /// <summary>When <see cref="Stream"/> connected (a timestamp of the listener's TimeProvider).</summary>
+        public long ConnectedAt { get; private set; } = connectedAt;
+
+        public Task RotationRequested
+        {
+            get
+            {
+                lock (_lock)
+                {
+                    return _requested.Task;
+                }
+            }
+        }
+
+        /// <summary>Asks the owning loop to rotate; completes when it did, could not, or the tunnel went into use.</summary>
+        public Task RequestRotation()
+        {
+            lock (_lock)
+            {
+                if (_left)
+                {
+                    return Task.CompletedTask;
+                }
+
+                _finished ??= new(TaskCreationOptions.RunContinuationsAsynchronously);
+                _requested.TrySetResult();
+                return _finished.Task;
+            }
+        }
+
+        /// <summary>The owning loop is done with a request (or with this spare); <paramref name="replacement"/> is its fresh tunnel, if any.</summary>
+        public void RotationFinished(WebSocketTunnelStream? replacement, long connectedAt)
+        {
+            TaskCompletionSource? finished;
+            lock (_lock)
+            {
+                if (replacement is not null)
+                {
+                    Stream = replacement;
+                    ConnectedAt = connectedAt;
+                }
+
+                _requested = new(TaskCreationOptions.RunContinuationsAsynchronously);
+                finished = _finished;
+                _finished = null;
+            }
+
+            finished?.TrySetResult();
+        }
+
+        /// <summary>The tunnel is no longer an idle spare (in use, closed, or the listener stopped): no rotation is pending any more.</summary>
+        public void Leave()
+        {
+            TaskCompletionSource? finished;
+            lock (_lock)
+            {
+                _left = true;
+                finished = _finished;
+                _finished = null;
+            }
+
+            finished?.TrySetResult();
+        }
+    }
+
     private static partial class Log
     {
         [LoggerMessage(EventId = 300, Level = LogLevel.Warning, Message = "Tunnel dial to {Gateway} failed (attempt {Attempt}), retrying in {DelayMs:0} ms: {Reason}")]
@@ -365,18 +619,30 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
         [LoggerMessage(EventId = 305, Level = LogLevel.Warning, Message = "Extra spare dial to {Gateway} failed (not retried; the regular spares keep redialling): {Reason}")]
         public static partial void ExtraDialFailed(ILogger logger, Uri gateway, string reason);
 
-        [LoggerMessage(EventId = 303, Level = LogLevel.Critical, Message = "The gateway at {Gateway} rejected this agent's join token (HTTP {Status} {Reason}). Not retrying: the token is invalid, expired or for another key; the orchestrator must mint a new one.")]
+        [LoggerMessage(EventId = 303, Level = LogLevel.Critical, Message = "The gateway at {Gateway} refused this agent's credentials (HTTP {Status} {Reason}): the join token is invalid or for another key, or it expired and the orchestrator no longer knows this agent as live. Not dialling again; requests in flight keep running.")]
         public static partial void Rejected(ILogger logger, Uri gateway, int status, string reason);
+
+        [LoggerMessage(EventId = 309, Level = LogLevel.Debug, Message = "The join token has used up half its lifetime: rotating the oldest idle tunnel to renew it")]
+        public static partial void RenewingCredentials(ILogger logger);
+
+        [LoggerMessage(EventId = 310, Level = LogLevel.Debug, Message = "Rotated an idle tunnel: a fresh one is dialled (renewed join token), the old one closed")]
+        public static partial void SpareRotated(ILogger logger);
+
+        [LoggerMessage(EventId = 311, Level = LogLevel.Warning, Message = "Rotating an idle tunnel to {Gateway} failed; keeping the old one and retrying: {Reason}")]
+        public static partial void RotationDialFailed(ILogger logger, Uri gateway, string reason);
     }
 }
 
-/// <summary>The tunnel's state, for the agent's wiring (readiness) and tests.</summary>
+/// <summary>The tunnel's state, for the agent's wiring (readiness, stop after a refusal) and tests.</summary>
 internal sealed class AgentTunnelStatus
 {
     private readonly TaskCompletionSource _firstConnected = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly TaskCompletionSource<string> _rejected = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly Lock _requestsLock = new();
+    private TaskCompletionSource _idle = Completed();
     private TunnelConnectionListener? _listener;
     private int _open;
+    private int _requests;
 
     /// <summary>Completes when the first tunnel to the gateway is open (the agent is registered).</summary>
     public Task FirstConnected => _firstConnected.Task;
@@ -387,8 +653,32 @@ internal sealed class AgentTunnelStatus
     /// <summary>Tunnels open now (idle spares plus those carrying HTTP/2 connections).</summary>
     public int OpenTunnels => Volatile.Read(ref _open);
 
+    /// <summary>The join token in use, once the listener is bound.</summary>
+    public JoinCredentials? Credentials => _listener?.Credentials;
+
+    /// <summary>Requests (gRPC calls: commands, syncs, output reads) in flight on any endpoint of the agent.</summary>
+    public int ActiveRequests
+    {
+        get
+        {
+            lock (_requestsLock)
+            {
+                return _requests;
+            }
+        }
+    }
+
     /// <summary>Cuts every tunnel as a network failure would (tests, emergency drain); the listener reconnects.</summary>
     public void AbortAllTunnels() => _listener?.AbortAll();
+
+    /// <summary>Completes when no request is in flight.</summary>
+    public Task WhenIdleAsync(CancellationToken cancellationToken)
+    {
+        lock (_requestsLock)
+        {
+            return _idle.Task.WaitAsync(cancellationToken);
+        }
+    }
 
     internal void Attach(TunnelConnectionListener listener) => _listener = listener;
 
@@ -401,4 +691,33 @@ internal sealed class AgentTunnelStatus
     internal void TunnelClosed() => Interlocked.Decrement(ref _open);
 
     internal bool Reject(string reason) => _rejected.TrySetResult(reason);
+
+    internal void RequestStarted()
+    {
+        lock (_requestsLock)
+        {
+            if (_requests++ == 0)
+            {
+                _idle = new(TaskCreationOptions.RunContinuationsAsynchronously);
+            }
+        }
+    }
+
+    internal void RequestEnded()
+    {
+        lock (_requestsLock)
+        {
+            if (--_requests == 0)
+            {
+                _idle.TrySetResult();
+            }
+        }
+    }
+
+    private static TaskCompletionSource Completed()
+    {
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        done.SetResult();
+        return done;
+    }
 }

@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Net;
 using Microsoft.AspNetCore.Connections.Features;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Rbs.Shared.Hosting;
 
 namespace Rbs.Gateway.Hosting;
 
@@ -36,6 +37,8 @@ internal sealed class GatewayEndpoints
         Listen(kestrel, options.PublicListen, listen =>
         {
             _public = listen;
+            // First, so a TLS handshake that stalls counts against the handshake timeout too.
+            listen.UseConnectionGuard();
             Tag(listen, PublicKind);
             if (!string.IsNullOrEmpty(options.CertificatePath))
             {
@@ -53,6 +56,7 @@ internal sealed class GatewayEndpoints
         Listen(kestrel, options.AgentListen, listen =>
         {
             _agent = listen;
+            listen.UseConnectionGuard();
             Tag(listen, AgentKind);
             // Tunnels are WebSockets over HTTP/1.1.
             listen.Protocols = HttpProtocols.Http1;

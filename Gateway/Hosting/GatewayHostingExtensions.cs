@@ -5,6 +5,7 @@ using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Options;
 using Rbs.Gateway.Security;
 using Rbs.Gateway.Tunnel;
+using Rbs.Shared.Hosting;
 using Yarp.ReverseProxy.Configuration;
 using Yarp.ReverseProxy.Forwarder;
 
@@ -34,16 +35,16 @@ internal static class GatewayHostingExtensions
                 && o.TunnelProbeTimeout > TimeSpan.Zero && o.AgentStreamIdleTimeout > TimeSpan.Zero && o.JoinTokenRenewalLifetime > TimeSpan.Zero && o.OrchestratorCallTimeout > TimeSpan.Zero,
                 "Gateway timeouts and intervals must be positive.")
             .ValidateOnStart();
+        services.AddSingleton<IValidateOptions<GatewayOptions>, GatewayTokenKeyValidator>();
 
         services.TryAddSingleton(TimeProvider.System);
-        services.AddSingleton(sp =>
-        {
-            var o = sp.GetRequiredService<IOptions<GatewayOptions>>().Value;
-            var key = !string.IsNullOrWhiteSpace(o.TokenKey) ? RbsTokenService.DecodeKey(o.TokenKey) : RbsTokenService.ReadKeyFile(o.TokenKeyFile!);
-            return new RbsTokenService(key, sp.GetRequiredService<TimeProvider>());
-        });
+        // Handshake timeout, connection and stream limits of both endpoints (Gateway:Limits; docs/limits.md).
+        services.AddServerLimits(GatewayOptions.SectionName);
+        // Tokens: JwtBearer and the join/session/internal policies (Security/GatewayAuthentication.cs).
+        services.AddGatewayAuthentication();
         services.AddSingleton<AgentTunnelRegistry>();
         services.AddSingleton<AgentStreamForwarder>();
+        services.AddSingleton<Rbs.Gateway.Registration.AgentDirectoryClient>();
         services.AddSingleton<GatewayEndpoints>();
         services.AddHostedService<GatewayReadyFile>();
 
@@ -96,26 +97,40 @@ internal static class GatewayHostingExtensions
             return next(context);
         });
         app.UseWebSockets();
+        // After the endpoint check: a route not served on this endpoint is a 404 whatever its token.
+        app.UseAuthorization();
 
         app.MapGet("/healthz", () => "ok");
         app.MapAgentTunnels();
         foreach (var prefix in AgentServicePrefixes)
         {
-            app.MapPost(prefix + "{**method}", (HttpContext context, AgentStreamForwarder forwarder) => forwarder.ForwardAsync(context));
+            app.MapPost(prefix + "{**method}", (HttpContext context, AgentStreamForwarder forwarder) => forwarder.ForwardAsync(context))
+                .RequireAuthorization(GatewayAuthentication.Session);
         }
 
         app.MapReverseProxy(proxy => proxy.Use(async (context, next) =>
         {
             await next();
-            // The orchestrator is down or unreachable: say so in gRPC terms instead of a bare 502.
+            // The orchestrator is down or unreachable: say so in gRPC terms instead of a bare 502, and say that it is the
+            // hop behind the gateway (the client only knows the gateway's address).
             if (context.Features.Get<IForwarderErrorFeature>() is { } error && !context.Response.HasStarted && !context.RequestAborted.IsCancellationRequested)
             {
                 var address = context.RequestServices.GetRequiredService<IOptions<GatewayOptions>>().Value.OrchestratorAddress;
-                await GrpcResponses.WriteStatusAsync(context, StatusCode.Unavailable,
-                    $"the gateway cannot reach the orchestrator at {address} ({error.Error}: {error.Exception?.GetBaseException().Message})");
+                await GrpcResponses.WriteStatusAsync(context, StatusCode.Unavailable, OrchestratorFailure(address, error));
             }
         }));
         return app;
+    }
+
+    /// <summary>The status message when a proxied orchestrator call fails before its response started.</summary>
+    internal static string OrchestratorFailure(string address, IForwarderErrorFeature error)
+    {
+        var reason = $"{error.Error}: {error.Exception?.GetBaseException().Message.TrimEnd('.')}";
+        return error.Error is ForwarderError.Request or ForwarderError.RequestTimedOut
+            ? $"the gateway is up, but cannot reach the orchestrator at {address} behind it ({reason}). " +
+                "The orchestrator is down or unreachable from the gateway: its operator must start it or fix the gateway's --orchestrator"
+            : $"the gateway reached the orchestrator at {address}, but the call failed ({reason}). " +
+                "If it keeps failing, the orchestrator's log says why";
     }
 
     private static InMemoryConfigProvider OrchestratorProxyConfig(GatewayOptions options) => new(

@@ -2,7 +2,7 @@ using System.ComponentModel.DataAnnotations;
 
 namespace Rbs.Gateway.Hosting;
 
-/// <summary>Configuration of rbs-gateway (section <c>Gateway</c>, env <c>Gateway__Key</c>).</summary>
+/// <summary>Configuration of rbs-gateway (section <c>Gateway</c>, env <c>Gateway__Key</c>; friendly flags: <see cref="GatewayHost.CommandLine"/>).</summary>
 internal sealed class GatewayOptions
 {
     public const string SectionName = "Gateway";
@@ -31,6 +31,23 @@ internal sealed class GatewayOptions
     /// <summary>File holding the base64 token key (a mounted secret). Flag <c>--token-key-file</c>. Default none.</summary>
     public string? TokenKeyFile { get; set; }
 
+    /// <summary>
+    /// Further base64 keys a token may be signed with during a key rotation (separated by whitespace or commas), beside
+    /// the current key that signs: the next key before every host signs with it, or the previous one until the tokens it
+    /// signed have expired. Env <c>Gateway__AcceptedTokenKeys</c>. Default none (docs/connect-modes.md, "Key rotation").
+    /// </summary>
+    public string? AcceptedTokenKeys { get; set; }
+
+    /// <summary>File of such keys, one per line. Flag <c>--accepted-token-keys-file</c>. Default none.</summary>
+    public string? AcceptedTokenKeysFile { get; set; }
+
+    /// <summary>Tolerated clock difference between the hosts that mint and check tokens (<c>nbf</c>/<c>exp</c>). Default <c>00:00:30</c>.</summary>
+    public TimeSpan TokenClockSkew { get; set; } = Rbs.Shared.Tokens.RbsTokenService.DefaultClockSkew;
+
+    /// <summary>The current key and the accepted ones; throws <see cref="FormatException"/>/<see cref="IOException"/> with a clear message.</summary>
+    public Rbs.Shared.Tokens.RbsTokenKeyRing ReadTokenKeys() =>
+        Rbs.Shared.Tokens.RbsTokenKeyRing.Load(TokenKey, TokenKeyFile, AcceptedTokenKeys, AcceptedTokenKeysFile);
+
     /// <summary>WebSocket ping interval and HTTP/2 ping delay on tunnels. Default <c>00:00:15</c>.</summary>
     public TimeSpan TunnelKeepAliveInterval { get; set; } = TimeSpan.FromSeconds(15);
 
@@ -47,9 +64,9 @@ internal sealed class GatewayOptions
     [Range(65_535, int.MaxValue)]
     public int PublicStreamWindowSize { get; set; } = 256 * 1024;
 
-    /// <summary>Response bytes Kestrel buffers per client stream before the forwarder waits for the client to read (Kestrel <c>MaxResponseBufferSize</c>). Default <c>32768</c> (32 KiB).</summary>
+    /// <summary>Response bytes Kestrel buffers per client stream before the forwarder waits for the client to read (Kestrel <c>MaxResponseBufferSize</c>; the forwarder's 64 KiB write in flight comes on top). Default <c>16384</c> (16 KiB).</summary>
     [Range(4096, int.MaxValue)]
-    public int PublicResponseBufferSize { get; set; } = 32 * 1024;
+    public int PublicResponseBufferSize { get; set; } = 16 * 1024;
 
     /// <summary>Initial HTTP/2 receive window of one stream on a tunnel (the gateway's HTTP/2 client); it grows with dynamic window scaling up to <see cref="TunnelStreamMaxWindowSize"/> for streams whose client keeps up. Default <c>65535</c>.</summary>
     [Range(65_535, int.MaxValue)]
@@ -57,12 +74,21 @@ internal sealed class GatewayOptions
 
     /// <summary>
     /// Cap of that dynamic window, i.e. the most the gateway buffers per agent stream for a slow client (.NET's own
-    /// default is 16 MiB, which let 2,000 streams take 1.5 GiB). Process-wide: applied through the
-    /// <c>DOTNET_SYSTEM_NET_HTTP_SOCKETSHTTPHANDLER_FLOWCONTROL_MAXSTREAMWINDOWSIZE</c> environment variable at startup
-    /// unless that is set already. Default <c>1048576</c> (1 MiB).
+    /// default is 16 MiB, which let 2,000 streams take 1.5 GiB; 1 MiB still peaked at 658 MiB). Process-wide: applied
+    /// through the <c>DOTNET_SYSTEM_NET_HTTP_SOCKETSHTTPHANDLER_FLOWCONTROL_MAXSTREAMWINDOWSIZE</c> environment variable
+    /// at startup unless that is set already. The agent leg is in-cluster (sub-millisecond round trips), where 256 KiB in
+    /// flight per stream keeps one stream at full speed. Default <c>262144</c> (256 KiB).
     /// </summary>
     [Range(65_535, int.MaxValue)]
-    public int TunnelStreamMaxWindowSize { get; set; } = 1024 * 1024;
+    public int TunnelStreamMaxWindowSize { get; set; } = 256 * 1024;
+
+    /// <summary>
+    /// Client streams the gateway forwards at once, over all agents. Each one owns bounded buffers, so this bounds the
+    /// gateway's stream memory (the arithmetic: docs/limits.md, "Gateway memory"). A stream beyond it waits up to
+    /// <see cref="TunnelAcquireTimeout"/> for one to end, then fails with <c>Unavailable</c> (EventId 134). Default <c>2048</c>.
+    /// </summary>
+    [Range(1, 1_000_000)]
+    public int MaxConcurrentStreams { get; set; } = 2048;
 
     /// <summary>A client stream with no bytes in either direction for this long is cancelled (a quiet bazel phase must fit). Default <c>1.00:00:00</c>.</summary>
     public TimeSpan AgentStreamIdleTimeout { get; set; } = TimeSpan.FromDays(1);
@@ -75,15 +101,4 @@ internal sealed class GatewayOptions
 
     /// <summary>Once both endpoints listen, <c>{"publicAddress":..,"agentAddress":..,"pid":..}</c> is written here (atomically). Flag <c>--ready-file</c>. Default none.</summary>
     public string? ReadyFile { get; set; }
-
-    /// <summary>Maps the friendly command-line flags to configuration keys.</summary>
-    public static readonly Dictionary<string, string> SwitchMappings = new(StringComparer.Ordinal)
-    {
-        ["--public-listen"] = $"{SectionName}:{nameof(PublicListen)}",
-        ["--agent-listen"] = $"{SectionName}:{nameof(AgentListen)}",
-        ["--orchestrator"] = $"{SectionName}:{nameof(OrchestratorAddress)}",
-        ["--token-key-file"] = $"{SectionName}:{nameof(TokenKeyFile)}",
-        ["--ready-file"] = $"{SectionName}:{nameof(ReadyFile)}",
-        ["--certificate"] = $"{SectionName}:{nameof(CertificatePath)}",
-    };
 }

@@ -3,7 +3,11 @@ using Grpc.Core;
 using Microsoft.AspNetCore.Http.Features;
 using Microsoft.Extensions.Options;
 using Rbs.Gateway.Hosting;
+using Rbs.Gateway.Registration;
 using Rbs.Gateway.Security;
+using Rbs.Shared.Protocol;
+using Rbs.Shared.Text;
+using Rbs.Shared.Tokens;
 using Yarp.ReverseProxy.Forwarder;
 
 namespace Rbs.Gateway.Tunnel;
@@ -16,60 +20,92 @@ namespace Rbs.Gateway.Tunnel;
 internal sealed partial class AgentStreamForwarder(
     IHttpForwarder forwarder,
     AgentTunnelRegistry registry,
-    RbsTokenService tokens,
+    AgentDirectoryClient directory,
     IOptions<GatewayOptions> options,
-    ILogger<AgentStreamForwarder> logger)
+    TimeProvider timeProvider,
+    ILogger<AgentStreamForwarder> logger) : IDisposable
 {
-    public const string RouteHeader = "rbs-agent-route";
-
     // The host is never resolved: the agent's handler connects through its tunnels.
     private const string DestinationPrefix = "http://agent.rbs-tunnel";
 
     private static readonly HttpTransformer s_transformer = new StripCredentialsTransformer();
 
+    // Gateway-wide: each forwarded stream owns bounded buffers (docs/limits.md), so their number bounds the memory.
+    private readonly SemaphoreSlim _streamSlots = new(options.Value.MaxConcurrentStreams, options.Value.MaxConcurrentStreams);
+
     public async Task ForwardAsync(HttpContext context)
     {
-        var route = context.Request.Headers[RouteHeader].ToString();
-        if (string.IsNullOrEmpty(route))
+        // The session policy admitted the stream: a valid session token whose agent is the route (GatewayAuthentication).
+        var claims = GatewayAuthentication.Claims(context);
+        var route = claims.AgentId;
+        // Client input: quoted in messages only through UntrustedText.Echo (a long header would not fit the reply's).
+        var shown = UntrustedText.Echo(route);
+        if ((registry.FindOnline(route) ?? await WaitForAgentAsync(context, route, claims.UserId)) is not { } agent)
         {
-            await GrpcResponses.WriteStatusAsync(context, StatusCode.InvalidArgument,
-                $"missing '{RouteHeader}' metadata: ask the orchestrator (GetServer, connect mode tunnel) for the agent route");
-            return;
-        }
-
-        var validation = tokens.Validate(TunnelEndpoints.BearerToken(context.Request.Headers.Authorization), RbsTokenKind.Session);
-        if (validation.Claims is not { } claims)
-        {
-            Log.StreamRejected(logger, route, validation.Failure!);
-            await GrpcResponses.WriteStatusAsync(context, StatusCode.Unauthenticated,
-                $"session token rejected for agent {route}: {validation.Failure}; call GetServer again for a fresh token");
-            return;
-        }
-
-        if (!RbsTokenService.FixedTimeEquals(claims.AgentId, route))
-        {
-            Log.StreamForbidden(logger, route, claims.UserId);
-            await GrpcResponses.WriteStatusAsync(context, StatusCode.PermissionDenied,
-                $"the session token does not grant access to agent {route}");
-            return;
-        }
-
-        if (registry.FindOnline(route) is not { } agent)
-        {
-            await GrpcResponses.WriteStatusAsync(context, StatusCode.Unavailable,
-                $"agent {route} is not connected to the gateway; retry, or call GetServer to get a live agent");
             return;
         }
 
         // Defense in depth: the token's user must own the agent (the owner comes from the agent's join token).
         if (!RbsTokenService.FixedTimeEquals(claims.UserId, agent.UserId))
         {
-            Log.StreamForbidden(logger, route, claims.UserId);
+            Log.StreamForbidden(logger, shown, claims.UserId);
             await GrpcResponses.WriteStatusAsync(context, StatusCode.PermissionDenied,
-                $"the session token does not grant access to agent {route}");
+                $"the session token does not grant access to agent {shown}");
             return;
         }
 
+        if (!await AdmitAsync(context, route))
+        {
+            return;
+        }
+
+        try
+        {
+            await ForwardAdmittedAsync(context, route, agent);
+        }
+        finally
+        {
+            _streamSlots.Release();
+        }
+    }
+
+    public void Dispose() => _streamSlots.Dispose();
+
+    /// <summary>
+    /// Takes one of the <see cref="GatewayOptions.MaxConcurrentStreams"/> slots, waiting up to
+    /// <see cref="GatewayOptions.TunnelAcquireTimeout"/> while the gateway is full. False once a status was written
+    /// (or the client went away).
+    /// </summary>
+    private async Task<bool> AdmitAsync(HttpContext context, string route)
+    {
+        if (_streamSlots.Wait(0))
+        {
+            return true;
+        }
+
+        var o = options.Value;
+        Log.StreamQueued(logger, route, o.MaxConcurrentStreams);
+        try
+        {
+            using var timeout = new CancellationTokenSource(o.TunnelAcquireTimeout, timeProvider);
+            using var linked = CancellationTokenSource.CreateLinkedTokenSource(context.RequestAborted, timeout.Token);
+            await _streamSlots.WaitAsync(linked.Token);
+            return true;
+        }
+        catch (OperationCanceledException) when (!context.RequestAborted.IsCancellationRequested)
+        {
+            await GrpcResponses.WriteStatusAsync(context, StatusCode.Unavailable,
+                $"the gateway carries its maximum of {o.MaxConcurrentStreams} concurrent streams (Gateway:MaxConcurrentStreams) and none ended within {o.TunnelAcquireTimeout.TotalSeconds:0.#} s; retry later");
+            return false;
+        }
+        catch (OperationCanceledException)
+        {
+            return false;
+        }
+    }
+
+    private async Task ForwardAdmittedAsync(HttpContext context, string route, AgentTunnels agent)
+    {
         var resetFeature = context.Features.Get<IHttpResetFeature>();
         var interceptor = resetFeature is null ? null : new ResetInterceptor(context, resetFeature);
         if (interceptor is not null)
@@ -108,6 +144,45 @@ internal sealed partial class AgentStreamForwarder(
         }
     }
 
+    /// <summary>
+    /// The bounded admission wait for an agent that is not connected: after a gateway restart (or a dropped link) a
+    /// live agent re-registers within its reconnect backoff, and a stream that arrives meanwhile waits for it (up to
+    /// <see cref="GatewayOptions.TunnelAcquireTimeout"/>) instead of failing. The orchestrator is asked first, so a
+    /// stream for an agent it does not know as live (stopped, reaped, never existed) fails at once. Null once a
+    /// status was written (or the client went away).
+    /// </summary>
+    private async Task<AgentTunnels?> WaitForAgentAsync(HttpContext context, string route, string userId)
+    {
+        var confirmation = await directory.ConfirmAsync(route, userId, context.RequestAborted);
+        if (confirmation.Outcome == AgentConfirmation.NotLive)
+        {
+            await GrpcResponses.WriteStatusAsync(context, StatusCode.Unavailable,
+                $"agent {route} is not connected to the gateway and the orchestrator does not know it as live ({confirmation.Reason}); call GetServer to get a live agent (jbazel does on its next run)");
+            return null;
+        }
+
+        // Live, or the orchestrator cannot say (then the session token, which it minted, is the best evidence there is).
+        var wait = options.Value.TunnelAcquireTimeout;
+        Log.WaitingForAgent(logger, route, wait.TotalSeconds);
+        AgentTunnels? agent;
+        try
+        {
+            agent = await registry.WaitOnlineAsync(route, wait, timeProvider, context.RequestAborted);
+        }
+        catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
+        {
+            return null;
+        }
+
+        if (agent is null)
+        {
+            await GrpcResponses.WriteStatusAsync(context, StatusCode.Unavailable,
+                $"agent {route} is not connected to the gateway (waited {wait.TotalSeconds:0.#} s for it to register); retry, or call GetServer to get a live agent");
+        }
+
+        return agent;
+    }
+
     /// <summary>The session token is for the gateway only; the agent never sees client credentials.</summary>
     private sealed class StripCredentialsTransformer : HttpTransformer
     {
@@ -143,13 +218,16 @@ internal sealed partial class AgentStreamForwarder(
 
     private static partial class Log
     {
-        [LoggerMessage(EventId = 130, Level = LogLevel.Information, Message = "Stream to agent {AgentId} rejected: {Reason}")]
-        public static partial void StreamRejected(ILogger logger, string agentId, string reason);
-
         [LoggerMessage(EventId = 131, Level = LogLevel.Warning, Message = "Stream to agent {AgentId} denied for user {UserId}: token is for another agent or user")]
         public static partial void StreamForbidden(ILogger logger, string agentId, string userId);
 
         [LoggerMessage(EventId = 132, Level = LogLevel.Warning, Message = "Stream to agent {AgentId} failed: {Error}")]
         public static partial void ForwardFailed(ILogger logger, string agentId, ForwarderError error, Exception? exception);
+
+        [LoggerMessage(EventId = 133, Level = LogLevel.Information, Message = "Stream to agent {AgentId} waits up to {Seconds:0.#} s for the agent to (re-)register")]
+        public static partial void WaitingForAgent(ILogger logger, string agentId, double seconds);
+
+        [LoggerMessage(EventId = 134, Level = LogLevel.Warning, Message = "Stream to agent {AgentId} waits for a slot: the gateway carries its maximum of {Max} concurrent streams")]
+        public static partial void StreamQueued(ILogger logger, string agentId, int max);
     }
 }

@@ -2,7 +2,8 @@ using System.Collections.Concurrent;
 using System.Net;
 using Microsoft.Extensions.Options;
 using Rbs.Gateway.Hosting;
-using Rbs.Gateway.Security;
+using Rbs.Shared.Tokens;
+using Rbs.Shared.Tunnel;
 
 namespace Rbs.Gateway.Tunnel;
 
@@ -120,7 +121,7 @@ internal sealed partial class AgentTunnelRegistry : IDisposable
         }
     }
 
-    /// <summary>Waits until the agent is online (for the orchestrator's GetServer), up to <paramref name="timeout"/>.</summary>
+    /// <summary>Waits until the agent is online (the orchestrator's GetServer; a stream for a re-registering agent), up to <paramref name="timeout"/>.</summary>
     public async Task<AgentTunnels?> WaitOnlineAsync(string agentId, TimeSpan timeout, TimeProvider timeProvider, CancellationToken cancellationToken)
     {
         using var timeoutCts = new CancellationTokenSource(timeout, timeProvider);
@@ -200,6 +201,12 @@ internal sealed record AgentTunnelSnapshot(string AgentId, string UserId, bool O
 /// </summary>
 internal sealed partial class AgentTunnels : IDisposable
 {
+    /// <summary>
+    /// An inner HTTP/2 connection with no stream for this long is closed, and its tunnel with it; the agent's next
+    /// stream then takes a spare (and the agent dials a replacement).
+    /// </summary>
+    internal static readonly TimeSpan ConnectionIdleTimeout = TimeSpan.FromMinutes(1);
+
     // Newest first: an older idle tunnel is the likelier one to have died unnoticed (the stale-tunnel race).
     private readonly LinkedList<GatewayTunnel> _idle = new();
     private readonly SemaphoreSlim _idleCount = new(0);
@@ -452,7 +459,7 @@ internal sealed partial class AgentTunnels : IDisposable
             KeepAlivePingPolicy = HttpKeepAlivePingPolicy.Always,
             // Per-stream buffering on the agent leg (see GatewayOptions.TunnelStreamMaxWindowSize for the cap).
             InitialHttp2StreamWindowSize = _options.TunnelStreamWindowSize,
-            PooledConnectionIdleTimeout = TimeSpan.FromMinutes(1),
+            PooledConnectionIdleTimeout = ConnectionIdleTimeout,
             UseProxy = false,
             AllowAutoRedirect = false,
             AutomaticDecompression = DecompressionMethods.None,

@@ -1,3 +1,5 @@
+using Rbs.Shared.Tunnel;
+
 namespace Rbs.Gateway.Tunnel;
 
 /// <summary>

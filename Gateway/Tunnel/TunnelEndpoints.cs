@@ -2,7 +2,11 @@ using System.Net.WebSockets;
 using System.Text.Json;
 using Microsoft.Extensions.Options;
 using Rbs.Gateway.Hosting;
+using Rbs.Gateway.Registration;
 using Rbs.Gateway.Security;
+using Rbs.Shared.Protocol;
+using Rbs.Shared.Tokens;
+using Rbs.Shared.Tunnel;
 
 namespace Rbs.Gateway.Tunnel;
 
@@ -11,36 +15,20 @@ internal static partial class TunnelEndpoints
 {
     public const string ConnectPath = "/tunnel/v1/connect";
 
-    /// <summary>Response header on the 101: a fresh join token the agent uses for its later connects.</summary>
-    public const string RenewedJoinTokenHeader = "rbs-join-token";
-
     private const int MaxWaitSeconds = 120;
 
     public static IEndpointRouteBuilder MapAgentTunnels(this IEndpointRouteBuilder endpoints)
     {
-        endpoints.Map(ConnectPath, AcceptTunnelAsync);
+        // Authenticated before the upgrade: a rejected agent gets a plain 4xx it can treat as final.
+        endpoints.Map(ConnectPath, AcceptTunnelAsync).RequireAuthorization(GatewayAuthentication.Join);
         // Agents reach this endpoint too (and run user builds), so the internal API wants the orchestrator's token.
-        var internalApi = endpoints.MapGroup("/internal/v1").AddEndpointFilter(RequireInternalToken);
+        var internalApi = endpoints.MapGroup("/internal/v1").RequireAuthorization(GatewayAuthentication.Internal);
         internalApi.MapGet("/agents", (AgentTunnelRegistry registry) => Results.Json(registry.Snapshot(), s_json));
         internalApi.MapGet("/agents/{agentId}", GetAgentAsync);
         return endpoints;
     }
 
     private static readonly JsonSerializerOptions s_json = new(JsonSerializerDefaults.Web);
-
-    private static async ValueTask<object?> RequireInternalToken(EndpointFilterInvocationContext context, EndpointFilterDelegate next)
-    {
-        var http = context.HttpContext;
-        var tokens = http.RequestServices.GetRequiredService<RbsTokenService>();
-        var validation = tokens.Validate(BearerToken(http.Request.Headers.Authorization), RbsTokenKind.Internal);
-        if (!validation.IsValid)
-        {
-            http.Response.Headers.WWWAuthenticate = "Bearer error=\"invalid_token\"";
-            return Results.Text($"internal token rejected: {validation.Failure}\n", statusCode: StatusCodes.Status401Unauthorized);
-        }
-
-        return await next(context);
-    }
 
     /// <summary>
     /// 200 with the agent's tunnels when online, else 404. <c>?waitSeconds=N</c> long-polls up to N seconds
@@ -60,17 +48,8 @@ internal static partial class TunnelEndpoints
     private static async Task AcceptTunnelAsync(HttpContext context, RbsTokenService tokens, AgentTunnelRegistry registry, IOptions<GatewayOptions> options, ILoggerFactory loggerFactory)
     {
         var logger = loggerFactory.CreateLogger(typeof(TunnelEndpoints).FullName!);
-
-        // Authenticate before the upgrade: a rejected agent gets a plain 4xx it can treat as final.
-        var validation = tokens.Validate(BearerToken(context.Request.Headers.Authorization), RbsTokenKind.Join);
-        if (validation.Claims is not { } claims)
-        {
-            Log.TunnelRejected(logger, context.Connection.RemoteIpAddress?.ToString() ?? "?", validation.Failure!);
-            context.Response.StatusCode = StatusCodes.Status401Unauthorized;
-            context.Response.Headers.WWWAuthenticate = "Bearer error=\"invalid_token\"";
-            await context.Response.WriteAsync($"join token rejected: {validation.Failure}\n", context.RequestAborted);
-            return;
-        }
+        // The join policy admitted the request: a valid join token, or an expired one the orchestrator confirmed.
+        var claims = GatewayAuthentication.Claims(context);
 
         if (!context.WebSockets.IsWebSocketRequest)
         {
@@ -88,7 +67,10 @@ internal static partial class TunnelEndpoints
         }
 
         var o = options.Value;
-        context.Response.Headers[RenewedJoinTokenHeader] = tokens.Mint(RbsTokenKind.Join, claims.AgentId, claims.UserId, o.JoinTokenRenewalLifetime);
+        // Every connect renews the agent's credential; the lifetime lets it time its next renewal on its own clock.
+        context.Response.Headers[RbsHeaders.RenewedJoinToken] = tokens.Mint(RbsTokenKind.Join, claims.AgentId, claims.UserId, o.JoinTokenRenewalLifetime);
+        context.Response.Headers[RbsHeaders.RenewedJoinTokenLifetime] =
+            ((long)o.JoinTokenRenewalLifetime.TotalSeconds).ToString(System.Globalization.CultureInfo.InvariantCulture);
         var webSocket = await context.WebSockets.AcceptWebSocketAsync(new WebSocketAcceptContext
         {
             KeepAliveInterval = o.TunnelKeepAliveInterval,
@@ -126,9 +108,6 @@ internal static partial class TunnelEndpoints
 
     private static partial class Log
     {
-        [LoggerMessage(EventId = 120, Level = LogLevel.Warning, Message = "Tunnel from {Remote} rejected: {Reason}")]
-        public static partial void TunnelRejected(ILogger logger, string remote, string reason);
-
         [LoggerMessage(EventId = 121, Level = LogLevel.Warning, Message = "Tunnel for agent {AgentId} refused: the id is online for another user")]
         public static partial void TunnelForbidden(ILogger logger, string agentId);
     }

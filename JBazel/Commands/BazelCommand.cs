@@ -2,12 +2,15 @@ using System.CommandLine;
 using System.CommandLine.Parsing;
 using System.Reflection;
 using System.Text;
+using Google.Protobuf;
 using Rbs.JBazel.Configuration;
+using Rbs.JBazel.Diagnostics;
 using Rbs.JBazel.Outputs;
 using Rbs.JBazel.Remote;
 using Rbs.JBazel.Sync;
 using Rbs.JBazel.Terminal;
 using Rbs.JBazel.Workspace;
+using Rbs.Shared.Text;
 using Rbs.V1;
 
 namespace Rbs.JBazel.Commands;
@@ -71,7 +74,7 @@ internal sealed class BazelCommand : RootCommand
 
     internal static readonly Option<string> SyncGitignoreOption = new("--rbs_sync_gitignore")
     {
-        Description = "Leave what git ignores (.gitignore files, .git/info/exclude) out of the workspace sync.",
+        Description = "Leave what git ignores (.gitignore files, info/exclude) out of the workspace sync. Off by default: bazel's glob() reads git-ignored files; rc files, .bazelversion, tools/bazel and local repositories are sent either way.",
         HelpName = "true|false",
         Arity = ArgumentArity.ZeroOrOne,
         CustomParser = result => Parse<bool>(result, OptionValues.TryParseSwitch) ? "true" : "false",
@@ -82,6 +85,14 @@ internal sealed class BazelCommand : RootCommand
     internal static readonly Option<string> FetchOutputsOption = new("--rbs_fetch_outputs")
     {
         Description = "After a successful 'build', fetch its top-level outputs into <workspace>/jbazel-out/ (only the changed blocks). Written --rbs_fetch_outputs or --rbs_fetch_outputs=true|false.",
+        HelpName = "true|false",
+        Arity = ArgumentArity.ZeroOrOne,
+        CustomParser = result => Parse<bool>(result, OptionValues.TryParseSwitch) ? "true" : "false",
+    };
+
+    internal static readonly Option<string> FetchTestLogsOption = new("--rbs_fetch_test_logs")
+    {
+        Description = "After a 'test' or 'coverage' on an agent with its own copy of the workspace, fetch the test.log/test.xml of the tests that did not pass into <workspace>/jbazel-out/testlogs/.",
         HelpName = "true|false",
         Arity = ArgumentArity.ZeroOrOne,
         CustomParser = result => Parse<bool>(result, OptionValues.TryParseSwitch) ? "true" : "false",
@@ -99,10 +110,10 @@ internal sealed class BazelCommand : RootCommand
 
     /// <summary>Options that are settings (environment variables and rc files can set these).</summary>
     internal static readonly IReadOnlyList<Option> SettingOptions =
-        [OrchestratorOption, ConnectOption, StatusOption, ApiKeyOption, TimeoutOption, FetchOutputsOption, SyncOption, SyncExcludeOption, SyncGitignoreOption];
+        [OrchestratorOption, ConnectOption, StatusOption, ApiKeyOption, TimeoutOption, FetchOutputsOption, SyncOption, SyncExcludeOption, SyncGitignoreOption, FetchTestLogsOption];
 
     /// <summary>Switches: written bare or as <c>--rbs_x=value</c>, never taking the next token as their value.</summary>
-    internal static readonly IReadOnlySet<Option> SwitchOptions = new HashSet<Option> { FetchOutputsOption, SyncOption, SyncGitignoreOption };
+    internal static readonly IReadOnlySet<Option> SwitchOptions = new HashSet<Option> { FetchOutputsOption, SyncOption, SyncGitignoreOption, FetchTestLogsOption };
 
     /// <summary>Option names whose value may be the next token (<c>--rbs_x value</c>).</summary>
     internal static readonly IReadOnlySet<string> OptionsTakingValues =
@@ -202,6 +213,12 @@ internal sealed class BazelCommand : RootCommand
             _streams.WriteErrorLine($"rbs: {ex.Message}");
             return ExitCodes.CommandLineError;
         }
+        catch (BazelRcException ex)
+        {
+            // What bazel itself says of an unreadable --bazelrc, with its exit code.
+            _streams.WriteErrorLine(ex.Message);
+            return ExitCodes.CommandLineError;
+        }
         catch (RemoteFailure ex)
         {
             _streams.WriteErrorLine($"rbs: {ex.Message}");
@@ -246,16 +263,21 @@ internal sealed class BazelCommand : RootCommand
 
         using var channels = new ChannelPool();
         using var allocating = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, interrupts.First);
-        var allocation = await new AgentAllocator(channels, settings).AllocateAsync(request, allocating.Token);
+        PhaseTrace.Mark("getserver");
+        var allocation = await new GetServerClient(channels, settings).AllocateAsync(request, allocating.Token);
+        PhaseTrace.Mark("getserver-done");
         var showStatus = settings.Status == StatusMode.Always || (settings.Status == StatusMode.Auto && !Console.IsErrorRedirected);
         if (showStatus)
         {
             _streams.WriteErrorLine(allocation.StatusLine);
         }
 
-        if (SyncStep.IsNeeded(allocation.Response, settings, root))
+        var syncing = SyncStep.IsNeeded(allocation.Response, settings, root);
+        // An agent with its own copy of the workspace reads this machine's bazelrc files, never its own ~/.bazelrc.
+        var rcFiles = syncing ? ClientRcFiles.Collect(_bazelArgs, root, _environment.CurrentDirectory, _environment.Get("HOME")) : null;
+        if (syncing)
         {
-            var synced = await SyncStep.RunAsync(allocation, channels, settings, _environment, root, request.RepoHash, _streams.WriteErrorLine, allocating.Token);
+            var synced = await SyncStep.RunAsync(allocation, channels, settings, _environment, root, request.RepoHash, rcFiles!.WorkspaceFiles, _streams.WriteErrorLine, allocating.Token);
             if (showStatus)
             {
                 _streams.WriteErrorLine(synced.StatusLine);
@@ -269,11 +291,32 @@ internal sealed class BazelCommand : RootCommand
             InvocationId = Guid.NewGuid().ToString(),
             ClientWorkspaceRoot = root,
         };
-        start.Args.AddRange(_bazelArgs);
+        var bazelArgs = rcFiles?.BazelArgs ?? _bazelArgs;
+        start.Args.AddRange(bazelArgs.Select(ArgumentBytes.ForDisplay));
+        if (bazelArgs.Any(ArgumentBytes.HasEscapes))
+        {
+            // Bytes that are not UTF-8 (RawArguments kept them): sent as they are, for the agent to pass on unchanged.
+            start.RawArgs.AddRange(bazelArgs.Select(arg => ByteString.CopyFrom(ArgumentBytes.Encode(arg))));
+        }
+        if (rcFiles?.Proto is { } clientBazelrc)
+        {
+            start.ClientBazelrc = clientBazelrc;
+        }
+
         start.Env.Add(TerminalProbe.ForwardedEnvironment(_environment));
         start.CollectOutputs = OutputsStep.Applies(settings.FetchOutputs, _bazelArgs);
+        start.CollectTestLogs = TestLogsStep.Applies(syncing, settings.FetchTestLogs, _bazelArgs);
 
+        PhaseTrace.Mark("execute");
         var exitCode = await new CommandSession(allocation, channels, _streams, interrupts).RunAsync(start, cancellationToken);
+        PhaseTrace.Mark("execute-done");
+        if (start.CollectTestLogs)
+        {
+            using var fetchingLogs = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, interrupts.First);
+            await TestLogsStep.RunAsync(allocation, channels, workspace.Root, start.InvocationId, _streams, fetchingLogs.Token);
+            return exitCode;
+        }
+
         if (exitCode != ExitCodes.Success || !start.CollectOutputs)
         {
             return exitCode;
@@ -320,6 +363,8 @@ internal sealed class BazelCommand : RootCommand
               37  internal jbazel error
               38  the orchestrator or agent could not be reached, or the connection broke (transient; run again);
                   also a failed --rbs_fetch_outputs transfer after a successful build
+              50  the orchestrator runs as many agents as it may (per user or in total): wait for idle agents
+                  to be reaped, build where you already have an agent, or ask for a higher limit
               141 stdout was closed by its reader (e.g. '| head')
 
             """);
@@ -334,7 +379,8 @@ internal sealed class BazelCommand : RootCommand
         "--rbs_timeout" => OptionValues.FormatDuration(RbsSettings.DefaultTimeout),
         "--rbs_fetch_outputs" => "false",
         "--rbs_sync" => "false",
-        "--rbs_sync_gitignore" => "true",
+        "--rbs_sync_gitignore" => "false",
+        "--rbs_fetch_test_logs" => "true",
         _ => "none",
     };
 

@@ -48,8 +48,19 @@ internal sealed record RbsSettings(
     /// <summary>Gitignore-syntax patterns left out of the sync (<c>--rbs_sync_exclude</c>), from every source. Default none.</summary>
     public IReadOnlyList<string> SyncExcludes { get; init; } = [];
 
-    /// <summary>Leave git-ignored paths out of the sync (<c>--rbs_sync_gitignore</c>). Default true.</summary>
-    public bool SyncGitignore { get; init; } = true;
+    /// <summary>Leave git-ignored paths out of the sync (<c>--rbs_sync_gitignore</c>). Default false: bazel reads them.</summary>
+    public bool SyncGitignore { get; init; }
+
+    /// <summary>After a synced <c>test</c>/<c>coverage</c>, fetch the logs of the tests that did not pass (<c>--rbs_fetch_test_logs</c>). Default true.</summary>
+    public bool FetchTestLogs { get; init; } = true;
+
+    /// <summary>
+    /// Where <see cref="Orchestrator"/> came from, for error messages: <c>--rbs_orchestrator on the command line</c>,
+    /// <c>environment variable RBS_ORCHESTRATOR</c>, <c>/ws/.jbazelrc:3</c>, or the default.
+    /// </summary>
+    public string OrchestratorSource { get; init; } = DefaultSource;
+
+    public const string DefaultSource = "the built-in default (no --rbs_orchestrator, RBS_ORCHESTRATOR or .jbazelrc sets it)";
 
     public static readonly Uri DefaultOrchestrator = new("http://127.0.0.1:50051");
 

@@ -25,6 +25,7 @@ internal sealed class SettingsResolver(Func<IReadOnlyList<string>, ParseResult> 
     public RbsSettings Resolve(ParseResult commandLine, CliEnvironment environment, string? workspaceRoot)
     {
         var layers = new List<ParseResult> { commandLine };
+        var descriptions = new List<string> { "the command line" };
         foreach (var source in Sources(environment, workspaceRoot))
         {
             var result = parse(source.Tokens);
@@ -34,6 +35,7 @@ internal sealed class SettingsResolver(Func<IReadOnlyList<string>, ParseResult> 
             }
 
             layers.Add(result);
+            descriptions.Add(source.Description);
         }
 
         var defaults = RbsSettings.Defaults;
@@ -48,6 +50,8 @@ internal sealed class SettingsResolver(Func<IReadOnlyList<string>, ParseResult> 
             Sync = Pick(layers, BazelCommand.SyncOption, defaults.Sync ? "true" : "false") == "true",
             SyncExcludes = PickAll(layers, BazelCommand.SyncExcludeOption),
             SyncGitignore = Pick(layers, BazelCommand.SyncGitignoreOption, defaults.SyncGitignore ? "true" : "false") == "true",
+            FetchTestLogs = Pick(layers, BazelCommand.FetchTestLogsOption, defaults.FetchTestLogs ? "true" : "false") == "true",
+            OrchestratorSource = SourceOf(layers, descriptions, BazelCommand.OrchestratorOption),
         };
     }
 
@@ -158,6 +162,20 @@ internal sealed class SettingsResolver(Func<IReadOnlyList<string>, ParseResult> 
         }
 
         return fallback;
+    }
+
+    /// <summary>Which source set <paramref name="option"/>, in words for an error message.</summary>
+    private static string SourceOf(List<ParseResult> layers, List<string> descriptions, Option option)
+    {
+        for (var i = 0; i < layers.Count; i++)
+        {
+            if (layers[i].GetResult(option) is { Implicit: false })
+            {
+                return i == 0 ? $"{option.Name} on the command line" : descriptions[i];
+            }
+        }
+
+        return RbsSettings.DefaultSource;
     }
 
     private static string? NullIfEmpty(string? value) => string.IsNullOrEmpty(value) ? null : value;

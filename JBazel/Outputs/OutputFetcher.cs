@@ -1,8 +1,9 @@
 using System.Diagnostics;
-using System.Globalization;
 using System.Security.Cryptography;
 using Grpc.Core;
 using Rbs.JBazel.Workspace;
+using Rbs.Shared.Paths;
+using Rbs.Shared.Text;
 using Rbs.V1;
 
 namespace Rbs.JBazel.Outputs;
@@ -12,15 +13,7 @@ internal sealed record FetchReport(int Files, int Changed, long BytesFetched, lo
 {
     /// <summary>The <c>--rbs_status</c> line.</summary>
     public string StatusLine =>
-        $"rbs: outputs: {Files} files in {OutputFetcher.FolderName}/ ({Changed} changed, {FormatBytes(BytesFetched)} fetched) in {ElapsedMilliseconds} ms";
-
-    internal static string FormatBytes(long bytes) => bytes switch
-    {
-        < 1024 => $"{bytes} B",
-        < 1024 * 1024 => $"{(bytes / 1024.0).ToString("0.#", CultureInfo.InvariantCulture)} KiB",
-        < 1024L * 1024 * 1024 => $"{(bytes / (1024.0 * 1024)).ToString("0.#", CultureInfo.InvariantCulture)} MiB",
-        _ => $"{(bytes / (1024.0 * 1024 * 1024)).ToString("0.#", CultureInfo.InvariantCulture)} GiB",
-    };
+        $"rbs: outputs: {Files} files in {OutputFetcher.FolderName}/ ({Changed} changed, {ByteSize.Format(BytesFetched)} fetched) in {ElapsedMilliseconds} ms";
 }
 
 /// <summary>Why a fetch failed other than a failed call; <see cref="Transient"/> says whether running again may help.</summary>
@@ -45,37 +38,38 @@ internal sealed class OutputFetcher(V1.Outputs.OutputsClient client, Metadata he
 
     private readonly string _root = Path.Combine(workspaceRoot, FolderName);
 
-    /// <summary>The bazel command (the first argument not starting with '-'), or null.</summary>
-    public static string? Verb(IReadOnlyList<string> bazelArgs) => bazelArgs.FirstOrDefault(arg => !arg.StartsWith('-'));
-
     /// <summary>
     /// Where an execroot-relative output goes below jbazel-out/: without the leading <c>bazel-out/</c>. Null for a path
     /// that could land outside it (absolute, empty, '.' or '..' segments, NUL, backslash).
     /// </summary>
     public static string? DestinationPath(string outputPath)
     {
-        if (outputPath.Length == 0
-            || outputPath[0] == '/'
-            || outputPath.Contains('\0', StringComparison.Ordinal)
-            || outputPath.Contains('\\', StringComparison.Ordinal))
+        // The agent's rule for the outputs it lists, and no backslash: never trust the agent to have applied it.
+        if (!SafeRelativePath.IsSafe(outputPath) || outputPath.Contains('\\', StringComparison.Ordinal))
         {
             return null;
         }
 
         var segments = outputPath.Split('/');
-        if (segments.Any(segment => segment.Length == 0 || segment == "." || segment == ".."))
-        {
-            return null;
-        }
-
         var relative = segments.Length > 1 && segments[0] == "bazel-out" ? segments[1..] : segments;
         return string.Join('/', relative);
     }
 
-    public async Task<FetchReport> FetchAsync(string invocationId, CancellationToken cancellationToken)
+    public async Task<FetchReport> FetchAsync(string invocationId, CancellationToken cancellationToken) =>
+        (await FetchWithLabelsAsync(invocationId, cancellationToken)).Report;
+
+    /// <summary>Like <see cref="FetchAsync"/>, also returning the listing's test labels (test-log invocations).</summary>
+    public async Task<(FetchReport Report, IReadOnlyList<string> TestLabels)> FetchWithLabelsAsync(string invocationId, CancellationToken cancellationToken)
     {
         var stopwatch = Stopwatch.StartNew();
         var listing = await client.ListOutputsAsync(new ListOutputsRequest { InvocationId = invocationId }, headers, cancellationToken: cancellationToken);
+        var labels = listing.TestLabels.ToList();
+        if (listing.Files.Count == 0)
+        {
+            // Nothing to write: jbazel-out/ is not created for it.
+            return (new FetchReport(0, 0, 0, stopwatch.ElapsedMilliseconds), labels);
+        }
+
         var blockSize = (int)Math.Min(listing.BlockSize, int.MaxValue);
         if (blockSize <= 0 || blockSize > MaxBlockSize)
         {
@@ -101,7 +95,7 @@ internal sealed class OutputFetcher(V1.Outputs.OutputsClient client, Metadata he
             }
 
             var bytes = await ReceiveAsync(invocationId, plans, cancellationToken);
-            return new FetchReport(listing.Files.Count, changed, bytes, stopwatch.ElapsedMilliseconds);
+            return (new FetchReport(listing.Files.Count, changed, bytes, stopwatch.ElapsedMilliseconds), labels);
         }
         finally
         {

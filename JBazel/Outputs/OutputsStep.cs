@@ -13,7 +13,7 @@ internal static class OutputsStep
 {
     /// <summary>Whether this command line asks for outputs: only <c>build</c> (not query, cquery, info, test, run, ...).</summary>
     public static bool Applies(bool fetchOutputs, IReadOnlyList<string> bazelArgs) =>
-        fetchOutputs && OutputFetcher.Verb(bazelArgs) == "build";
+        fetchOutputs && Sync.BazelStartupArgs.Split(bazelArgs).Command == "build";
 
     /// <returns>The exit code: 0 when every output is in place.</returns>
     public static async Task<int> RunAsync(

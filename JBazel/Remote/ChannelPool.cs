@@ -9,6 +9,16 @@ namespace Rbs.JBazel.Remote;
 /// </summary>
 internal sealed class ChannelPool : IDisposable
 {
+    /// <summary>HTTP/2 receive window per stream: 4 MiB, or the process's cap when that is lower.</summary>
+    public const int StreamWindowSize = 4 * 1024 * 1024;
+
+    // .NET's process-wide cap of a stream window; a handler asking for more throws. Someone may have set it (a gateway
+    // in the same test process sets it for itself, and children inherit it): then jbazel stays under it.
+    // HTTP/2's initial window, the smallest a handler accepts.
+    private const int DefaultStreamWindow = 65_535;
+
+    private const string MaxStreamWindowVariable = "DOTNET_SYSTEM_NET_HTTP_SOCKETSHTTPHANDLER_FLOWCONTROL_MAXSTREAMWINDOWSIZE";
+
     private readonly Dictionary<string, GrpcChannel> _channels = new(StringComparer.Ordinal);
 
     public GrpcChannel Get(Uri address)
@@ -29,6 +39,10 @@ internal sealed class ChannelPool : IDisposable
                         KeepAlivePingPolicy = HttpKeepAlivePingPolicy.Always,
                         ConnectTimeout = TimeSpan.FromSeconds(15),
                         EnableMultipleHttp2Connections = true,
+                        // The agent may send this much of a stream's output before jbazel's window update: at
+                        // the 64 KiB default a 1 GiB stdout waits on 16k window round trips (dynamic window scaling
+                        // hardly grows on a short RTT). The one stream's memory bound in jbazel.
+                        InitialHttp2StreamWindowSize = WindowSize(Environment.GetEnvironmentVariable(MaxStreamWindowVariable)),
                     },
                     DisposeHttpClient = true,
                     // Output arrives in chunks the agent chooses; do not cap it at gRPC's 4 MB default.
@@ -55,4 +69,10 @@ internal sealed class ChannelPool : IDisposable
             _channels.Clear();
         }
     }
+
+    /// <summary><see cref="StreamWindowSize"/>, lowered to a valid cap from <paramref name="cap"/> (the environment's).</summary>
+    internal static int WindowSize(string? cap) =>
+        int.TryParse(cap, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var value) && value >= DefaultStreamWindow
+            ? Math.Min(value, StreamWindowSize)
+            : StreamWindowSize;
 }

@@ -1,5 +1,6 @@
 using System.Net.Http;
 using System.Net.Sockets;
+using System.Runtime.InteropServices;
 using Google.Protobuf;
 using Grpc.Core;
 using Rbs.JBazel.Terminal;
@@ -9,7 +10,9 @@ namespace Rbs.JBazel.Remote;
 
 /// <summary>
 /// One ExecuteCommand stream: sends the start frame, pumps stdin, writes the agent's stdout/stderr bytes
-/// to jbazel's own, forwards Ctrl-C, and returns the remote tool's exit code.
+/// to jbazel's own, forwards Ctrl-C and window-size changes, and returns the remote tool's exit code. When the agent
+/// runs the tool on a pseudo-terminal whose stdin is the laptop's terminal, that terminal is in raw input mode for
+/// the command (<see cref="RawMode"/>).
 /// </summary>
 internal sealed class CommandSession(Allocation allocation, ChannelPool channels, StandardStreams streams, InterruptSignals interrupts)
 {
@@ -17,6 +20,7 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
 
     private static readonly TimeSpan s_interruptWriteTimeout = TimeSpan.FromSeconds(5);
     private static readonly TimeSpan s_forceWriteTimeout = TimeSpan.FromSeconds(1);
+    private static readonly TimeSpan s_resizeWriteTimeout = TimeSpan.FromSeconds(5);
 
     public async Task<int> RunAsync(StartCommand start, CancellationToken cancellationToken)
     {
@@ -26,14 +30,15 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
             return ExitCodes.Interrupted;
         }
 
-        var client = new V1.Agent.AgentClient(channels.Get(allocation.AgentAddress));
         using var abort = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        using var call = client.ExecuteCommand(allocation.Headers, cancellationToken: abort.Token);
+        using var call = ExecuteCommandCall.Start(channels.Get(allocation.AgentAddress).CreateCallInvoker(), allocation.Headers, abort.Token);
         using var writer = new FrameWriter(call.RequestStream);
         var forced = 0;
         var receivedFrame = false;
 
         CancellationTokenRegistration onFirst = default, onSecond = default;
+        PosixSignalRegistration? onResize = null;
+        RawMode? rawMode = null;
 
         try
         {
@@ -61,6 +66,16 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
                         CancelQuietly(abort);
                     });
                 });
+                if (start.Terminal is { StderrIsTty: true })
+                {
+                    onResize = ForwardWindowSizeChanges(writer);
+                    if (start.Terminal.StdinIsTty)
+                    {
+                        // Keystrokes go to the agent's terminal as typed; its line discipline echoes and edits.
+                        rawMode = RawMode.Enter(0);
+                    }
+                }
+
                 StartStdinPump(writer, abort.Token);
             }
             catch (Exception ex) when (ex is RpcException or InvalidOperationException or IOException or OperationCanceledException)
@@ -74,13 +89,14 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
                 // surfaces the call's real status.
             }
 
-            await foreach (var frame in call.ResponseStream.ReadAllAsync(abort.Token))
+            await foreach (var received in call.ResponseStream.ReadAllAsync(abort.Token))
             {
+                using var frame = received;
                 receivedFrame = true;
                 switch (frame.FrameCase)
                 {
                     case ServerFrame.FrameOneofCase.Stdout:
-                        if (!TryWrite(streams.Output, frame.Stdout))
+                        if (!TryWrite(streams.Output, Output(frame)))
                         {
                             // stdout's reader is gone (`jbazel ... | head`): stop quietly; dropping the call
                             // interrupts the remote command.
@@ -91,10 +107,10 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
                         break;
                     case ServerFrame.FrameOneofCase.Stderr:
                         // A closed stderr is not a reason to abandon the build; its bytes are dropped.
-                        TryWrite(streams.Error, frame.Stderr);
+                        TryWrite(streams.Error, Output(frame));
                         break;
                     case ServerFrame.FrameOneofCase.Exit:
-                        return frame.Exit.Code;
+                        return frame.Frame!.Exit.Code;
                     default:
                         break;
                 }
@@ -105,7 +121,7 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
                 return ExitCodes.Interrupted;
             }
 
-            throw Lost("the stream ended without an exit status");
+            throw Lost("the stream ended without an exit status", fromGateway: allocation.ThroughGateway);
         }
         catch (Exception ex) when (ex is RpcException or OperationCanceledException && Volatile.Read(ref forced) == 1)
         {
@@ -121,10 +137,30 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
         }
         finally
         {
-            // Before the writer and the call go away, so no late interrupt touches them.
+            // Before the writer and the call go away, so no late interrupt touches them; the terminal before any
+            // `rbs:` line the caller prints.
             onFirst.Dispose();
             onSecond.Dispose();
+            onResize?.Dispose();
+            rawMode?.Dispose();
         }
+    }
+
+    /// <summary>SIGWINCH: the terminal the remote one stands for (stderr's) changed size; tell the agent.</summary>
+    private static PosixSignalRegistration? ForwardWindowSizeChanges(FrameWriter writer)
+    {
+        if (!(OperatingSystem.IsLinux() || OperatingSystem.IsMacOS()))
+        {
+            return null;
+        }
+
+        return PosixSignalRegistration.Create(PosixSignal.SIGWINCH, context =>
+        {
+            if (TerminalProbe.TryGetWindowSize(2, out var columns, out var rows))
+            {
+                _ = writer.TryWriteAsync(new ClientFrame { Resize = new Resize { Columns = columns, Rows = rows } }, s_resizeWriteTimeout);
+            }
+        });
     }
 
     private void StartStdinPump(FrameWriter writer, CancellationToken cancellationToken)
@@ -174,11 +210,19 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
         }
     }
 
-    private static bool TryWrite(Stream stream, ByteString bytes)
+    /// <summary>An output frame's bytes: pooled when it came alone, else the parsed frame's field.</summary>
+    private static ReadOnlySpan<byte> Output(ReceivedFrame frame) => frame.Frame switch
+    {
+        null => frame.Output,
+        { FrameCase: ServerFrame.FrameOneofCase.Stdout } parsed => parsed.Stdout.Span,
+        var parsed => parsed.Stderr.Span,
+    };
+
+    private static bool TryWrite(Stream stream, ReadOnlySpan<byte> bytes)
     {
         try
         {
-            stream.Write(bytes.Span);
+            stream.Write(bytes);
             stream.Flush();
             return true;
         }
@@ -201,26 +245,46 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
 
     private RemoteFailure Failure(RpcException ex, bool receivedFrame)
     {
-        var agent = $"agent {allocation.AgentId} at {allocation.Response.Address}";
         if (!RemoteFailure.IsTransient(ex))
         {
             return new RemoteFailure(ExitCodes.RemoteEnvironmentError,
-                $"{agent} rejected the command ({ex.StatusCode}): {RemoteFailure.Describe(ex)}");
+                $"{allocation.Description} rejected the command ({ex.StatusCode}): {RemoteFailure.Describe(ex)}");
         }
 
         if (!receivedFrame && IsConnectFailure(ex))
         {
-            return new RemoteFailure(ExitCodes.TransientRemoteError,
-                $"cannot reach {agent} ({RemoteFailure.Describe(ex)}). Run the command again; a new agent will be allocated if it died.");
+            return new RemoteFailure(ExitCodes.TransientRemoteError, allocation.ThroughGateway
+                ? $"cannot reach the gateway at {allocation.Response.Address} ({RemoteFailure.Describe(ex)}) to run the command on agent {allocation.AgentId}. " +
+                    "Run the command again once the gateway answers; nothing ran."
+                : $"cannot reach agent {allocation.AgentId} at {allocation.Response.Address} ({RemoteFailure.Describe(ex)}). " +
+                    "Run the command again; GetServer starts a new agent if this one died.");
         }
 
-        return Lost(RemoteFailure.Describe(ex));
+        return Lost(RemoteFailure.Describe(ex), fromGateway: allocation.ThroughGateway && ex.Status.DebugException is null);
     }
 
-    private RemoteFailure Lost(string reason) =>
-        new(ExitCodes.TransientRemoteError,
-            $"lost the connection to agent {allocation.AgentId} at {allocation.Response.Address} mid-command ({reason}). " +
-            "Run the command again; a new agent will be allocated if it died.");
+    /// <summary>
+    /// The stream broke before the exit status. Which hop broke decides the next step: in tunnel mode a transport
+    /// failure is the connection to the gateway (the agent lives on, and stops the command as for a Ctrl-C), while a
+    /// status the gateway wrote means its tunnel to the agent was lost; in direct mode it is the agent itself.
+    /// </summary>
+    private RemoteFailure Lost(string reason, bool fromGateway = false)
+    {
+        var gateway = allocation.Response.Address;
+        var agent = allocation.AgentId;
+        return new(ExitCodes.TransientRemoteError, (allocation.ThroughGateway, fromGateway) switch
+        {
+            (true, true) =>
+                $"the gateway at {gateway} lost its tunnel to agent {agent} mid-command ({reason}). " +
+                "Run the command again; GetServer starts a new agent if this one died.",
+            (true, false) =>
+                $"lost the connection to the gateway at {gateway} mid-command ({reason}); agent {agent} stops the command when its stream ends. " +
+                "Run the command again once the gateway answers; the same agent serves it.",
+            _ =>
+                $"lost the connection to agent {agent} at {allocation.Response.Address} mid-command ({reason}). " +
+                "Run the command again; GetServer starts a new agent if this one died.",
+        });
+    }
 
     private static bool IsConnectFailure(RpcException ex)
     {

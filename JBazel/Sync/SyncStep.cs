@@ -34,6 +34,7 @@ internal static class SyncStep
         return true;
     }
 
+    /// <param name="rcFiles">Workspace-relative rc files this command makes bazel read (<see cref="ClientRcFiles.WorkspaceFiles"/>).</param>
     public static async Task<SyncReport> RunAsync(
         Allocation allocation,
         ChannelPool channels,
@@ -41,16 +42,24 @@ internal static class SyncStep
         CliEnvironment environment,
         string root,
         string repoHash,
+        IReadOnlyList<string> rcFiles,
         Action<string> writeErrorLine,
         CancellationToken cancellationToken)
     {
         var cacheFile = DigestCache.PathFor(environment.Get("XDG_CACHE_HOME"), environment.HomeDirectory, repoHash);
-        var builder = new ManifestBuilder(root, new WalkOptions(settings.SyncExcludes, settings.SyncGitignore), cacheFile, TimeProvider.System);
+        var warnings = new List<string>();
+        var required = BazelReads.Find(root, rcFiles, warnings);
+        foreach (var warning in warnings)
+        {
+            writeErrorLine($"rbs: warning: {warning}");
+        }
+
+        var builder = new ClientManifestBuilder(root, new WalkOptions(settings.SyncExcludes, settings.SyncGitignore, required), cacheFile, TimeProvider.System);
         var client = new WorkspaceSyncClient(
             new WorkspaceSync.WorkspaceSyncClient(channels.Get(allocation.AgentAddress)),
             allocation.Headers,
             builder.Build,
-            $"agent {allocation.AgentId} at {allocation.Response.Address}",
+            allocation.Description,
             writeErrorLine);
         return await client.SyncAsync(cancellationToken);
     }

@@ -1,9 +1,10 @@
 using System.Diagnostics;
-using System.Globalization;
 using System.Security.Cryptography;
+using System.Threading.Channels;
 using Google.Protobuf;
 using Grpc.Core;
 using Rbs.JBazel.Remote;
+using Rbs.Shared.Text;
 using Rbs.V1;
 
 namespace Rbs.JBazel.Sync;
@@ -14,17 +15,9 @@ internal sealed record SyncReport(int Entries, bool UpToDate, int BlobsUploaded,
     /// <summary>The <c>--rbs_status</c> line.</summary>
     public string StatusLine => UpToDate
         ? $"rbs: workspace up to date ({EntriesText}) in {ElapsedMilliseconds} ms"
-        : $"rbs: synced {EntriesText} ({BlobsUploaded} {(BlobsUploaded == 1 ? "file" : "files")} uploaded, {FormatBytes(BytesUploaded)}) in {ElapsedMilliseconds} ms";
+        : $"rbs: synced {EntriesText} ({BlobsUploaded} {(BlobsUploaded == 1 ? "file" : "files")} uploaded, {ByteSize.Format(BytesUploaded, fraction: "0.0")}) in {ElapsedMilliseconds} ms";
 
     private string EntriesText => Entries == 1 ? "1 entry" : $"{Entries} entries";
-
-    public static string FormatBytes(long bytes) => bytes switch
-    {
-        < 1024 => $"{bytes} B",
-        < 1024 * 1024 => string.Create(CultureInfo.InvariantCulture, $"{bytes / 1024.0:0.0} KiB"),
-        < 1024L * 1024 * 1024 => string.Create(CultureInfo.InvariantCulture, $"{bytes / (1024.0 * 1024):0.0} MiB"),
-        _ => string.Create(CultureInfo.InvariantCulture, $"{bytes / (1024.0 * 1024 * 1024):0.0} GiB"),
-    };
 }
 
 /// <summary>
@@ -42,6 +35,12 @@ internal sealed class WorkspaceSyncClient(
     public const int ChunkSize = 1024 * 1024;
     public const int MaxBatchEntries = 2000;
     public const int MaxBatchBytes = 1024 * 1024;
+
+    /// <summary>A <c>blobs</c> frame is sent once its data reaches this (so it stays under 2 MiB: below 4 MiB, gRPC's limit).</summary>
+    public const int MaxBlobBatchBytes = 1024 * 1024;
+
+    /// <summary>Frames read ahead of the one being sent (bounds the reader's memory to a few MiB).</summary>
+    public const int BlobBatchesInFlight = 4;
 
     public async Task<SyncReport> SyncAsync(CancellationToken cancellationToken)
     {
@@ -118,8 +117,8 @@ internal sealed class WorkspaceSyncClient(
                 needed.AddRange(frame.Need.Digests);
             }
 
-            long bytes = 0;
             phase = $"uploading {needed.Count} {(needed.Count == 1 ? "file" : "files")}";
+            var sources = new List<(ByteString Digest, BlobSource Source)>(needed.Count);
             foreach (var digest in needed)
             {
                 if (!manifest.Blobs.TryGetValue(digest, out var source))
@@ -128,16 +127,21 @@ internal sealed class WorkspaceSyncClient(
                         $"{agentDescription} asked for content that is not in the manifest ({Convert.ToHexStringLower(digest.Span)}) during the workspace sync. Is it a compatible agent?");
                 }
 
-                try
-                {
-                    bytes += await UploadAsync(call, digest, source, abort.Token);
-                }
-                catch (WorkspaceChangedException)
-                {
-                    // Dropping the call before upload_end: the agent discards everything and keeps its old tree.
-                    await abort.CancelAsync();
-                    throw;
-                }
+                sources.Add((digest, source));
+            }
+
+            long bytes;
+            try
+            {
+                bytes = first.ManifestWanted.BlobBatches
+                    ? await UploadBatchedAsync(call, sources, abort.Token)
+                    : await UploadOneByOneAsync(call, sources, abort.Token);
+            }
+            catch (WorkspaceChangedException)
+            {
+                // Dropping the call before upload_end: the agent discards everything and keeps its old tree.
+                await abort.CancelAsync();
+                throw;
             }
 
             await WriteAsync(call, new SyncClientFrame { UploadEnd = new UploadEnd() }, abort.Token);
@@ -182,6 +186,167 @@ internal sealed class WorkspaceSyncClient(
         }
 
         await WriteAsync(call, new SyncClientFrame { ManifestEnd = new ManifestEnd() }, cancellationToken);
+    }
+
+    /// <summary>An agent without <c>blob_batches</c>: one frame per chunk, each blob read and sent in turn.</summary>
+    private static async Task<long> UploadOneByOneAsync(
+        AsyncDuplexStreamingCall<SyncClientFrame, SyncServerFrame> call,
+        List<(ByteString Digest, BlobSource Source)> sources,
+        CancellationToken cancellationToken)
+    {
+        long bytes = 0;
+        foreach (var (digest, source) in sources)
+        {
+            bytes += await UploadAsync(call, digest, source, cancellationToken);
+        }
+
+        return bytes;
+    }
+
+    /// <summary>
+    /// Blobs packed into <c>blobs</c> frames of about <see cref="MaxBlobBatchBytes"/>: a reader task reads and re-hashes
+    /// the files while the frames before are being sent (at most <see cref="BlobBatchesInFlight"/> frames ahead), so
+    /// 10k small files are a few hundred messages instead of 10k, and reading overlaps the upload.
+    /// </summary>
+    private static async Task<long> UploadBatchedAsync(
+        AsyncDuplexStreamingCall<SyncClientFrame, SyncServerFrame> call,
+        List<(ByteString Digest, BlobSource Source)> sources,
+        CancellationToken cancellationToken)
+    {
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var frames = Channel.CreateBounded<SyncClientFrame>(new BoundedChannelOptions(BlobBatchesInFlight) { SingleReader = true, SingleWriter = true });
+        var reader = Task.Run(() => ReadBatchesAsync(frames.Writer, sources, stop.Token), stop.Token);
+        try
+        {
+            await foreach (var frame in frames.Reader.ReadAllAsync(stop.Token))
+            {
+                await WriteAsync(call, frame, stop.Token);
+            }
+        }
+        catch (Exception)
+        {
+            // The send failed (or the reader did): stop the reader; its own failure wins, else the send's.
+            await stop.CancelAsync();
+            try
+            {
+                await reader;
+            }
+            catch (OperationCanceledException)
+            {
+            }
+
+            throw;
+        }
+
+        // The reader's own failure (a changed or vanished file) surfaces here; ReadAllAsync rethrows it too.
+        return await reader;
+    }
+
+    private static async Task<long> ReadBatchesAsync(
+        ChannelWriter<SyncClientFrame> frames,
+        List<(ByteString Digest, BlobSource Source)> sources,
+        CancellationToken cancellationToken)
+    {
+        try
+        {
+            long total = 0;
+            var batch = new BlobBatch();
+            var batchBytes = 0;
+            using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+            foreach (var (digest, source) in sources)
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                using var stream = OpenBlob(source);
+                long offset = 0;
+                while (true)
+                {
+                    // Each chunk reads into its own array that the frame then owns (no copy into the message).
+                    var want = (int)Math.Clamp(source.Size - offset, 0, ChunkSize);
+                    var buffer = new byte[Math.Max(want, 1)];
+                    var read = ReadFull(stream, buffer);
+                    if (read == 0)
+                    {
+                        break;
+                    }
+
+                    if (read == buffer.Length && want == 0)
+                    {
+                        // Grew past its digested size.
+                        throw new WorkspaceChangedException(source.Path, "changed");
+                    }
+
+                    hash.AppendData(buffer, 0, read);
+                    batch.Chunks.Add(new BlobChunk
+                    {
+                        Digest = digest,
+                        Offset = (ulong)offset,
+                        Data = read == buffer.Length ? UnsafeByteOperations.UnsafeWrap(buffer) : ByteString.CopyFrom(buffer, 0, read),
+                    });
+                    batchBytes += read;
+                    offset += read;
+                    if (batchBytes >= MaxBlobBatchBytes)
+                    {
+                        await frames.WriteAsync(new SyncClientFrame { Blobs = batch }, cancellationToken);
+                        batch = new BlobBatch();
+                        batchBytes = 0;
+                    }
+
+                    if (read < buffer.Length)
+                    {
+                        break;
+                    }
+                }
+
+                if (offset != source.Size || !hash.GetHashAndReset().AsSpan().SequenceEqual(digest.Span))
+                {
+                    throw new WorkspaceChangedException(source.Path, "changed");
+                }
+
+                total += offset;
+            }
+
+            if (batch.Chunks.Count > 0)
+            {
+                await frames.WriteAsync(new SyncClientFrame { Blobs = batch }, cancellationToken);
+            }
+
+            frames.Complete();
+            return total;
+        }
+        catch (Exception ex)
+        {
+            frames.TryComplete(ex);
+            throw;
+        }
+    }
+
+    private static FileStream OpenBlob(BlobSource source)
+    {
+        try
+        {
+            return new FileStream(source.FullPath, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, bufferSize: 0, useAsync: false);
+        }
+        catch (Exception ex) when (ex is FileNotFoundException or DirectoryNotFoundException)
+        {
+            throw new WorkspaceChangedException(source.Path, "was deleted");
+        }
+    }
+
+    private static int ReadFull(FileStream stream, byte[] buffer)
+    {
+        var total = 0;
+        while (total < buffer.Length)
+        {
+            var read = stream.Read(buffer, total, buffer.Length - total);
+            if (read == 0)
+            {
+                break;
+            }
+
+            total += read;
+        }
+
+        return total;
     }
 
     /// <summary>Streams one blob in chunks of at most 1 MiB, checking that the file still has the digested content.</summary>
@@ -323,7 +488,7 @@ internal sealed class WorkspaceSyncClient(
         var exitCode = ExitCodes.ForRemoteStatus(ex);
         return new RemoteFailure(exitCode,
             exitCode == ExitCodes.TransientRemoteError
-                ? $"{what} ({detail}). Run the command again; a new agent will be allocated if it died."
+                ? $"{what} ({detail}). Run the command again (GetServer starts a new agent only if this one died)."
                 : $"{what} ({ex.StatusCode}): {detail}");
     }
 }

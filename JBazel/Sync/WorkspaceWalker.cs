@@ -4,10 +4,11 @@ namespace Rbs.JBazel.Sync;
 
 /// <summary>What the walk includes besides the fixed rules.</summary>
 /// <param name="Excludes">The user's <c>--rbs_sync_exclude</c> patterns (gitignore syntax, relative to the workspace root).</param>
-/// <param name="UseGitignore">Respect .gitignore files and .git/info/exclude (<c>--rbs_sync_gitignore</c>).</param>
-internal sealed record WalkOptions(IReadOnlyList<string> Excludes, bool UseGitignore)
+/// <param name="UseGitignore">Leave out what git ignores (.gitignore files, info/exclude; <c>--rbs_sync_gitignore</c>, off by default).</param>
+/// <param name="Required">Paths bazel is known to read, carried even when git ignores them (<see cref="BazelReads"/>).</param>
+internal sealed record WalkOptions(IReadOnlyList<string> Excludes, bool UseGitignore, RequiredPaths? Required = null)
 {
-    public static WalkOptions Default { get; } = new([], UseGitignore: true);
+    public static WalkOptions Default { get; } = new([], UseGitignore: false);
 }
 
 /// <summary>One path the sync sends, before its content is digested.</summary>
@@ -22,26 +23,30 @@ internal sealed record WalkedEntry(string Path, FileKind Kind, string FullPath, 
 internal sealed record WalkResult(IReadOnlyList<WalkedEntry> Entries, IReadOnlyList<string> Warnings);
 
 /// <summary>
-/// Enumerates the workspace the way the agent must see it. Always skipped: root-level <c>bazel-*</c>
-/// (bazel's convenience symlinks), the root <c>jbazel-out/</c> (fetched outputs), every <c>.git</c>,
-/// directories listed in <c>.bazelignore</c>. Then the user's excludes and, unless turned off, git's
-/// ignore rules (.gitignore at every level, including those between the git root and the workspace
-/// root, and .git/info/exclude). An ignored directory is not entered, so nothing below it can be
-/// re-included (as in git). Symlinks whose relative target stays inside the workspace are sent as
-/// symlinks; one pointing outside is sent as the regular file it points to, or skipped with a warning.
+/// Enumerates the workspace the way the agent must see it: everything bazel can read. Always skipped, each because the
+/// agent has its own: root-level <c>bazel-*</c> symlinks (bazel's convenience symlinks into this machine's output base;
+/// the agent's bazel makes its own, and a regular file or directory named <c>bazel-*</c> is sent) and the root
+/// <c>jbazel-out/</c> (copies of the agent's own outputs: sent back they would become inputs of its next build).
+/// <c>.git</c> is sent (a <c>--workspace_status_command</c> runs git, <c>glob()</c> sees it); a <c>.git</c> file naming
+/// a repository outside the workspace (a worktree) is sent as one self-contained <c>.git</c> directory.
+/// Directories listed in <c>.bazelignore</c> are sent: that file only stops bazel's package discovery.
+/// Then the user's excludes and, only when asked (<c>--rbs_sync_gitignore</c>), git's ignore rules (.gitignore at every
+/// level, including those between the git root and the workspace root, and info/exclude of the repository's common
+/// directory) — except for <see cref="WalkOptions.Required"/> paths, which bazel reads whatever git says. An ignored
+/// directory is not entered unless a required path is below it. Symlinks whose relative target stays inside the
+/// workspace are sent as symlinks; one pointing outside is sent as the regular file it points to, or skipped with a warning.
 /// </summary>
 internal static class WorkspaceWalker
 {
     public const string OutputsFolder = "jbazel-out";
-    public const string BazelIgnoreFile = ".bazelignore";
 
     public static WalkResult Walk(string root, WalkOptions options, CancellationToken cancellationToken)
     {
         root = Path.TrimEndingDirectorySeparator(Path.GetFullPath(root));
         var entries = new List<WalkedEntry>();
         var warnings = new List<string>();
-        var bazelIgnored = ReadBazelIgnore(root);
         var excludes = IgnoreStack.Empty.Push(IgnoreList.Parse("", options.Excludes));
+        var required = options.Required ?? RequiredPaths.None;
 
         // Git's rules are relative to the git root, which may be above the workspace root.
         var gitPrefix = "";
@@ -51,13 +56,13 @@ internal static class WorkspaceWalker
             (gitPrefix, gitIgnores) = GitRules(root);
         }
 
-        var pending = new Stack<(string Relative, string Full, IgnoreStack Ignores)>();
-        pending.Push(("", root, gitIgnores));
+        var pending = new Stack<(string Relative, string Full, IgnoreStack Ignores, Mode Mode)>();
+        pending.Push(("", root, gitIgnores, Mode.Normal));
         while (pending.Count > 0)
         {
             cancellationToken.ThrowIfCancellationRequested();
-            var (dirRelative, dirFull, ignores) = pending.Pop();
-            if (options.UseGitignore)
+            var (dirRelative, dirFull, ignores, mode) = pending.Pop();
+            if (options.UseGitignore && mode != Mode.Forced)
             {
                 ignores = ignores.Push(IgnoreList.Read(Join(gitPrefix, dirRelative), Path.Combine(dirFull, ".gitignore")));
             }
@@ -74,7 +79,7 @@ internal static class WorkspaceWalker
             {
                 var relative = Join(dirRelative, name);
                 var full = dirFull + "/" + name;
-                if (name == ".git" || (dirRelative.Length == 0 && (name.StartsWith("bazel-", StringComparison.Ordinal) || name == OutputsFolder)))
+                if (dirRelative.Length == 0 && name == OutputsFolder)
                 {
                     continue;
                 }
@@ -82,17 +87,46 @@ internal static class WorkspaceWalker
                 var stat = FileStats.Get(full, follow: false);
                 var isDirectory = stat.Kind == FileKind.Directory;
                 if (stat.Kind == FileKind.Missing
-                    || (isDirectory && bazelIgnored.Contains(relative))
-                    || excludes.IsIgnored(relative, name, isDirectory)
-                    || ignores.IsIgnored(Join(gitPrefix, relative), name, isDirectory))
+                    || (dirRelative.Length == 0 && stat.Kind == FileKind.Symlink && name.StartsWith("bazel-", StringComparison.Ordinal)))
                 {
+                    continue;
+                }
+
+                var isRequired = mode == Mode.Forced || required.IsRequired(relative);
+                if (excludes.IsIgnored(relative, name, isDirectory))
+                {
+                    if (isRequired && mode != Mode.Forced)
+                    {
+                        warnings.Add($"--rbs_sync_exclude leaves out {relative}, which bazel reads; bazel on the agent will not find it");
+                    }
+
+                    continue;
+                }
+
+                // git never applies its ignore rules to .git itself.
+                var gitIgnored = mode == Mode.PathOnly || (name != ".git" && ignores.IsIgnored(Join(gitPrefix, relative), name, isDirectory));
+                var childMode = isRequired ? Mode.Forced : mode;
+                if (gitIgnored && !isRequired)
+                {
+                    if (!isDirectory || !required.LeadsTo(relative))
+                    {
+                        continue;
+                    }
+
+                    // Ignored, but a path bazel reads is below it: enter it for that path only.
+                    childMode = Mode.PathOnly;
+                }
+
+                if (name == ".git" && stat.Kind == FileKind.File && Worktree(root, relative, full, entries, warnings))
+                {
+                    included++;
                     continue;
                 }
 
                 switch (stat.Kind)
                 {
                     case FileKind.Directory:
-                        pending.Push((relative, full, ignores));
+                        pending.Push((relative, full, ignores, childMode));
                         included++;
                         break;
                     case FileKind.File:
@@ -113,13 +147,56 @@ internal static class WorkspaceWalker
                 }
             }
 
-            if (included == 0 && dirRelative.Length > 0)
+            if (included == 0 && dirRelative.Length > 0 && mode != Mode.PathOnly)
             {
                 entries.Add(new WalkedEntry(dirRelative, FileKind.Directory, dirFull, FileStat.Missing));
             }
         }
 
         return new WalkResult(entries, warnings);
+    }
+
+    /// <summary>How a directory's entries are chosen.</summary>
+    private enum Mode
+    {
+        /// <summary>Excludes and (if on) git's rules decide.</summary>
+        Normal,
+
+        /// <summary>Bazel reads all of it: only the user's excludes can leave something out.</summary>
+        Forced,
+
+        /// <summary>Git ignores it: only the required paths below it are sent.</summary>
+        PathOnly,
+    }
+
+    /// <summary>
+    /// A <c>.git</c> file naming a repository outside the workspace (a worktree, a separate git dir): its content is
+    /// sent as one self-contained <c>.git</c> directory instead, since the agent has nothing at that path (or, on this
+    /// machine, the checkout's own repository, which git there must not write to). False when it names a directory
+    /// inside the workspace (a submodule's <c>gitdir: ../.git/modules/x</c>): then the file is sent as it is.
+    /// </summary>
+    private static bool Worktree(string root, string relative, string full, List<WalkedEntry> entries, List<string> warnings)
+    {
+        var gitDir = GitDirectories.ReadGitFile(full);
+        if (gitDir is null || gitDir.StartsWith(root + "/", StringComparison.Ordinal))
+        {
+            return false;
+        }
+
+        if (!Directory.Exists(gitDir))
+        {
+            warnings.Add($"skipping {relative}: it names the git directory {gitDir}, which does not exist");
+            return true;
+        }
+
+        foreach (var (path, source, isDirectory) in GitDirectories.SelfContained(gitDir, GitDirectories.CommonDir(gitDir)))
+        {
+            entries.Add(isDirectory
+                ? new WalkedEntry(relative + "/" + path, FileKind.Directory, source, FileStat.Missing)
+                : new WalkedEntry(relative + "/" + path, FileKind.File, source, FileStats.Get(source, follow: true)));
+        }
+
+        return true;
     }
 
     /// <summary>Whether a symlink at <paramref name="linkPath"/> with this stored target resolves inside the workspace (lexically).</summary>
@@ -198,45 +275,6 @@ internal static class WorkspaceWalker
         }
     }
 
-    /// <summary>bazel's .bazelignore: one workspace-relative directory per line, '#' comments.</summary>
-    internal static HashSet<string> ReadBazelIgnore(string root)
-    {
-        var paths = new HashSet<string>(StringComparer.Ordinal);
-        var file = Path.Combine(root, BazelIgnoreFile);
-        try
-        {
-            if (!File.Exists(file))
-            {
-                return paths;
-            }
-
-            foreach (var raw in File.ReadLines(file))
-            {
-                var line = raw.Trim();
-                if (line.Length == 0 || line.StartsWith('#'))
-                {
-                    continue;
-                }
-
-                while (line.StartsWith("./", StringComparison.Ordinal))
-                {
-                    line = line[2..];
-                }
-
-                line = line.TrimEnd('/');
-                if (line.Length > 0)
-                {
-                    paths.Add(line);
-                }
-            }
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-        }
-
-        return paths;
-    }
-
     /// <summary>The workspace root's path below the git root, and the git rules that apply above the workspace root.</summary>
     private static (string Prefix, IgnoreStack Rules) GitRules(string root)
     {
@@ -257,7 +295,12 @@ internal static class WorkspaceWalker
             return ("", IgnoreStack.Empty);
         }
 
-        var rules = IgnoreStack.Empty.Push(IgnoreList.Read("", Path.Combine(gitRoot, ".git", "info", "exclude")));
+        // info/exclude lives in the common directory: a worktree's .git file names .git/worktrees/NAME, whose
+        // commondir file leads back to the repository's .git.
+        var gitDir = GitDirectories.GitDir(Path.Combine(gitRoot, ".git"));
+        var rules = gitDir is null
+            ? IgnoreStack.Empty
+            : IgnoreStack.Empty.Push(IgnoreList.Read("", Path.Combine(GitDirectories.CommonDir(gitDir), "info", "exclude")));
         var prefix = Path.GetRelativePath(gitRoot, root).Replace(Path.DirectorySeparatorChar, '/');
         if (prefix == ".")
         {

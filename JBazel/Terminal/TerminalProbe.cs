@@ -25,19 +25,25 @@ internal static partial class TerminalProbe
         return forwarded;
     }
 
+    /// <summary>
+    /// What the agent needs to give bazel the same terminal: with stderr on a terminal it gets a pseudo-terminal of
+    /// that window's size. stdin counts as a terminal only when jbazel may read it (not a background job), since the
+    /// agent then expects raw keystrokes.
+    /// </summary>
     public static TerminalInfo Probe(CliEnvironment environment)
     {
         var info = new TerminalInfo
         {
-            StdinIsTty = !Console.IsInputRedirected,
+            StdinIsTty = !Console.IsInputRedirected && MayReadStdin(),
             StdoutIsTty = !Console.IsOutputRedirected,
             StderrIsTty = !Console.IsErrorRedirected,
             Term = environment.Get("TERM") ?? "",
         };
 
-        if (info.StdoutIsTty || info.StderrIsTty || info.StdinIsTty)
+        if (info.StdoutIsTty || info.StderrIsTty || !Console.IsInputRedirected)
         {
-            var fd = info.StdoutIsTty ? 1 : info.StderrIsTty ? 2 : 0;
+            // The remote terminal stands for stderr's, so its size comes first.
+            var fd = info.StderrIsTty ? 2 : info.StdoutIsTty ? 1 : 0;
             if (TryGetWindowSize(fd, out var columns, out var rows))
             {
                 info.Columns = columns;
@@ -55,7 +61,8 @@ internal static partial class TerminalProbe
 
     private static int ParseOrZero(string? text) => int.TryParse(text, out var n) && n > 0 ? n : 0;
 
-    private static bool TryGetWindowSize(int fd, out int columns, out int rows)
+    /// <summary>The window size of the terminal on <paramref name="fd"/> (TIOCGWINSZ); false when it is none or reports 0 columns.</summary>
+    public static bool TryGetWindowSize(int fd, out int columns, out int rows)
     {
         columns = rows = 0;
         if (!OperatingSystem.IsLinux() && !OperatingSystem.IsMacOS())
@@ -90,6 +97,10 @@ internal static partial class TerminalProbe
         var foreground = TerminalForegroundGroup(0);
         return foreground < 0 || foreground == ProcessGroup();
     }
+
+    /// <summary>True when <paramref name="fd"/> is a terminal whose foreground process group is jbazel's.</summary>
+    public static bool IsForegroundJob(int fd) =>
+        (OperatingSystem.IsLinux() || OperatingSystem.IsMacOS()) && TerminalForegroundGroup(fd) is var group && group >= 0 && group == ProcessGroup();
 
     [LibraryImport("libc", EntryPoint = "tcgetpgrp")]
     private static partial int TerminalForegroundGroup(int fd);

@@ -3,9 +3,9 @@ using System.Diagnostics;
 using Grpc.Core;
 using Microsoft.Extensions.Options;
 using Rbs.Orchestrator.Compute;
+using Rbs.Orchestrator.Gateway;
 using Rbs.Orchestrator.Hosting;
 using Rbs.Orchestrator.State;
-using Rbs.Orchestrator.Tunnel;
 
 namespace Rbs.Orchestrator.Allocation;
 
@@ -24,16 +24,13 @@ internal sealed record AllocationResult(AgentRecord Agent, bool Warm, TimeSpan E
 internal sealed partial class AgentAllocator(
     IStateStore store,
     IComputeService compute,
-    GatewayTunnels tunnels,
+    GatewayClient gateway,
     ReplicaIdentity replica,
     IOptions<OrchestratorOptions> options,
     TimeProvider timeProvider,
     IHostApplicationLifetime lifetime,
     ILogger<AgentAllocator> logger)
 {
-    // Extra lease time beyond the start timeout covers the store writes around the start.
-    internal static readonly TimeSpan LeaseMargin = TimeSpan.FromSeconds(10);
-
     // LastUsedAt drives reaping at a granularity of hours; skipping sub-second rewrites keeps the warm
     // path to one read under bursts of calls.
     private static readonly TimeSpan s_touchGranularity = TimeSpan.FromSeconds(1);
@@ -72,7 +69,7 @@ internal sealed partial class AgentAllocator(
                 _recentFailures.TryRemove(key, out _);
             }
 
-            var deadline = timeProvider.GetUtcNow() + options.Value.AgentStartTimeout + (LeaseMargin * 2);
+            var deadline = timeProvider.GetUtcNow() + options.Value.AgentStartTimeout + (options.Value.AllocationLeaseMargin * 2);
             while (true)
             {
                 cancellationToken.ThrowIfCancellationRequested();
@@ -143,7 +140,7 @@ internal sealed partial class AgentAllocator(
         {
             State = AgentState.Terminating,
             LeaseOwner = replica.Id,
-            LeaseExpiresAt = now + options.Value.AgentStartTimeout + LeaseMargin,
+            LeaseExpiresAt = now + options.Value.AgentStartTimeout + options.Value.AllocationLeaseMargin,
         };
         if (!await store.TryUpdateAsync(row, claimed, cancellationToken))
         {
@@ -152,7 +149,6 @@ internal sealed partial class AgentAllocator(
 
         await compute.StopAsync(claimed, cancellationToken);
         await store.DeleteAsync(row.AgentId, cancellationToken);
-        tunnels.Forget(row.AgentId);
         return true;
     }
 
@@ -177,6 +173,7 @@ internal sealed partial class AgentAllocator(
 
     private async Task<AgentRecord?> TryAllocateAsync(string userId, string repoHash, string sourcePath, CancellationToken cancellationToken)
     {
+        EnsureCapacity(await store.ListAsync(cancellationToken), userId, insertedAgentId: null);
         var now = timeProvider.GetUtcNow();
         var record = new AgentRecord(
             AgentId: AgentIds.New(),
@@ -190,10 +187,22 @@ internal sealed partial class AgentAllocator(
             CreatedAt: now,
             LastUsedAt: now,
             LeaseOwner: replica.Id,
-            LeaseExpiresAt: now + options.Value.AgentStartTimeout + LeaseMargin);
+            LeaseExpiresAt: now + options.Value.AgentStartTimeout + options.Value.AllocationLeaseMargin);
         if (!await store.TryInsertAsync(record, cancellationToken))
         {
             return null;
+        }
+
+        // Count again with our row in: allocations that raced past the first check (other keys, other replicas) all see
+        // each other's committed rows now, and whoever finds the limit exceeded backs out, so the limit holds.
+        try
+        {
+            EnsureCapacity(await store.ListAsync(cancellationToken), userId, record.AgentId);
+        }
+        catch (RpcException)
+        {
+            await store.DeleteAsync(record.AgentId, CancellationToken.None);
+            throw;
         }
 
         Log.Allocating(logger, record.AgentId, userId, repoHash, compute.Backend);
@@ -204,6 +213,40 @@ internal sealed partial class AgentAllocator(
         return await allocation.WaitAsync(cancellationToken);
     }
 
+    /// <summary>
+    /// The agent limits (<see cref="OrchestratorOptions.MaxAgents"/>, <see cref="OrchestratorOptions.MaxAgentsPerUser"/>),
+    /// counted over every row of the store — allocating, ready and terminating agents all hold memory. Throws
+    /// ResourceExhausted (jbazel exit 50) naming the limit, the count and what to do; the status is reserved for this.
+    /// </summary>
+    private void EnsureCapacity(IReadOnlyList<AgentRecord> rows, string userId, string? insertedAgentId)
+    {
+        // Before our insert a new agent needs a free slot; after it, our row is one of the counted.
+        var extra = insertedAgentId is null ? 1 : 0;
+        var value = options.Value;
+        var userCount = rows.Count(r => r.UserId == userId);
+        if (value.MaxAgentsPerUser > 0 && userCount + extra > value.MaxAgentsPerUser)
+        {
+            var count = userCount - (1 - extra);
+            Log.CapacityReached(logger, $"user {userId}", count, value.MaxAgentsPerUser);
+            throw new RpcException(new Status(
+                StatusCode.ResourceExhausted,
+                $"user '{userId}' already has {count} agents, the most this orchestrator runs per user (--max-agents-per-user {value.MaxAgentsPerUser}, " +
+                $"Orchestrator:MaxAgentsPerUser); no new agent is started. Build in a workspace that already has one, wait for the idle reaper to stop " +
+                $"yours unused for {value.IdleTtl:c} (--idle-ttl), or ask the operator to raise the limit"));
+        }
+
+        var maxAgents = value.GetMaxAgents();
+        if (maxAgents > 0 && rows.Count + extra > maxAgents)
+        {
+            var count = rows.Count - (1 - extra);
+            Log.CapacityReached(logger, "all users", count, maxAgents);
+            throw new RpcException(new Status(
+                StatusCode.ResourceExhausted,
+                $"this orchestrator already runs {count} agents, its limit for all users together (--max-agents {maxAgents}, Orchestrator:MaxAgents); " +
+                $"no new agent is started. Retry later: the idle reaper stops agents unused for {value.IdleTtl:c} (--idle-ttl); or ask the operator to raise the limit"));
+        }
+    }
+
     private async Task<AgentRecord> CompleteAllocationAsync(AgentRecord record, long started, CancellationToken stopping)
     {
         StartedAgent agent;
@@ -211,7 +254,7 @@ internal sealed partial class AgentAllocator(
         {
             agent = await compute.StartAsync(
                 // With a gateway configured every agent also dials out, so one agent serves both connect modes.
-                new AgentSpec(record.AgentId, record.UserId, record.RepoHash, record.SourcePath, tunnels.SpecFor(record.AgentId, record.UserId)),
+                new AgentSpec(record.AgentId, record.UserId, record.RepoHash, record.SourcePath, gateway.SpecFor(record.AgentId, record.UserId)),
                 stopping);
         }
         catch (Exception e)
@@ -290,5 +333,8 @@ internal sealed partial class AgentAllocator(
 
         [LoggerMessage(EventId = 206, Level = LogLevel.Warning, Message = "Cleaning up failed allocation {AgentId} failed; its lease will let another pass finish it")]
         public static partial void DiscardFailed(ILogger logger, string agentId, Exception exception);
+
+        [LoggerMessage(EventId = 207, Level = LogLevel.Warning, Message = "Agent limit reached for {Scope}: {Count} of {Limit}; refusing a new agent")]
+        public static partial void CapacityReached(ILogger logger, string scope, int count, int limit);
     }
 }

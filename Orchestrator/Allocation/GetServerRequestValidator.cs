@@ -1,9 +1,13 @@
 using Grpc.Core;
+using Rbs.Shared.Text;
 using Rbs.V1;
 
 namespace Rbs.Orchestrator.Allocation;
 
-/// <summary>Checks a GetServer request and says exactly what to fix.</summary>
+/// <summary>
+/// Checks a GetServer request and says exactly what to fix. Client input is quoted through
+/// <see cref="UntrustedText.Echo"/>: a status message that repeats a 1 MiB path would not fit the reply's headers.
+/// </summary>
 internal static class GetServerRequestValidator
 {
     public const int MaxRepoHashLength = 128;
@@ -22,7 +26,7 @@ internal static class GetServerRequestValidator
             case ConnectMode.Unspecified:
             case ConnectMode.Direct:
             case ConnectMode.Tunnel:
-                // Whether tunnel mode is available (a gateway is configured) is GatewayTunnels.Resolve's call.
+                // Whether tunnel mode is available (a gateway is configured) is GatewayClient.Resolve's call.
                 break;
             default:
                 throw Invalid($"connect_mode {(int)request.ConnectMode} is unknown; use CONNECT_MODE_DIRECT or CONNECT_MODE_TUNNEL");
@@ -41,7 +45,7 @@ internal static class GetServerRequestValidator
 
         if (!Path.IsPathFullyQualified(sourcePath))
         {
-            throw Invalid($"source_path '{sourcePath}' is relative; send the absolute path of the workspace root");
+            throw Invalid($"source_path '{UntrustedText.Echo(sourcePath)}' is relative; send the absolute path of the workspace root");
         }
 
         var normalized = Path.TrimEndingDirectorySeparator(Path.GetFullPath(sourcePath));
@@ -61,13 +65,13 @@ internal static class GetServerRequestValidator
     {
         if (File.Exists(normalized))
         {
-            throw Invalid($"source_path '{sourcePath}' is a file; send the workspace root directory");
+            throw Invalid($"source_path '{UntrustedText.Echo(sourcePath)}' is a file; send the workspace root directory");
         }
 
         if (!Directory.Exists(normalized))
         {
             throw Invalid(
-                $"source_path '{sourcePath}' does not exist on the orchestrator's machine; " +
+                $"source_path '{UntrustedText.Echo(sourcePath)}' does not exist on the orchestrator's machine; " +
                 "local-mode agents build the workspace in place, so it must be a directory here");
         }
     }
@@ -89,7 +93,7 @@ internal static class GetServerRequestValidator
             var c = repoHash[i];
             if (!(char.IsAsciiLetterOrDigit(c) || c is '_' or '-'))
             {
-                throw Invalid($"repo_hash has the character '{c}' (U+{(int)c:X4}) at position {i}; only A-Z a-z 0-9 _ - are allowed");
+                throw Invalid($"repo_hash has the character '{UntrustedText.Echo(c.ToString())}' (U+{(int)c:X4}) at position {i}; only A-Z a-z 0-9 _ - are allowed");
             }
         }
     }

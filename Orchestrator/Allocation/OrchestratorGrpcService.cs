@@ -1,9 +1,11 @@
 using System.Data.Common;
 using Grpc.Core;
 using Microsoft.Extensions.Options;
+using Rbs.Orchestrator.Compute;
+using Rbs.Orchestrator.Compute.Processes;
+using Rbs.Orchestrator.Gateway;
 using Rbs.Orchestrator.Hosting;
 using Rbs.Orchestrator.Security;
-using Rbs.Orchestrator.Tunnel;
 using Rbs.V1;
 
 namespace Rbs.Orchestrator.Allocation;
@@ -16,7 +18,9 @@ namespace Rbs.Orchestrator.Allocation;
 internal sealed partial class OrchestratorGrpcService(
     AgentAllocator allocator,
     ApiKeyAuthenticator authenticator,
-    GatewayTunnels tunnels,
+    GatewayClient gateway,
+    IComputeService compute,
+    UserIsolation isolation,
     IOptions<OrchestratorOptions> options,
     ILogger<OrchestratorGrpcService> logger) : V1.Orchestrator.OrchestratorBase
 {
@@ -25,8 +29,8 @@ internal sealed partial class OrchestratorGrpcService(
         var userId = authenticator.Authenticate(context.RequestHeaders);
         // The request's shape first, so a malformed one is InvalidArgument whatever the gateway configuration.
         var sourcePath = GetServerRequestValidator.Validate(request, sourceMustExist: false);
-        var mode = tunnels.Resolve(request.ConnectMode);
-        var placement = WorkspacePlacement.For(request, userId, mode, sourcePath, options.Value);
+        var mode = gateway.Resolve(request.ConnectMode);
+        var placement = WorkspacePlacement.For(request, userId, mode, sourcePath, options.Value, isolation.Active);
         if (!placement.SyncRequired)
         {
             // The agent builds the client's own directory, so it must exist here.
@@ -70,9 +74,14 @@ internal sealed partial class OrchestratorGrpcService(
         {
             // The client talks only to the gateway; the route and the (user, agent) session token get it to this agent.
             response.ConnectMode = ConnectMode.Tunnel;
-            response.Address = tunnels.PublicAddress;
+            response.Address = gateway.PublicAddress;
             response.Route = agent.AgentId;
-            response.SessionToken = tunnels.MintSession(agent.AgentId, userId);
+            response.SessionToken = gateway.MintSession(agent.AgentId, userId);
+        }
+        else if (await compute.GetDirectAccessKeyAsync(agent, context.CancellationToken) is { } accessKey)
+        {
+            // The agent's loopback port is reachable by every process on this machine: only this key opens it.
+            response.SessionToken = accessKey;
         }
 
         return response;
@@ -80,15 +89,15 @@ internal sealed partial class OrchestratorGrpcService(
 
     /// <summary>
     /// Returns once the agent has a live tunnel. A fresh agent that does not register is stopped (never leaked) and the
-    /// client gets Unavailable; a warm agent that never registered (e.g. started before the gateway was configured) is
-    /// replaced once. A gateway that cannot be asked leaves a warm agent alone.
+    /// client gets Unavailable; a warm agent that does not (re-)register within RegistrationTimeout (e.g. started before the
+    /// gateway was configured) is replaced once. A gateway that cannot be asked leaves a warm agent alone.
     /// </summary>
     private async Task<AllocationResult> EnsureRegisteredAsync(
         AllocationResult result, string userId, string repoHash, string sourcePath, CancellationToken cancellationToken)
     {
         for (var attempt = 0; ; attempt++)
         {
-            var check = await tunnels.CheckRegisteredAsync(result.Agent, fresh: !result.Warm, cancellationToken);
+            var check = await gateway.CheckRegisteredAsync(result.Agent, cancellationToken);
             if (check.Registered)
             {
                 return result;

@@ -20,17 +20,19 @@ internal sealed record WorkspacePlacement(string AgentKey, string Workspace, boo
 
     /// <summary>
     /// Pod agents always build their own copy. A process agent builds the client's directory in place, unless the
-    /// client asks for a synced copy (<c>sync_workspace</c>, jbazel <c>--rbs_sync</c>) or comes through the gateway
-    /// (tunnel mode: a laptop outside the cluster, whose paths mean nothing on this machine).
+    /// client asks for a synced copy (<c>sync_workspace</c>, jbazel <c>--rbs_sync</c>), comes through the gateway
+    /// (tunnel mode: a laptop outside the cluster, whose paths mean nothing on this machine), or users are isolated
+    /// (<paramref name="isolated"/>): an agent running under its user's uid builds only that user's private copy, never a
+    /// directory of the client's that it could not read, or that another user could name as theirs.
     /// </summary>
-    public static WorkspacePlacement For(GetServerRequest request, string userId, ConnectMode mode, string sourcePath, OrchestratorOptions options)
+    public static WorkspacePlacement For(GetServerRequest request, string userId, ConnectMode mode, string sourcePath, OrchestratorOptions options, bool isolated = false)
     {
         if (options.GetBackend() != OrchestratorOptions.ProcessBackend)
         {
             return new WorkspacePlacement(request.RepoHash, sourcePath, SyncRequired: true);
         }
 
-        if (!request.SyncWorkspace && mode != ConnectMode.Tunnel)
+        if (!request.SyncWorkspace && mode != ConnectMode.Tunnel && !isolated)
         {
             return new WorkspacePlacement(request.RepoHash, sourcePath, SyncRequired: false);
         }

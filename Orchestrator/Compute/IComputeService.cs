@@ -58,6 +58,13 @@ internal interface IComputeService
     /// so a restarted orchestrator can re-adopt the live ones missing from the store and stop strays.
     /// </summary>
     Task<IReadOnlyList<DiscoveredAgent>> DiscoverAsync(CancellationToken cancellationToken);
+
+    /// <summary>
+    /// The key a direct-mode client must present to the agent (<c>authorization: Bearer</c>; GetServer returns it as the
+    /// session token), or null when the agent's listener needs none. Process agents under user isolation have one, so no
+    /// other user's build on the same machine can use their loopback port.
+    /// </summary>
+    ValueTask<string?> GetDirectAccessKeyAsync(AgentRecord record, CancellationToken cancellationToken) => ValueTask.FromResult<string?>(null);
 }
 
 /// <summary>An agent found running by <see cref="IComputeService.DiscoverAsync"/>.</summary>

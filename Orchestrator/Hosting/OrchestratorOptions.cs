@@ -1,7 +1,7 @@
 using System.Net;
 using Microsoft.Extensions.Options;
+using Rbs.Orchestrator.Gateway;
 using Rbs.Orchestrator.Security;
-using Rbs.Orchestrator.Tunnel;
 using Rbs.V1;
 
 namespace Rbs.Orchestrator.Hosting;
@@ -81,6 +81,13 @@ internal sealed class OrchestratorOptions
     public TimeSpan AgentStartTimeout { get; set; } = TimeSpan.FromSeconds(30);
 
     /// <summary>
+    /// Lease time beyond <see cref="AgentStartTimeout"/> on an allocation (<c>--allocation-lease-margin</c>): it covers
+    /// the state-store writes around an agent's start, so another replica takes over an allocation only after its
+    /// owner is surely gone. Default: 00:00:10.
+    /// </summary>
+    public TimeSpan AllocationLeaseMargin { get; set; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>
     /// Connect mode for clients that do not ask for one (<c>--default-connect-mode</c>): "direct" or "tunnel".
     /// Default: empty, meaning tunnel when a gateway is configured (<c>Orchestrator:Gateway:PublicAddress</c>), else direct.
     /// </summary>
@@ -96,6 +103,26 @@ internal sealed class OrchestratorOptions
     /// <summary>File of API keys, one <c>user:key</c> per line, <c>#</c> comments (<c>--api-keys-file</c>). Default: none.</summary>
     public string? ApiKeysFile { get; set; }
 
+    /// <summary>
+    /// At most this many agents at once, all users together (<c>--max-agents</c>); 0 = no limit. Counted from the state
+    /// store, so replicas sharing it share the limit; a cold GetServer beyond it fails with ResourceExhausted (jbazel
+    /// exit 50). Default: empty, meaning 16 with the process backend and no limit with Kubernetes (the cluster's quotas
+    /// govern pods). 16 because an idle agent with its bazel server holds about 270 MB here (measured: rbs-agent ≈ 80 MB
+    /// RSS, bazel 4.2.3 server ≈ 190 MB after a small build), so 16 are ≈ 4.3 GB before any build grows bazel's heap, a
+    /// sixth of a 24 GiB machine, and more builds at once than 2 cores serve gain nothing.
+    /// </summary>
+    public int? MaxAgents { get; set; }
+
+    /// <summary>The process backend's default for <see cref="MaxAgents"/>.</summary>
+    public const int DefaultProcessMaxAgents = 16;
+
+    /// <summary>
+    /// At most this many agents at once per user (<c>--max-agents-per-user</c>); 0 = no limit. An agent is per
+    /// (user, repository) and a checkout built both in place and as a synced copy counts twice. Default: 4, so one
+    /// user's stale checkouts cannot take the whole <see cref="MaxAgents"/> from everyone else.
+    /// </summary>
+    public int MaxAgentsPerUser { get; set; } = 4;
+
     /// <summary>The connect mode for UNSPECIFIED requests, given the gateway configuration.</summary>
     public ConnectMode GetDefaultConnectMode(OrchestratorGatewayOptions gateway) =>
         DefaultConnectMode?.Trim().ToLowerInvariant() switch
@@ -104,6 +131,9 @@ internal sealed class OrchestratorOptions
             "direct" => ConnectMode.Direct,
             _ => string.IsNullOrWhiteSpace(gateway.PublicAddress) ? ConnectMode.Direct : ConnectMode.Tunnel,
         };
+
+    /// <summary>The total agent limit in effect (0 = none): <see cref="MaxAgents"/>, else the backend's default.</summary>
+    public int GetMaxAgents() => MaxAgents ?? (GetBackend() == ProcessBackend ? DefaultProcessMaxAgents : 0);
 
     /// <summary>The backend in effect: <see cref="Backend"/>, or "process" in local mode.</summary>
     public string GetBackend() =>
@@ -212,9 +242,24 @@ internal sealed class OrchestratorOptionsValidator(IServiceProviderIsKeyedServic
             failures.Add($"API keys: {e.Message}");
         }
 
+        if (options.MaxAgents < 0)
+        {
+            failures.Add($"--max-agents {options.MaxAgents} must not be negative (0 = no limit)");
+        }
+
+        if (options.MaxAgentsPerUser < 0)
+        {
+            failures.Add($"--max-agents-per-user {options.MaxAgentsPerUser} must not be negative (0 = no limit)");
+        }
+
         if (options.AgentStartTimeout <= TimeSpan.Zero)
         {
             failures.Add($"--agent-start-timeout {options.AgentStartTimeout} must be positive (e.g. 00:00:30)");
+        }
+
+        if (options.AllocationLeaseMargin < TimeSpan.Zero)
+        {
+            failures.Add($"--allocation-lease-margin {options.AllocationLeaseMargin} must not be negative (e.g. 00:00:10)");
         }
 
         return failures.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(failures);

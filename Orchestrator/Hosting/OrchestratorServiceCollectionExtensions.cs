@@ -3,11 +3,11 @@ using Microsoft.Extensions.Options;
 using Rbs.Orchestrator.Allocation;
 using Rbs.Orchestrator.Compute;
 using Rbs.Orchestrator.Compute.Processes;
+using Rbs.Orchestrator.Gateway;
 using Rbs.Orchestrator.Lifecycle;
 using Rbs.Orchestrator.Security;
 using Rbs.Orchestrator.State;
 using Rbs.Orchestrator.State.Postgres;
-using Rbs.Orchestrator.Tunnel;
 
 namespace Rbs.Orchestrator.Hosting;
 
@@ -26,10 +26,12 @@ internal static class OrchestratorServiceCollectionExtensions
         services.AddOptions<OrchestratorOptions>().BindConfiguration(OrchestratorOptions.SectionName).ValidateOnStart();
         services.AddSingleton<IValidateOptions<OrchestratorOptions>, OrchestratorOptionsValidator>();
         services.AddOptions<ProcessComputeOptions>().BindConfiguration(ProcessComputeOptions.SectionName).ValidateOnStart();
+        services.AddSingleton<IValidateOptions<ProcessComputeOptions>, ProcessComputeOptionsValidator>();
+        services.AddSingleton<UserIsolation>();
         services.AddOptions<OrchestratorGatewayOptions>().BindConfiguration(OrchestratorGatewayOptions.SectionName).ValidateOnStart();
         services.AddSingleton<IValidateOptions<OrchestratorGatewayOptions>, OrchestratorGatewayOptionsValidator>();
         services.AddSingleton<ApiKeyAuthenticator>();
-        services.AddSingleton<GatewayTunnels>();
+        services.AddSingleton<GatewayClient>();
 
         services.TryAddSingleton(TimeProvider.System);
         services.AddSingleton<ReplicaIdentity>();
@@ -52,7 +54,8 @@ internal static class OrchestratorServiceCollectionExtensions
         services.AddSingleton(ResolveComputeService);
 
         services.AddSingleton<AgentAllocator>();
-        // Order matters: adoption (in StartingAsync) runs before the server accepts calls.
+        // Order matters: the isolation check, then adoption (both in StartingAsync), run before the server accepts calls.
+        services.AddHostedService<UserIsolationStartupCheck>();
         services.AddHostedService<AgentAdoptionService>();
         services.AddHostedService<IdleReaper>();
         services.AddSingleton<ListeningAnnouncer>();
@@ -66,6 +69,8 @@ internal static class OrchestratorServiceCollectionExtensions
     public static IEndpointRouteBuilder MapOrchestrator(this IEndpointRouteBuilder endpoints)
     {
         endpoints.MapGrpcService<OrchestratorGrpcService>();
+        // For the gateway only (internal token); the gateway's public endpoint never routes it.
+        endpoints.MapGrpcService<AgentDirectoryService>();
         endpoints.MapGrpcHealthChecksService();
         return endpoints;
     }

@@ -95,7 +95,7 @@ internal sealed partial class AgentAdoptionService(
         var now = timeProvider.GetUtcNow();
         var allocating = new AgentRecord(
             stray.AgentId, stray.UserId, stray.RepoHash, stray.SourcePath, compute.Backend, string.Empty, string.Empty,
-            AgentState.Allocating, now, now, replica.Id, now + options.Value.AgentStartTimeout + AgentAllocator.LeaseMargin);
+            AgentState.Allocating, now, now, replica.Id, now + options.Value.AgentStartTimeout + options.Value.AllocationLeaseMargin);
         if (!await store.TryInsertAsync(allocating, cancellationToken))
         {
             return false;

@@ -1,5 +1,6 @@
 using Grpc.Core;
 using Grpc.Net.Client;
+using Rbs.Orchestrator.Compute;
 using Rbs.Orchestrator.State;
 using Rbs.V1;
 
@@ -7,9 +8,10 @@ namespace Rbs.Orchestrator.Lifecycle;
 
 /// <summary>
 /// Calls the agent's GetStatus over h2c. A channel per call is fine: the reaper asks only about agents
-/// already idle for a long time, so this is rare and off the GetServer path.
+/// already idle for a long time, so this is rare and off the GetServer path. An agent whose listener requires a direct
+/// access key (process agents under user isolation) gets it like any client.
 /// </summary>
-internal sealed partial class GrpcAgentStatusClient(ILogger<GrpcAgentStatusClient> logger) : IAgentStatusClient
+internal sealed partial class GrpcAgentStatusClient(IComputeService compute, ILogger<GrpcAgentStatusClient> logger) : IAgentStatusClient
 {
     private static readonly TimeSpan s_deadline = TimeSpan.FromSeconds(5);
 
@@ -23,10 +25,17 @@ internal sealed partial class GrpcAgentStatusClient(ILogger<GrpcAgentStatusClien
 
         using var channel = GrpcChannel.ForAddress(address);
         var client = new V1.Agent.AgentClient(channel);
+        var headers = new Metadata();
+        if (await compute.GetDirectAccessKeyAsync(agent, cancellationToken) is { } key)
+        {
+            headers.Add("authorization", "Bearer " + key);
+        }
+
         try
         {
             var status = await client.GetStatusAsync(
                 new GetStatusRequest(),
+                headers,
                 deadline: DateTime.UtcNow + s_deadline,
                 cancellationToken: cancellationToken);
             if (status.AgentId != agent.AgentId)

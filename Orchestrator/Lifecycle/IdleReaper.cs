@@ -142,7 +142,7 @@ internal sealed partial class IdleReaper(
             {
                 State = AgentState.Terminating,
                 LeaseOwner = replica.Id,
-                LeaseExpiresAt = now + options.Value.AgentStartTimeout + AgentAllocator.LeaseMargin,
+                LeaseExpiresAt = now + options.Value.AgentStartTimeout + options.Value.AllocationLeaseMargin,
             };
             if (!await store.TryUpdateAsync(row, claimed, cancellationToken))
             {
@@ -177,7 +177,7 @@ internal sealed partial class IdleReaper(
     private async Task<bool> HoldLeaseAsync(CancellationToken cancellationToken)
     {
         var value = options.Value;
-        var duration = (value.ReapInterval * 3) + value.AgentStartTimeout + AgentAllocator.LeaseMargin;
+        var duration = (value.ReapInterval * 3) + value.AgentStartTimeout + value.AllocationLeaseMargin;
         var held = await store.TryAcquireLeaseAsync(LeaseName, replica.Id, duration, cancellationToken);
         if (held != _holdsLease)
         {

@@ -140,12 +140,12 @@ public sealed class AgentHostTests(ITestOutputHelper output)
             }
 
             Assert.Equal(8, result.Exit?.Code);
-            await WaitUntilAsync(() => app.Services.GetRequiredService<CommandTracker>().RunningCount == 0, cts.Token);
+            await TestWait.EventuallyAsync(() => app.Services.GetRequiredService<CommandTracker>().RunningCount == 0);
 
             await AdvanceAsync(time, TimeSpan.FromMinutes(9));
             Assert.False(stopping.IsCancellationRequested, "the agent stopped before IdleExitAfter had passed since the last command");
             await AdvanceAsync(time, TimeSpan.FromMinutes(3));
-            await WaitUntilAsync(() => stopping.IsCancellationRequested, cts.Token);
+            await TestWait.EventuallyAsync(() => stopping.IsCancellationRequested);
         }
         finally
         {
@@ -265,14 +265,6 @@ public sealed class AgentHostTests(ITestOutputHelper output)
         {
             time.Advance(TimeSpan.FromMinutes(1));
             await Task.Delay(20);
-        }
-    }
-
-    private static async Task WaitUntilAsync(Func<bool> condition, CancellationToken cancellationToken)
-    {
-        while (!condition())
-        {
-            await Task.Delay(20, cancellationToken);
         }
     }
 }

@@ -66,6 +66,49 @@ public sealed class ExecuteCommandTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task ArgumentsThatAreNotUtf8ArriveAsTheirExactBytes()
+    {
+        await using var agent = await TestAgent.StartAsync(output);
+        byte[][] raw =
+        [
+            "echo-args"u8.ToArray(), [.. "latin-1 "u8, 0xe9, (byte)'t', 0xe9, (byte)' ', 0xff], [0xe2, 0x82], "plain ✓"u8.ToArray(), [],
+        ];
+        var start = new StartCommand { InvocationId = Guid.NewGuid().ToString() };
+        start.Args.Add(raw.Select(bytes => Encoding.UTF8.GetString(bytes)));
+        start.RawArgs.Add(raw.Select(ByteString.CopyFrom));
+
+        var result = await agent.RunAsync(start, s_timeout);
+
+        Assert.Equal(0, result.Exit?.Code);
+        var fields = Split(result.Stdout.ToArray());
+        Assert.Equal("4", Encoding.ASCII.GetString(fields[1]));
+        Assert.Equal(raw[1..], fields[2..^1]);
+
+        // raw_args must describe the same arguments as args.
+        var mismatched = Start("echo-args", "a", "b");
+        mismatched.RawArgs.Add(ByteString.CopyFromUtf8("echo-args"));
+        var refused = await Assert.ThrowsAsync<RpcException>(() => agent.RunAsync(mismatched, s_timeout));
+        Assert.Equal(StatusCode.InvalidArgument, refused.StatusCode);
+        Assert.Contains("raw_args has 1 arguments and args 3", refused.Status.Detail, StringComparison.Ordinal);
+
+        static List<byte[]> Split(byte[] bytes)
+        {
+            var parts = new List<byte[]>();
+            var from = 0;
+            for (var i = 0; i <= bytes.Length; i++)
+            {
+                if (i == bytes.Length || bytes[i] == 0)
+                {
+                    parts.Add(bytes[from..i]);
+                    from = i + 1;
+                }
+            }
+
+            return parts;
+        }
+    }
+
+    [Fact]
     public async Task OnlyAllowListedClientEnvironmentReachesTheTool()
     {
         await using var agent = await TestAgent.StartAsync(output);

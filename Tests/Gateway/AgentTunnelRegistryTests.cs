@@ -32,37 +32,41 @@ public sealed class AgentTunnelRegistryTests : IDisposable
     [Fact]
     public void OfflineAgentKeepsItsEntryForAReconnectThenIsSweptAfterTheRetention()
     {
-        var first = _registry.Add("agent-1", "alice", NewStream())!;
+        var first = Add("agent-1", "alice")!;
         Assert.NotNull(_registry.FindOnline("agent-1"));
 
         _registry.Remove(first);
         Assert.Null(_registry.FindOnline("agent-1"));
 
         // A quick reconnect lands on the same entry (and HTTP/2 client) that waiting requests hold.
-        var second = _registry.Add("agent-1", "alice", NewStream())!;
+        var second = Add("agent-1", "alice")!;
         Assert.Same(first.Agent, second.Agent);
         _registry.Remove(second);
 
         _time.Advance(AgentTunnelRegistry.OfflineRetention + TimeSpan.FromSeconds(1));
         _registry.SweepOffline();
-        var third = _registry.Add("agent-1", "alice", NewStream())!;
+        var third = Add("agent-1", "alice")!;
         Assert.NotSame(first.Agent, third.Agent);
     }
 
     [Fact]
     public void OnlineAgentIdCannotBeTakenByAnotherUserButAnOfflineOneStartsAfresh()
     {
-        var alice = _registry.Add("agent-1", "alice", NewStream())!;
+        var alice = Add("agent-1", "alice")!;
         Assert.False(_registry.CanRegister("agent-1", "mallory"));
-        Assert.Null(_registry.Add("agent-1", "mallory", NewStream()));
+        Assert.Null(Add("agent-1", "mallory"));
 
         _registry.Remove(alice);
-        var bob = _registry.Add("agent-1", "bob", NewStream())!;
+        var bob = Add("agent-1", "bob")!;
         Assert.NotSame(alice.Agent, bob.Agent);
         Assert.Equal("bob", _registry.FindOnline("agent-1")!.UserId);
     }
 
-    private WebSocketTunnelStream NewStream()
+    /// <summary>
+    /// Registers a tunnel over a real loopback WebSocket. Rbs.Tests compiles Shared/ itself (its copy of
+    /// WebSocketTunnelStream wins in this assembly), so the gateway's own copy is made and passed by reflection.
+    /// </summary>
+    private GatewayTunnel? Add(string agentId, string userId)
     {
         using var listener = new TcpListener(IPAddress.Loopback, 0);
         listener.Start();
@@ -71,6 +75,10 @@ public sealed class AgentTunnelRegistryTests : IDisposable
         var server = listener.AcceptTcpClient();
         _sockets.Add(client);
         _sockets.Add(server);
-        return new WebSocketTunnelStream(WebSocket.CreateFromStream(server.GetStream(), new WebSocketCreationOptions { IsServer = true }));
+        var webSocket = WebSocket.CreateFromStream(server.GetStream(), new WebSocketCreationOptions { IsServer = true });
+        var streamType = typeof(AgentTunnelRegistry).Assembly.GetType("Rbs.Shared.Tunnel.WebSocketTunnelStream", throwOnError: true)!;
+        var stream = Activator.CreateInstance(streamType, webSocket);
+        var add = typeof(AgentTunnelRegistry).GetMethod(nameof(AgentTunnelRegistry.Add), [typeof(string), typeof(string), streamType])!;
+        return (GatewayTunnel?)add.Invoke(_registry, [agentId, userId, stream]);
     }
 }

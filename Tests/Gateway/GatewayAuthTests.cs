@@ -4,6 +4,7 @@ using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
+using Rbs.Shared.Tokens;
 using Rbs.Tests.Infrastructure;
 using Rbs.V1;
 
@@ -22,7 +23,7 @@ public sealed class GatewayAuthTests(ITestOutputHelper output) : IAsyncLifetime
         var alice = await _env.StartAgentAsync("agent-alice", _gateway.AgentAddress, _env.JoinToken("agent-alice", "alice"), spares: 1);
         var bob = await _env.StartAgentAsync("agent-bob", _gateway.AgentAddress, _env.JoinToken("agent-bob", "bob"), spares: 1);
         await Task.WhenAll(alice.Status.FirstConnected, bob.Status.FirstConnected).WaitAsync(TunnelTestEnvironment.Timeout);
-        await TunnelTestEnvironment.EventuallyAsync(() => _gateway.IsOnline("agent-alice") && _gateway.IsOnline("agent-bob"), TimeSpan.FromSeconds(10), "agents registered");
+        await TestWait.EventuallyAsync(() => _gateway.IsOnline("agent-alice") && _gateway.IsOnline("agent-bob"), "agents registered", timeout: TimeSpan.FromSeconds(10));
         _client = new V1.Agent.AgentClient(_env.Channel(_gateway.PublicAddress));
     }
 
@@ -53,13 +54,13 @@ public sealed class GatewayAuthTests(ITestOutputHelper output) : IAsyncLifetime
     [Fact]
     public async Task ForgedExpiredOrJoinTokensAreUnauthenticated()
     {
-        var forged = new Rbs.Gateway.Security.RbsTokenService(Convert.FromBase64String(Rbs.Gateway.Security.RbsTokenService.GenerateKey()), TimeProvider.System)
-            .Mint(Rbs.Gateway.Security.RbsTokenKind.Session, "agent-alice", "alice", TimeSpan.FromMinutes(5));
+        var forged = new RbsTokenService(Convert.FromBase64String(RbsTokenKeyRing.GenerateKey()), TimeProvider.System)
+            .Mint(RbsTokenKind.Session, "agent-alice", "alice", TimeSpan.FromMinutes(5));
         Assert.Equal(StatusCode.Unauthenticated, (await StatusAsync(TunnelTestEnvironment.Route("agent-alice", forged))).StatusCode);
 
         var past = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(DateTimeOffset.UtcNow.AddHours(-1));
-        var expired = new Rbs.Gateway.Security.RbsTokenService(Convert.FromBase64String(_env.Key), past)
-            .Mint(Rbs.Gateway.Security.RbsTokenKind.Session, "agent-alice", "alice", TimeSpan.FromMinutes(5));
+        var expired = new RbsTokenService(Convert.FromBase64String(_env.Key), past)
+            .Mint(RbsTokenKind.Session, "agent-alice", "alice", TimeSpan.FromMinutes(5));
         var ex = await StatusAsync(TunnelTestEnvironment.Route("agent-alice", expired));
         Assert.Equal(StatusCode.Unauthenticated, ex.StatusCode);
         Assert.Contains("expired", ex.Status.Detail, StringComparison.Ordinal);
@@ -253,7 +254,7 @@ public sealed class AgentRegistrationClientTests(ITestOutputHelper output) : IAs
     {
         var gateway = await _env.StartGatewayAsync();
         using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(60) };
-        var registration = new Rbs.Gateway.Registration.AgentRegistrationClient(http, new Uri(gateway.AgentAddress), _env.Tokens);
+        var registration = new Rbs.Orchestrator.Gateway.AgentRegistrationClient(http, new Uri(gateway.AgentAddress), _env.InternalToken);
 
         Assert.False(await registration.WaitUntilRegisteredAsync("agent-q", TimeSpan.FromMilliseconds(300), CancellationToken.None).WaitAsync(TunnelTestEnvironment.Timeout));
 
@@ -261,8 +262,9 @@ public sealed class AgentRegistrationClientTests(ITestOutputHelper output) : IAs
         await _env.StartAgentAsync("agent-q", gateway.AgentAddress, _env.JoinToken("agent-q"), spares: 1);
         Assert.True(await waiting.WaitAsync(TunnelTestEnvironment.Timeout));
 
-        var otherKey = new Rbs.Gateway.Security.RbsTokenService(Convert.FromBase64String(Rbs.Gateway.Security.RbsTokenService.GenerateKey()), TimeProvider.System);
-        var mismatched = new Rbs.Gateway.Registration.AgentRegistrationClient(http, new Uri(gateway.AgentAddress), otherKey);
+        var otherKey = new RbsTokenService(Convert.FromBase64String(RbsTokenKeyRing.GenerateKey()), TimeProvider.System);
+        var mismatched = new Rbs.Orchestrator.Gateway.AgentRegistrationClient(http, new Uri(gateway.AgentAddress),
+            () => otherKey.Mint(RbsTokenKind.Internal, "orchestrator", "orchestrator", TimeSpan.FromMinutes(1)));
         var ex = await Assert.ThrowsAsync<InvalidOperationException>(() => mismatched.IsRegisteredAsync("agent-q", TimeSpan.Zero, CancellationToken.None));
         Assert.Contains("same token key", ex.Message, StringComparison.Ordinal);
     }

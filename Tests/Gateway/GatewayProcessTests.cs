@@ -34,7 +34,7 @@ public sealed class GatewayProcessTests(ITestOutputHelper output) : IAsyncLifeti
             "--token-key-file", keyFile, "--ready-file", readyFile);
         try
         {
-            await TunnelTestEnvironment.EventuallyAsync(() => File.Exists(readyFile) || process.HasExited, TimeSpan.FromSeconds(30), "ready file");
+            await TestWait.EventuallyAsync(() => File.Exists(readyFile) || process.HasExited, "ready file", timeout: TimeSpan.FromSeconds(30));
             Assert.False(process.HasExited, "rbs-gateway exited early");
             using var ready = JsonDocument.Parse(await File.ReadAllTextAsync(readyFile));
             var publicAddress = ready.RootElement.GetProperty("publicAddress").GetString()!;

@@ -4,6 +4,7 @@ using Google.Protobuf;
 using Grpc.Core;
 using Rbs.Gateway.Tunnel;
 using Rbs.V1;
+using Rbs.Tests.Infrastructure;
 
 namespace Rbs.Tests.Gateway;
 
@@ -31,7 +32,7 @@ public sealed class TunnelAdmissionTests(ITestOutputHelper output) : IAsyncLifet
         });
         var agent = await _env.StartAgentAsync("agent-ho", gateway.AgentAddress, _env.JoinToken("agent-ho"), spares: 1, keepAliveSeconds: 60);
         await agent.Status.FirstConnected.WaitAsync(TunnelTestEnvironment.Timeout);
-        await TunnelTestEnvironment.EventuallyAsync(() => gateway.Registry.FindOnline("agent-ho")?.IdleCount == 1, TimeSpan.FromSeconds(10), "the agent's spare registered");
+        await TestWait.EventuallyAsync(() => gateway.Registry.FindOnline("agent-ho")?.IdleCount == 1, "the agent's spare registered", timeout: TimeSpan.FromSeconds(10));
 
         // Three tunnels with a valid join token whose "agent" end never answers: the WebSocket is accepted, but
         // nobody reads it (an agent whose dial had timed out, or a half-open path). They are the newest idle
@@ -49,7 +50,7 @@ public sealed class TunnelAdmissionTests(ITestOutputHelper output) : IAsyncLifet
             _env.Track(new DisposeWebSocket(ws));
         }
 
-        await TunnelTestEnvironment.EventuallyAsync(() => gateway.Registry.FindOnline("agent-ho")?.IdleCount == 1 + Dead, TimeSpan.FromSeconds(10), "dead tunnels registered as idle");
+        await TestWait.EventuallyAsync(() => gateway.Registry.FindOnline("agent-ho")?.IdleCount == 1 + Dead, "dead tunnels registered as idle", timeout: TimeSpan.FromSeconds(10));
 
         var client = new V1.Agent.AgentClient(_env.Channel(gateway.PublicAddress));
         var metadata = TunnelTestEnvironment.Route("agent-ho", _env.SessionToken("agent-ho"));
@@ -61,8 +62,8 @@ public sealed class TunnelAdmissionTests(ITestOutputHelper output) : IAsyncLifet
         Assert.Equal(3, result.ExitCode);
         Assert.Equal(Dead, gateway.Logs.Count(112));
         // The dead ones are gone from the gateway; the live agent still has a spare for the next connection.
-        await TunnelTestEnvironment.EventuallyAsync(() => gateway.Registry.FindOnline("agent-ho") is { } a && a.LiveCount - a.IdleCount == 1 && a.IdleCount >= 1,
-            TimeSpan.FromSeconds(10), "dead tunnels removed, agent spare replaced");
+        await TestWait.EventuallyAsync(() => gateway.Registry.FindOnline("agent-ho") is { } a && a.LiveCount - a.IdleCount == 1 && a.IdleCount >= 1, "dead tunnels removed, agent spare replaced",
+            timeout: TimeSpan.FromSeconds(10));
     }
 
     [Fact]
@@ -118,9 +119,9 @@ public sealed class TunnelAdmissionTests(ITestOutputHelper output) : IAsyncLifet
         var calls = await Task.WhenAll(Enumerable.Range(0, 6).Select(i => OpenEchoAsync(client, metadata, Chunk(i, 0))))
             .WaitAsync(TimeSpan.FromSeconds(30));
         Assert.Equal(1, gateway.Logs.Count(110));
-        await TunnelTestEnvironment.EventuallyAsync(() => agent.Logs.Count(304) == 1, TimeSpan.FromSeconds(10), "agent noticed the busy tunnel");
-        await TunnelTestEnvironment.EventuallyAsync(() => gateway.Registry.FindOnline("agent-pre")?.IdleCount == 2, TimeSpan.FromSeconds(10),
-            "two idle tunnels: the replacement spare and the extra one");
+        await TestWait.EventuallyAsync(() => agent.Logs.Count(304) == 1, "agent noticed the busy tunnel", timeout: TimeSpan.FromSeconds(10));
+        await TestWait.EventuallyAsync(() => gateway.Registry.FindOnline("agent-pre")?.IdleCount == 2,
+            "two idle tunnels: the replacement spare and the extra one", timeout: TimeSpan.FromSeconds(10));
 
         var results = await Task.WhenAll(calls.Select((call, i) => FinishEchoAsync(call, []))).WaitAsync(TimeSpan.FromSeconds(30));
         for (var i = 0; i < calls.Length; i++)

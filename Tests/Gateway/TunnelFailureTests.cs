@@ -2,7 +2,9 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using Grpc.Core;
+using Rbs.Shared.Tokens;
 using Rbs.V1;
+using Rbs.Tests.Infrastructure;
 
 namespace Rbs.Tests.Gateway;
 
@@ -49,7 +51,7 @@ public sealed class TunnelFailureTests(ITestOutputHelper output) : IAsyncLifetim
         Assert.True(stopwatch.Elapsed < TimeSpan.FromSeconds(2), $"the client waited {stopwatch.ElapsedMilliseconds} ms");
 
         // The agent redials on its own and serves the next stream.
-        await TunnelTestEnvironment.EventuallyAsync(() => agent.Status.OpenTunnels >= 1 && gateway.IsOnline("agent-k"), TimeSpan.FromSeconds(10), "agent re-registered");
+        await TestWait.EventuallyAsync(() => agent.Status.OpenTunnels >= 1 && gateway.IsOnline("agent-k"), "agent re-registered", timeout: TimeSpan.FromSeconds(10));
         var result = await TunnelTestEnvironment.RunBytesAsync(client, metadata, 100_000, seed: 5).WaitAsync(TunnelTestEnvironment.Timeout);
         Assert.Equal(DeterministicBytes.ExpectedSha256(100_000, 5), result.Sha256);
     }
@@ -61,15 +63,15 @@ public sealed class TunnelFailureTests(ITestOutputHelper output) : IAsyncLifetim
         var gateway = await _env.StartGatewayAsync(agentListen: $"127.0.0.1:{agentPort}");
         var agent = await _env.StartAgentAsync("agent-r", gateway.AgentAddress, _env.JoinToken("agent-r"));
         await agent.Status.FirstConnected.WaitAsync(TunnelTestEnvironment.Timeout);
-        await TunnelTestEnvironment.EventuallyAsync(() => gateway.IsOnline("agent-r"), TimeSpan.FromSeconds(10), "agent registered");
+        await TestWait.EventuallyAsync(() => gateway.IsOnline("agent-r"), "agent registered", timeout: TimeSpan.FromSeconds(10));
 
         await gateway.StopAsync().WaitAsync(TunnelTestEnvironment.Timeout);
-        await TunnelTestEnvironment.EventuallyAsync(() => agent.Status.OpenTunnels == 0, TimeSpan.FromSeconds(10), "agent noticed the gateway went away");
+        await TestWait.EventuallyAsync(() => agent.Status.OpenTunnels == 0, "agent noticed the gateway went away", timeout: TimeSpan.FromSeconds(10));
         // Let the agent fail a few dials against the closed port (backoff) before the gateway returns.
         await Task.Delay(500);
 
         var restarted = await _env.StartGatewayAsync(agentListen: $"127.0.0.1:{agentPort}");
-        await TunnelTestEnvironment.EventuallyAsync(() => restarted.IsOnline("agent-r"), TimeSpan.FromSeconds(15), "agent re-registered at the new gateway");
+        await TestWait.EventuallyAsync(() => restarted.IsOnline("agent-r"), "agent re-registered at the new gateway", timeout: TimeSpan.FromSeconds(15));
         var client = new V1.Agent.AgentClient(_env.Channel(restarted.PublicAddress));
         var result = await TunnelTestEnvironment.RunBytesAsync(client, TunnelTestEnvironment.Route("agent-r", _env.SessionToken("agent-r")), 200_000, seed: 3, exitCode: 1)
             .WaitAsync(TunnelTestEnvironment.Timeout);
@@ -82,8 +84,8 @@ public sealed class TunnelFailureTests(ITestOutputHelper output) : IAsyncLifetim
     public async Task AgentWithAForgedJoinTokenIsRefusedOnceAndStops()
     {
         var gateway = await _env.StartGatewayAsync();
-        var forged = new Rbs.Gateway.Security.RbsTokenService(Convert.FromBase64String(Rbs.Gateway.Security.RbsTokenService.GenerateKey()), TimeProvider.System)
-            .Mint(Rbs.Gateway.Security.RbsTokenKind.Join, "agent-f", "mallory", TimeSpan.FromMinutes(5));
+        var forged = new RbsTokenService(Convert.FromBase64String(RbsTokenKeyRing.GenerateKey()), TimeProvider.System)
+            .Mint(RbsTokenKind.Join, "agent-f", "mallory", TimeSpan.FromMinutes(5));
         var agent = await _env.StartAgentAsync("agent-f", gateway.AgentAddress, forged, spares: 2);
 
         var reason = await agent.Status.Rejected.WaitAsync(TunnelTestEnvironment.Timeout);
@@ -106,8 +108,8 @@ public sealed class TunnelFailureTests(ITestOutputHelper output) : IAsyncLifetim
     {
         var gateway = await _env.StartGatewayAsync();
         var past = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(DateTimeOffset.UtcNow.AddHours(-1));
-        var expired = new Rbs.Gateway.Security.RbsTokenService(Convert.FromBase64String(_env.Key), past)
-            .Mint(Rbs.Gateway.Security.RbsTokenKind.Join, "agent-e", "alice", TimeSpan.FromMinutes(5));
+        var expired = new RbsTokenService(Convert.FromBase64String(_env.Key), past)
+            .Mint(RbsTokenKind.Join, "agent-e", "alice", TimeSpan.FromMinutes(5));
         var agent = await _env.StartAgentAsync("agent-e", gateway.AgentAddress, expired, spares: 1);
 
         var reason = await agent.Status.Rejected.WaitAsync(TunnelTestEnvironment.Timeout);
@@ -180,7 +182,7 @@ public sealed class TunnelKeepAliveTests(ITestOutputHelper output) : IAsyncLifet
         var agentUri = new Uri(gateway.AgentAddress);
         await using var relay = new FreezableTcpRelay(new IPEndPoint(IPAddress.Loopback, agentUri.Port));
         var agent = await _env.StartAgentAsync("agent-z", relay.Address, _env.JoinToken("agent-z"), spares: 2, keepAliveSeconds: 1);
-        await TunnelTestEnvironment.EventuallyAsync(() => gateway.IsOnline("agent-z"), TimeSpan.FromSeconds(10), "agent registered through the relay");
+        await TestWait.EventuallyAsync(() => gateway.IsOnline("agent-z"), "agent registered through the relay", timeout: TimeSpan.FromSeconds(10));
         var client = new V1.Agent.AgentClient(_env.Channel(gateway.PublicAddress));
         var metadata = TunnelTestEnvironment.Route("agent-z", _env.SessionToken("agent-z"));
         using var call = client.ExecuteCommand(metadata);
@@ -199,15 +201,15 @@ public sealed class TunnelKeepAliveTests(ITestOutputHelper output) : IAsyncLifet
         });
         output.WriteLine($"{DateTime.UtcNow:HH:mm:ss.fff} in-flight stream ended: {ex.StatusCode} {ex.Status.Detail}");
         Assert.Equal(StatusCode.Unavailable, ex.StatusCode);
-        await TunnelTestEnvironment.EventuallyAsync(() => !gateway.IsOnline("agent-z"), TimeSpan.FromSeconds(15), "gateway evicted the dead tunnels");
-        await TunnelTestEnvironment.EventuallyAsync(() => agent.Status.OpenTunnels == 0, TimeSpan.FromSeconds(15), "agent dropped its dead tunnels");
+        await TestWait.EventuallyAsync(() => !gateway.IsOnline("agent-z"), "gateway evicted the dead tunnels", timeout: TimeSpan.FromSeconds(15));
+        await TestWait.EventuallyAsync(() => agent.Status.OpenTunnels == 0, "agent dropped its dead tunnels", timeout: TimeSpan.FromSeconds(15));
 
         // A client arriving now gets a clear Unavailable instead of a request stuck on a dead tunnel.
         var offline = await Assert.ThrowsAsync<RpcException>(() => client.GetStatusAsync(new GetStatusRequest(), metadata).ResponseAsync.WaitAsync(TunnelTestEnvironment.Timeout));
         Assert.Equal(StatusCode.Unavailable, offline.StatusCode);
 
         relay.Thaw();
-        await TunnelTestEnvironment.EventuallyAsync(() => gateway.IsOnline("agent-z"), TimeSpan.FromSeconds(15), "agent re-registered after the link recovered");
+        await TestWait.EventuallyAsync(() => gateway.IsOnline("agent-z"), "agent re-registered after the link recovered", timeout: TimeSpan.FromSeconds(15));
         var result = await TunnelTestEnvironment.RunBytesAsync(client, metadata, 50_000, seed: 4).WaitAsync(TunnelTestEnvironment.Timeout);
         Assert.Equal(DeterministicBytes.ExpectedSha256(50_000, 4), result.Sha256);
     }

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Grpc.Core;
 using Rbs.V1;
+using Rbs.Tests.Infrastructure;
 
 namespace Rbs.Tests.Gateway;
 
@@ -44,7 +45,7 @@ public sealed class TunnelLoadTests(ITestOutputHelper output) : IAsyncLifetime
 
         // More than 100 concurrent streams need a second inner HTTP/2 connection, i.e. a second tunnel;
         // the agent kept replacing spares, so it is still online with idle tunnels for the next client.
-        await TunnelTestEnvironment.EventuallyAsync(() => gateway.Registry.FindOnline("agent-load")?.IdleCount >= 2, TimeSpan.FromSeconds(10), "spare tunnels replenished");
+        await TestWait.EventuallyAsync(() => gateway.Registry.FindOnline("agent-load")?.IdleCount >= 2, "spare tunnels replenished", timeout: TimeSpan.FromSeconds(10));
         Assert.True(gateway.Logs.Count(110) >= 2, "expected at least two tunnels to carry HTTP/2 connections");
     }
 
@@ -115,7 +116,7 @@ public sealed class MultiAgentRoutingTests(ITestOutputHelper output) : IAsyncLif
         var gateway = await _env.StartGatewayAsync();
         var agents = await Task.WhenAll(Enumerable.Range(0, Agents).Select(i =>
             _env.StartAgentAsync($"agent-{i}", gateway.AgentAddress, _env.JoinToken($"agent-{i}", $"user-{i}"), spares: 1)));
-        await TunnelTestEnvironment.EventuallyAsync(() => Enumerable.Range(0, Agents).All(i => gateway.IsOnline($"agent-{i}")), TimeSpan.FromSeconds(15), "all agents registered");
+        await TestWait.EventuallyAsync(() => Enumerable.Range(0, Agents).All(i => gateway.IsOnline($"agent-{i}")), "all agents registered", timeout: TimeSpan.FromSeconds(15));
         var client = new V1.Agent.AgentClient(_env.Channel(gateway.PublicAddress));
 
         var calls = Enumerable.Range(0, Agents * 8).Select(async n =>
@@ -140,7 +141,7 @@ public sealed class MultiAgentRoutingTests(ITestOutputHelper output) : IAsyncLif
 
         // One agent leaving does not disturb the others.
         await agents[0].StopAsync();
-        await TunnelTestEnvironment.EventuallyAsync(() => !gateway.IsOnline("agent-0"), TimeSpan.FromSeconds(15), "agent-0 offline");
+        await TestWait.EventuallyAsync(() => !gateway.IsOnline("agent-0"), "agent-0 offline", timeout: TimeSpan.FromSeconds(15));
         var status = await client.GetStatusAsync(new GetStatusRequest(), TunnelTestEnvironment.Route("agent-1", _env.SessionToken("agent-1", "user-1")))
             .ResponseAsync.WaitAsync(TunnelTestEnvironment.Timeout);
         Assert.Equal("agent-1", status.AgentId);

@@ -9,7 +9,8 @@ using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Rbs.Agent.Tunnel;
 using Rbs.Gateway.Hosting;
-using Rbs.Gateway.Security;
+using Rbs.Shared.Protocol;
+using Rbs.Shared.Tokens;
 using Rbs.Gateway.Tunnel;
 using Rbs.Tests.Infrastructure;
 using Rbs.V1;
@@ -24,7 +25,13 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
 
     private readonly List<IAsyncDisposable> _disposables = [];
 
-    public string Key { get; } = RbsTokenService.GenerateKey();
+    public string Key { get; } = RbsTokenKeyRing.GenerateKey();
+
+    /// <summary>
+    /// The stand-in orchestrator a gateway asks about agents (<c>rbs.v1.AgentDirectory</c>) when a test passes no
+    /// orchestrator; started with the first such gateway. It knows no agent until the test adds some to its Live map.
+    /// </summary>
+    public StandInAgentDirectory? StandInDirectory { get; private set; }
 
     public RbsTokenService Tokens => new(Convert.FromBase64String(Key), TimeProvider.System);
 
@@ -33,6 +40,9 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
 
     public string SessionToken(string agentId, string user = "alice", TimeSpan? lifetime = null) =>
         Tokens.Mint(RbsTokenKind.Session, agentId, user, lifetime ?? TimeSpan.FromMinutes(10));
+
+    /// <summary>A fresh internal token, as the orchestrator mints one per registration query.</summary>
+    public string InternalToken() => Tokens.Mint(RbsTokenKind.Internal, "orchestrator", "orchestrator", TimeSpan.FromMinutes(2));
 
     /// <summary>An HttpClient for the gateway's internal API, authenticated as the orchestrator.</summary>
     public HttpClient InternalClient()
@@ -47,16 +57,22 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
         return http;
     }
 
-    public async Task<GatewayHost> StartGatewayAsync(string publicListen = "127.0.0.1:0", string agentListen = "127.0.0.1:0", string? orchestrator = null, string? certificatePath = null, int keepAliveSeconds = 5, IReadOnlyDictionary<string, string?>? settings = null)
+    public async Task<GatewayHost> StartGatewayAsync(string publicListen = "127.0.0.1:0", string agentListen = "127.0.0.1:0", string? orchestrator = null, string? certificatePath = null, int keepAliveSeconds = 5, IReadOnlyDictionary<string, string?>? settings = null, TimeProvider? timeProvider = null)
     {
         var keepAlive = TimeSpan.FromSeconds(keepAliveSeconds).ToString();
+        if (orchestrator is null && StandInDirectory is null)
+        {
+            StandInDirectory = await StandInAgentDirectory.StartAsync(Key, output, timeProvider);
+            _disposables.Add(StandInDirectory);
+        }
+
         var builder = WebApplication.CreateBuilder(new WebApplicationOptions { EnvironmentName = "Production" });
         builder.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
         {
             ["Gateway:PublicListen"] = publicListen,
             ["Gateway:AgentListen"] = agentListen,
             ["Gateway:TokenKey"] = Key,
-            ["Gateway:OrchestratorAddress"] = orchestrator ?? "http://127.0.0.1:1",
+            ["Gateway:OrchestratorAddress"] = orchestrator ?? StandInDirectory!.Address,
             ["Gateway:TunnelKeepAliveInterval"] = keepAlive,
             ["Gateway:TunnelKeepAliveTimeout"] = keepAlive,
             ["Gateway:CertificatePath"] = certificatePath,
@@ -65,6 +81,11 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
         var logs = new TestOutputLoggerProvider(output, "gateway");
         builder.Logging.ClearProviders().SetMinimumLevel(LogLevel.Debug).AddProvider(logs);
         builder.WebHost.UseShutdownTimeout(TimeSpan.FromSeconds(2));
+        if (timeProvider is not null)
+        {
+            builder.Services.AddSingleton(timeProvider);
+        }
+
         builder.AddGateway();
         var app = builder.Build();
         app.MapGateway();
@@ -75,7 +96,7 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
         return host;
     }
 
-    public async Task<AgentHost> StartAgentAsync(string agentId, string gatewayAgentAddress, string joinToken, int spares = 2, int keepAliveSeconds = 5, LogLevel logLevel = LogLevel.Debug, int connectTimeoutSeconds = 2, IReadOnlyDictionary<string, string?>? settings = null)
+    public async Task<AgentHost> StartAgentAsync(string agentId, string gatewayAgentAddress, string joinToken, int spares = 2, int keepAliveSeconds = 5, LogLevel logLevel = LogLevel.Debug, int connectTimeoutSeconds = 2, IReadOnlyDictionary<string, string?>? settings = null, TimeProvider? timeProvider = null)
     {
         var keepAlive = TimeSpan.FromSeconds(keepAliveSeconds).ToString();
         var builder = WebApplication.CreateBuilder(new WebApplicationOptions { EnvironmentName = "Production" });
@@ -93,6 +114,11 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
         var logs = new TestOutputLoggerProvider(output, "agent " + agentId);
         builder.Logging.ClearProviders().SetMinimumLevel(logLevel).AddProvider(logs);
         builder.WebHost.UseShutdownTimeout(TimeSpan.FromSeconds(2));
+        if (timeProvider is not null)
+        {
+            builder.Services.AddSingleton(timeProvider);
+        }
+
         Assert.True(builder.Configuration.IsAgentTunnelEnabled());
         builder.WebHost.UseAgentTunnel();
         builder.Services.AddGrpc();
@@ -122,7 +148,7 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
 
     public static Metadata Route(string agentId, string? sessionToken)
     {
-        var metadata = new Metadata { { AgentStreamForwarder.RouteHeader, agentId } };
+        var metadata = new Metadata { { RbsHeaders.AgentRoute, agentId } };
         if (sessionToken is not null)
         {
             metadata.Add("authorization", "Bearer " + sessionToken);
@@ -162,21 +188,6 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
         var start = new StartCommand { InvocationId = Guid.NewGuid().ToString() };
         start.Args.AddRange(args);
         return new ClientFrame { Start = start };
-    }
-
-    /// <summary>Polls until <paramref name="condition"/> holds (state that has no event to await).</summary>
-    public static async Task EventuallyAsync(Func<bool> condition, TimeSpan timeout, string what)
-    {
-        var deadline = DateTime.UtcNow + timeout;
-        while (!condition())
-        {
-            if (DateTime.UtcNow > deadline)
-            {
-                Assert.Fail($"timed out after {timeout.TotalSeconds} s waiting for: {what}");
-            }
-
-            await Task.Delay(20);
-        }
     }
 
     /// <summary>Disposes <paramref name="disposable"/> with the environment (in reverse order of tracking).</summary>

@@ -97,7 +97,7 @@ public sealed class TunnelThroughputTests(ITestOutputHelper output) : IAsyncLife
         gateway.BeginErrorReadLine();
         try
         {
-            await TunnelTestEnvironment.EventuallyAsync(() => File.Exists(readyFile) || gateway.HasExited, TimeSpan.FromSeconds(30), "gateway ready file");
+            await TestWait.EventuallyAsync(() => File.Exists(readyFile) || gateway.HasExited, "gateway ready file", timeout: TimeSpan.FromSeconds(30));
             Assert.False(gateway.HasExited, "rbs-gateway exited early");
             using var ready = System.Text.Json.JsonDocument.Parse(await File.ReadAllTextAsync(readyFile));
             var publicAddress = ready.RootElement.GetProperty("publicAddress").GetString()!;

@@ -168,6 +168,12 @@ public sealed class AgentCall(
     /// <summary>Interrupt frames in arrival order.</summary>
     public Channel<Interrupt> Interrupts { get; } = Channel.CreateUnbounded<Interrupt>();
 
+    /// <summary>Resize frames in arrival order.</summary>
+    public Channel<Resize> Resizes { get; } = Channel.CreateUnbounded<Resize>();
+
+    /// <summary>Stdin frames' bytes as they arrive (raw mode sends each keystroke at once).</summary>
+    public Channel<byte[]> StdinChunks { get; } = Channel.CreateUnbounded<byte[]>();
+
     /// <summary>Completes when the client's request stream ended or the call was cancelled.</summary>
     public Task ClientGone => _clientGone.Task;
 
@@ -184,6 +190,10 @@ public sealed class AgentCall(
                 {
                     case ClientFrame.FrameOneofCase.Stdin:
                         System.Buffers.BuffersExtensions.Write(_stdin, frame.Stdin.Span);
+                        StdinChunks.Writer.TryWrite(frame.Stdin.ToByteArray());
+                        break;
+                    case ClientFrame.FrameOneofCase.Resize:
+                        Resizes.Writer.TryWrite(frame.Resize);
                         break;
                     case ClientFrame.FrameOneofCase.StdinEof:
                         _stdinEof.TrySetResult(_stdin.WrittenSpan.ToArray());
@@ -204,6 +214,8 @@ public sealed class AgentCall(
         {
             _clientGone.TrySetResult();
             Interrupts.Writer.TryComplete();
+            Resizes.Writer.TryComplete();
+            StdinChunks.Writer.TryComplete();
         }
     });
 

@@ -3,6 +3,7 @@ using System.Net.Sockets;
 using System.Text.RegularExpressions;
 using Grpc.Core;
 using Rbs.JBazel.Workspace;
+using Rbs.Shared.Protocol;
 using Rbs.Tests.Infrastructure;
 using Rbs.V1;
 
@@ -218,7 +219,9 @@ public sealed class JBazelFunctionalTests(ITestOutputHelper output) : IAsyncLife
         await using var jbazel = Start(_workspace.Root, ["build", "//..."], new() { ["RBS_ORCHESTRATOR"] = $"http://127.0.0.1:{port}" });
         Assert.Equal(38, await jbazel.WaitForExitAsync(s_timeout));
         Assert.Equal(
-            $"rbs: cannot reach the orchestrator at http://127.0.0.1:{port} (connection refused). Start it with 'rbs-orchestrator --local-mode', or point --rbs_orchestrator / RBS_ORCHESTRATOR at it.\n",
+            $"rbs: cannot reach http://127.0.0.1:{port} (connection refused), the RBS orchestrator or gateway address set by environment variable RBS_ORCHESTRATOR. " +
+            $"Nothing answers there on this machine: start the server meant to listen at port {port} (the local stack: 'rbs-orchestrator --local-mode'; or your gateway), " +
+            "or correct --rbs_orchestrator / RBS_ORCHESTRATOR.\n",
             jbazel.StderrText);
         Assert.Empty(jbazel.Stdout);
     }
@@ -237,13 +240,15 @@ public sealed class JBazelFunctionalTests(ITestOutputHelper output) : IAsyncLife
     }
 
     [Fact]
-    public async Task GetServerUnavailableFromServerExits38()
+    public async Task GetServerResourceExhaustedIsTheAgentLimitAndExits50()
     {
-        _remote.GetServer = (_, _) => throw new RpcException(new Status(StatusCode.ResourceExhausted, "no capacity for a new agent, try again"));
+        // The orchestrator answers ResourceExhausted only for its agent limits (issue 10, defect 9): not transient (38),
+        // since running again at once will not help, but a code of its own that no bazel code collides with.
+        _remote.GetServer = (_, _) => throw new RpcException(new Status(StatusCode.ResourceExhausted, "user 'local' already has 4 agents"));
 
         await using var jbazel = Start(_workspace.Root, ["build", "//..."]);
-        Assert.Equal(38, await jbazel.WaitForExitAsync(s_timeout));
-        Assert.Contains("no capacity for a new agent, try again", jbazel.StderrText, StringComparison.Ordinal);
+        Assert.Equal(50, await jbazel.WaitForExitAsync(s_timeout));
+        Assert.Contains("refused to start another agent: user 'local' already has 4 agents", jbazel.StderrText, StringComparison.Ordinal);
     }
 
     [Theory]
@@ -279,7 +284,7 @@ public sealed class JBazelFunctionalTests(ITestOutputHelper output) : IAsyncLife
         Assert.Equal("half of the output\n", jbazel.StdoutText);
         var line = Assert.Single(jbazel.StderrText.Split('\n', StringSplitOptions.RemoveEmptyEntries));
         Assert.StartsWith($"rbs: lost the connection to agent {FakeRemote.AgentId} at {_remote.DirectResponse().Address} mid-command (", line, StringComparison.Ordinal);
-        Assert.EndsWith("Run the command again; a new agent will be allocated if it died.", line, StringComparison.Ordinal);
+        Assert.EndsWith("Run the command again; GetServer starts a new agent if this one died.", line, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -308,7 +313,7 @@ public sealed class JBazelFunctionalTests(ITestOutputHelper output) : IAsyncLife
         await using var jbazel = Start(_workspace.Root, ["build", "//..."]);
         Assert.Equal(38, await jbazel.WaitForExitAsync(s_timeout));
         Assert.Equal(
-            $"rbs: cannot reach agent gone-agent at http://127.0.0.1:{port} (connection refused). Run the command again; a new agent will be allocated if it died.\n",
+            $"rbs: cannot reach agent gone-agent at http://127.0.0.1:{port} (connection refused). Run the command again; GetServer starts a new agent if this one died.\n",
             jbazel.StderrText);
     }
 
@@ -503,7 +508,7 @@ public sealed class JBazelFunctionalTests(ITestOutputHelper output) : IAsyncLife
         Assert.Equal(ConnectMode.Tunnel, request.ConnectMode);
         Assert.Equal("Bearer key-456", orchestratorHeaders.GetValue("authorization"));
         var call = Assert.Single(_remote.AgentCalls);
-        Assert.Equal("route-for-tunneled-agent", call.Headers.GetValue("rbs-agent-route"));
+        Assert.Equal("route-for-tunneled-agent", call.Headers.GetValue(RbsHeaders.AgentRoute));
         Assert.Equal("Bearer session-token-123", call.Headers.GetValue("authorization"));
     }
 

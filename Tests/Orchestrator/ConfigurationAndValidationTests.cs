@@ -26,12 +26,13 @@ public sealed class ConfigurationAndValidationTests : IDisposable
         Assert.Equal(TimeSpan.FromHours(3), options.IdleTtl);
         Assert.Equal(TimeSpan.FromSeconds(30), options.ReapInterval);
         Assert.Equal(TimeSpan.FromSeconds(30), options.AgentStartTimeout);
+        Assert.Equal(TimeSpan.FromSeconds(10), options.AllocationLeaseMargin);
         Assert.Equal(IPAddress.Any, options.GetListenAddress());
         Assert.Equal(IPAddress.Loopback, new OrchestratorOptions { LocalMode = true }.GetListenAddress());
         Assert.Equal("process", new OrchestratorOptions { LocalMode = true }.GetBackend());
         Assert.EndsWith(Path.Combine("rbs", "orchestrator.db"), options.GetStatePath(), StringComparison.Ordinal);
         Assert.Null(process.AgentPath);
-        Assert.Equal(TimeSpan.FromSeconds(10), process.StopTimeout);
+        Assert.Equal(TimeSpan.FromSeconds(30), process.StopTimeout);
         Assert.Equal("Orchestrator", OrchestratorOptions.SectionName);
         Assert.Equal("Orchestrator:Process", ProcessComputeOptions.SectionName);
     }
@@ -43,6 +44,7 @@ public sealed class ConfigurationAndValidationTests : IDisposable
         [
             "--local-mode", "--port", "0", "--listen-address", "127.0.0.2", "--state-path", "~/rbs-test/state.db",
             "--idle-ttl", "00:10:00", "--reap-interval=00:00:05", "--agent-start-timeout", "00:00:07",
+            "--allocation-lease-margin", "00:00:03",
             "--agent-path", "/opt/rbs/rbs-agent", "--build-tool", "/usr/bin/bazel", "--ready-file", "/tmp/ready.json",
         ];
         await using var app = OrchestratorHost.Build(args, contentRoot: _root);
@@ -58,17 +60,22 @@ public sealed class ConfigurationAndValidationTests : IDisposable
         Assert.Equal(TimeSpan.FromMinutes(10), options.IdleTtl);
         Assert.Equal(TimeSpan.FromSeconds(5), options.ReapInterval);
         Assert.Equal(TimeSpan.FromSeconds(7), options.AgentStartTimeout);
+        Assert.Equal(TimeSpan.FromSeconds(3), options.AllocationLeaseMargin);
         Assert.Equal("/tmp/ready.json", options.ReadyFile);
         Assert.Equal("/opt/rbs/rbs-agent", process.AgentPath);
         Assert.Equal("/usr/bin/bazel", process.BuildTool);
     }
 
     [Theory]
-    [InlineData(new[] { "--local-mode", "--port", "0" }, new[] { "--local-mode=true", "--port", "0" })]
-    [InlineData(new[] { "--port", "0", "--local-mode" }, new[] { "--port", "0", "--local-mode=true" })]
-    [InlineData(new[] { "--local-mode", "false" }, new[] { "--local-mode", "false" })]
-    public void BareBooleanFlagsGetAValue(string[] args, string[] expected) =>
-        Assert.Equal(expected, OrchestratorHost.NormalizeBooleanFlags(args));
+    [InlineData(new[] { "--local-mode", "--port", "0" }, "true")]
+    [InlineData(new[] { "--port", "0", "--local-mode" }, "true")]
+    [InlineData(new[] { "--local-mode", "false", "--port", "0" }, "false")]
+    [InlineData(new[] { "--local-mode=false" }, "false")]
+    public void BareBooleanFlagsGetAValue(string[] args, string expected)
+    {
+        var settings = OrchestratorHost.CommandLine.Parse(args).Settings;
+        Assert.Equal(expected, settings["Orchestrator:LocalMode"]);
+    }
 
     [Theory]
     [InlineData(false, null, 50051, "no compute backend configured: pass --local-mode")]

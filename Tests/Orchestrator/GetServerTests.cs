@@ -3,6 +3,7 @@ using Grpc.Core;
 using Rbs.Orchestrator.Compute.Processes;
 using Rbs.Tests.Orchestrator.Infrastructure;
 using Rbs.V1;
+using Rbs.Tests.Infrastructure;
 
 namespace Rbs.Tests.Orchestrator;
 
@@ -111,7 +112,7 @@ public sealed class GetServerTests(ITestOutputHelper output) : IAsyncLifetime
         var first = await orchestrator.GetServerAsync("repo-1", workspace);
 
         UnixProcesses.Signal(Pid(first), UnixProcesses.SigKill);
-        await WaitUntilAsync(() => !UnixProcesses.IsAgentProcess(Pid(first), first.AgentId));
+        await TestWait.EventuallyAsync(() => !UnixProcesses.IsAgentProcess(Pid(first), first.AgentId));
         var second = await orchestrator.GetServerAsync("repo-1", workspace);
 
         Assert.False(second.Warm);
@@ -255,22 +256,8 @@ public sealed class GetServerTests(ITestOutputHelper output) : IAsyncLifetime
         Assert.Equal(StatusCode.Unavailable, error.StatusCode);
         Assert.Contains("did not become ready within 1 s", error.Status.Detail, StringComparison.Ordinal);
         Assert.Empty(await orchestrator.Store.ListAsync(CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(10)));
-        await WaitUntilAsync(() => TestAgents.LiveProcesses(_context.AgentsDirectory).Count == 0);
+        await TestWait.EventuallyAsync(() => TestAgents.LiveProcesses(_context.AgentsDirectory).Count == 0);
     }
 
     internal static int Pid(GetServerResponse response) => int.Parse(response.BackendRef, CultureInfo.InvariantCulture);
-
-    internal static async Task WaitUntilAsync(Func<bool> condition, double seconds = 10)
-    {
-        var deadline = DateTime.UtcNow.AddSeconds(seconds);
-        while (!condition())
-        {
-            if (DateTime.UtcNow > deadline)
-            {
-                Assert.Fail($"condition not met within {seconds} s");
-            }
-
-            await Task.Delay(20);
-        }
-    }
 }

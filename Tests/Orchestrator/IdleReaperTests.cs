@@ -4,6 +4,7 @@ using Microsoft.Extensions.Time.Testing;
 using Rbs.Orchestrator.Compute.Processes;
 using Rbs.Orchestrator.Lifecycle;
 using Rbs.Tests.Orchestrator.Infrastructure;
+using Rbs.Tests.Infrastructure;
 
 namespace Rbs.Tests.Orchestrator;
 
@@ -82,10 +83,9 @@ public sealed class IdleReaperTests(ITestOutputHelper output) : IAsyncLifetime
         status.Set(idle.AgentId, runningCommands: 0, lastActivity: DateTimeOffset.UtcNow.AddHours(-1));
         status.Set(busy.AgentId, runningCommands: 1, lastActivity: DateTimeOffset.UtcNow.AddHours(-1));
 
-        await GetServerTests.WaitUntilAsync(
+        await TestWait.EventuallyAsync(
             () => !UnixProcesses.IsAgentProcess(GetServerTests.Pid(idle), idle.AgentId)
-                && orchestrator.Store.ListAsync(CancellationToken.None).GetAwaiter().GetResult().Count == 1,
-            seconds: 15);
+                && orchestrator.Store.ListAsync(CancellationToken.None).GetAwaiter().GetResult().Count == 1, timeout: TimeSpan.FromSeconds(15));
 
         Assert.True(UnixProcesses.IsAgentProcess(GetServerTests.Pid(busy), busy.AgentId), "an agent running a command must never be reaped");
         var row = Assert.Single(await orchestrator.Store.ListAsync(CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(10)));
@@ -103,8 +103,7 @@ public sealed class IdleReaperTests(ITestOutputHelper output) : IAsyncLifetime
 
         UnixProcesses.Signal(GetServerTests.Pid(agent), UnixProcesses.SigKill);
 
-        await GetServerTests.WaitUntilAsync(
-            () => orchestrator.Store.ListAsync(CancellationToken.None).GetAwaiter().GetResult().Count == 0,
-            seconds: 15);
+        await TestWait.EventuallyAsync(
+            () => orchestrator.Store.ListAsync(CancellationToken.None).GetAwaiter().GetResult().Count == 0, timeout: TimeSpan.FromSeconds(15));
     }
 }

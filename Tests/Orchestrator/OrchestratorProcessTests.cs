@@ -4,6 +4,7 @@ using Grpc.Net.Client;
 using Rbs.Orchestrator.Compute.Processes;
 using Rbs.Tests.Orchestrator.Infrastructure;
 using Rbs.V1;
+using Rbs.Tests.Infrastructure;
 
 namespace Rbs.Tests.Orchestrator;
 
@@ -42,7 +43,7 @@ public sealed class OrchestratorProcessTests(ITestOutputHelper output) : IAsyncL
             Assert.Matches(@"^rbs-orchestrator listening on http://127\.0\.0\.1:\d+ \(local mode, state .+orchestrator\.db\)$", line);
             Assert.Contains(_context.StatePath, line, StringComparison.Ordinal);
 
-            await GetServerTests.WaitUntilAsync(() => File.Exists(readyFile));
+            await TestWait.EventuallyAsync(() => File.Exists(readyFile));
             using var ready = JsonDocument.Parse(await File.ReadAllTextAsync(readyFile));
             var address = ready.RootElement.GetProperty("address").GetString()!;
             Assert.Equal(process.Id, ready.RootElement.GetProperty("pid").GetInt32());

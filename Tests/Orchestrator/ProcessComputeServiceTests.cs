@@ -1,6 +1,7 @@
 using Rbs.Orchestrator.Compute;
 using Rbs.Orchestrator.Compute.Processes;
 using Rbs.Tests.Orchestrator.Infrastructure;
+using Rbs.Tests.Infrastructure;
 
 namespace Rbs.Tests.Orchestrator;
 
@@ -25,7 +26,7 @@ public sealed class ProcessComputeServiceTests(ITestOutputHelper output) : IAsyn
         Assert.True(UnixProcesses.IsAgentProcess(GetServerTests.Pid(response), response.AgentId), "the stubborn agent should survive SIGTERM");
 
         await orchestrator.Compute.StopAsync(row!, CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(10));
-        await GetServerTests.WaitUntilAsync(() => !UnixProcesses.IsAgentProcess(GetServerTests.Pid(response), response.AgentId));
+        await TestWait.EventuallyAsync(() => !UnixProcesses.IsAgentProcess(GetServerTests.Pid(response), response.AgentId));
 
         // Stopping an agent that is already gone is success.
         await orchestrator.Compute.StopAsync(row!, CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(10));
@@ -40,7 +41,7 @@ public sealed class ProcessComputeServiceTests(ITestOutputHelper output) : IAsyn
         var alive = await orchestrator.GetServerAsync("repo-alive", workspace);
         var dead = await orchestrator.GetServerAsync("repo-dead", _context.CreateWorkspace("other"));
         UnixProcesses.Signal(GetServerTests.Pid(dead), UnixProcesses.SigKill);
-        await GetServerTests.WaitUntilAsync(() => !UnixProcesses.IsAgentProcess(GetServerTests.Pid(dead), dead.AgentId));
+        await TestWait.EventuallyAsync(() => !UnixProcesses.IsAgentProcess(GetServerTests.Pid(dead), dead.AgentId));
 
         var discovered = await orchestrator.Compute.DiscoverAsync(CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(10));
 

@@ -2,6 +2,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Rbs.Orchestrator.Compute.Processes;
 using Rbs.Orchestrator.Lifecycle;
 using Rbs.Tests.Orchestrator.Infrastructure;
+using Rbs.Tests.Infrastructure;
 
 namespace Rbs.Tests.Orchestrator;
 
@@ -60,10 +61,9 @@ public sealed class RealAgentTests(ITestOutputHelper output) : IAsyncLifetime
         var orchestrator = await _context.StartOrchestratorAsync(agentPath, extraArgs: ["--idle-ttl", "00:00:01", "--reap-interval", "00:00:00.250"]);
         var agent = await orchestrator.GetServerAsync("repo-1", _context.CreateWorkspace("main"));
 
-        await GetServerTests.WaitUntilAsync(
+        await TestWait.EventuallyAsync(
             () => !UnixProcesses.IsAgentProcess(GetServerTests.Pid(agent), agent.AgentId)
-                && orchestrator.Store.ListAsync(CancellationToken.None).GetAwaiter().GetResult().Count == 0,
-            seconds: 20);
+                && orchestrator.Store.ListAsync(CancellationToken.None).GetAwaiter().GetResult().Count == 0, timeout: TimeSpan.FromSeconds(20));
     }
 
     private string? RealAgentPath()

@@ -1,6 +1,7 @@
 using Microsoft.Data.Sqlite;
 using Rbs.Orchestrator.Compute.Processes;
 using Rbs.Tests.Orchestrator.Infrastructure;
+using Rbs.Tests.Infrastructure;
 
 namespace Rbs.Tests.Orchestrator;
 
@@ -41,7 +42,7 @@ public sealed class RestartTests(ITestOutputHelper output) : IAsyncLifetime
         var before = await first.GetServerAsync("repo-1", workspace);
         await first.StopAsync();
         UnixProcesses.Signal(GetServerTests.Pid(before), UnixProcesses.SigKill);
-        await GetServerTests.WaitUntilAsync(() => !UnixProcesses.IsAgentProcess(GetServerTests.Pid(before), before.AgentId));
+        await TestWait.EventuallyAsync(() => !UnixProcesses.IsAgentProcess(GetServerTests.Pid(before), before.AgentId));
 
         var second = await _context.StartOrchestratorAsync(TestAgents.Fake);
 

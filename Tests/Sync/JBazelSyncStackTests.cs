@@ -34,7 +34,7 @@ public sealed class JBazelSyncStackTests(ITestOutputHelper output) : IAsyncLifet
     public void Dispose() => _workspace.Dispose();
 
     [Fact]
-    public async Task AnUncommittedEditIsBuiltRemotelyIgnoredFilesStayBehindAndANoOpSyncIsUpToDate()
+    public async Task AnUncommittedEditIsBuiltRemotelyIgnoredFilesStayBehindWhenAskedAndANoOpSyncIsUpToDate()
     {
         Write("src/hello.txt", "v1\n");
         Write(".gitignore", "*.env\n");
@@ -110,5 +110,6 @@ public sealed class JBazelSyncStackTests(ITestOutputHelper output) : IAsyncLifet
             _workspace.Root,
             _workspace.Home,
             new Dictionary<string, string?> { ["XDG_CACHE_HOME"] = CacheHome },
-            ["--rbs_orchestrator", _orchestrator.Address, "--rbs_sync", "--rbs_status=always", .. toolArgs]);
+            // --rbs_sync_gitignore: leaving git-ignored files behind is opt-in (bazel's glob() reads them).
+            ["--rbs_orchestrator", _orchestrator.Address, "--rbs_sync", "--rbs_sync_gitignore", "--rbs_status=always", .. toolArgs]);
 }

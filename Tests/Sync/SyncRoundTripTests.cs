@@ -38,18 +38,20 @@ public sealed class SyncRoundTripTests(ITestOutputHelper output)
         source.Write(".git/HEAD", "ref: refs/heads/main\n"u8.ToArray());
 
         await using var agent = await SyncTestAgent.StartAsync(output, dirs);
-        var first = await SyncAsync(agent, dirs);
+        // Git-ignored files stay behind only when asked (--rbs_sync_gitignore); .git itself goes (git never ignores it).
+        var gitignore = new WalkOptions([], UseGitignore: true);
+        var first = await SyncAsync(agent, dirs, gitignore);
         Assert.False(first.UpToDate);
-        Assert.Equal(8, first.BlobsUploaded); // distinct non-empty contents; the duplicate is sent once
+        Assert.Equal(9, first.BlobsUploaded); // distinct non-empty contents; the duplicate is sent once
         TestLog.Write(output, first.StatusLine);
 
-        AssertAgentHasClientTree(dirs, exclude: ["build.log", "scratch", "scratch/notes", ".git", ".git/HEAD"]);
+        AssertAgentHasClientTree(dirs, exclude: ["build.log", "scratch", "scratch/notes"]);
         Assert.False(File.Exists(Path.Combine(dirs.Workspace, "build.log")));
-        Assert.False(Directory.Exists(Path.Combine(dirs.Workspace, ".git")));
+        Assert.Equal("ref: refs/heads/main\n", File.ReadAllText(Path.Combine(dirs.Workspace, ".git", "HEAD")));
         Assert.Equal("../bin", new FileInfo(Path.Combine(dirs.Workspace, "links/to-dir")).LinkTarget);
         Assert.True(Directory.Exists(Path.Combine(dirs.Workspace, "empty/nested")));
 
-        var second = await SyncAsync(agent, dirs);
+        var second = await SyncAsync(agent, dirs, gitignore);
         Assert.True(second.UpToDate);
         Assert.Equal(0, second.BlobsUploaded);
         Assert.Matches(@"^rbs: workspace up to date \(\d+ entries\) in \d+ ms$", second.StatusLine);
@@ -85,7 +87,7 @@ public sealed class SyncRoundTripTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task ExcludedAndBazelIgnoredPathsNeverReachTheAgentAndDisappearFromIt()
+    public async Task ExcludedPathsNeverReachTheAgentAndDisappearFromItButBazelIgnoredOnesStay()
     {
         using var dirs = new SyncDirs();
         var source = new ClientTree(dirs.Source);
@@ -96,11 +98,12 @@ public sealed class SyncRoundTripTests(ITestOutputHelper output)
         await SyncAsync(agent, dirs);
         Assert.True(File.Exists(Path.Combine(dirs.Workspace, "data/huge.bin")));
 
-        // Excluded later: the agent's copy loses them (bazel there must see what the client's sync shows).
+        // Excluded later: the agent's copy loses them (bazel there must see what the client's sync shows). A
+        // .bazelignore'd directory stays: bazel skips it for package discovery only and may still read it.
         source.Write(".bazelignore", "node_modules\n"u8.ToArray());
         await SyncAsync(agent, dirs, new WalkOptions(["/data/"], UseGitignore: true));
         Assert.False(Directory.Exists(Path.Combine(dirs.Workspace, "data")));
-        Assert.False(Directory.Exists(Path.Combine(dirs.Workspace, "node_modules")));
+        Assert.True(File.Exists(Path.Combine(dirs.Workspace, "node_modules/pkg/index.js")));
         Assert.True(File.Exists(Path.Combine(dirs.Workspace, "src/main.c")));
     }
 
@@ -198,7 +201,7 @@ public sealed class SyncRoundTripTests(ITestOutputHelper output)
 
     private WorkspaceSyncClient NewClient(SyncTestAgent agent, SyncDirs dirs, WalkOptions options, Action? manifestHook = null)
     {
-        var builder = new ManifestBuilder(dirs.Source, options, Path.Combine(dirs.Root, "client-cache", "c.cache"), TimeProvider.System);
+        var builder = new ClientManifestBuilder(dirs.Source, options, Path.Combine(dirs.Root, "client-cache", "c.cache"), TimeProvider.System);
         return new WorkspaceSyncClient(
             agent.Client,
             new Metadata(),

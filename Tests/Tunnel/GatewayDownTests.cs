@@ -26,8 +26,8 @@ public sealed class GatewayDownTests(ITestOutputHelper output)
         var spawned = stack.SpawnedAgentIds();
         Assert.Single(spawned);
         Assert.Empty(UnixProcesses.FindAgentProcesses(spawned[0]));
-        Assert.Empty(Directory.EnumerateFiles(stack.AgentsDirectory, "*.json"));
-        Assert.Empty(Directory.EnumerateFiles(stack.AgentsDirectory, "*.join"));
+        Assert.Empty(stack.AgentFiles("*.json"));
+        Assert.Empty(stack.AgentFiles("*.join"));
 
         // jbazel shows the reason as one line and exits 38 (transient: start the gateway and run again).
         await using (var jbazel = JBazelProcess.Start(output, workspace.Root, workspace.Home, new Dictionary<string, string?>(),
@@ -39,7 +39,7 @@ public sealed class GatewayDownTests(ITestOutputHelper output)
             Assert.Contains(stack.AgentAddress, jbazel.StderrText, StringComparison.Ordinal);
         }
 
-        Assert.Empty(Directory.EnumerateFiles(stack.AgentsDirectory, "*.json"));
+        Assert.Empty(stack.AgentFiles("*.json"));
 
         // Direct mode does not depend on the gateway: process agents also listen on loopback.
         var direct = await stack.GetServerAsync(TunnelStack.AliceKey, workspace.Root, ConnectMode.Direct, stack.OrchestratorAddress);

@@ -1,8 +1,9 @@
 using Grpc.Core;
 using Microsoft.Extensions.Options;
+using Rbs.Orchestrator.Gateway;
 using Rbs.Orchestrator.Hosting;
 using Rbs.Orchestrator.Security;
-using Rbs.Orchestrator.Tunnel;
+using Rbs.Shared.Tokens;
 using Rbs.V1;
 
 namespace Rbs.Tests.Tunnel;
@@ -71,7 +72,7 @@ public sealed class TunnelConfigurationTests : IDisposable
         Assert.Contains("--default-connect-mode tunnel needs a gateway", tunnelWithoutGateway.FailureMessage, StringComparison.Ordinal);
 
         var keyFile = Path.Combine(_dir, "token.key");
-        File.WriteAllText(keyFile, RbsTokenService.GenerateKey());
+        File.WriteAllText(keyFile, RbsTokenKeyRing.GenerateKey());
         var good = new OrchestratorGatewayOptions { PublicAddress = "https://rbs.example.com", AgentAddress = "http://127.0.0.1:8081", TokenKeyFile = keyFile };
         Assert.True(gatewayValidator.Validate(null, good).Succeeded);
         Assert.Equal(ConnectMode.Tunnel, new OrchestratorOptions().GetDefaultConnectMode(good));

@@ -6,6 +6,8 @@ using Grpc.Core;
 using Grpc.Net.Client;
 using Rbs.Orchestrator.Compute.Processes;
 using Rbs.Orchestrator.Security;
+using Rbs.Shared.Protocol;
+using Rbs.Shared.Tokens;
 using Rbs.Tests.Agent;
 using Rbs.Tests.Infrastructure;
 using Rbs.Tests.JBazel;
@@ -128,7 +130,10 @@ public sealed partial class TunnelEndToEndTests : IClassFixture<TunnelStackFixtu
         Assert.True(direct.Warm);
         Assert.StartsWith("http://127.0.0.1:", direct.Address, StringComparison.Ordinal);
         Assert.NotEqual(_stack.PublicAddress, direct.Address);
-        Assert.Empty(direct.SessionToken);
+        // Two users and root: agents run under their users' uids, and an isolated agent's loopback port takes only its
+        // own access key, which GetServer returns in place of a (gateway) session token.
+        Assert.NotEmpty(direct.SessionToken);
+        Assert.NotEqual(alice.SessionToken, direct.SessionToken);
 
         using var channel = GrpcChannel.ForAddress(_stack.PublicAddress);
         var agents = new V1.Agent.AgentClient(channel);
@@ -164,7 +169,7 @@ public sealed partial class TunnelEndToEndTests : IClassFixture<TunnelStackFixtu
     [Fact]
     public async Task TunnelOnlyAgentOpensNoListeningSocketAndServesThroughTheGateway()
     {
-        var tokens = new RbsTokenService(RbsTokenService.ReadKeyFile(_stack.KeyFile), TimeProvider.System);
+        var tokens = new RbsTokenService(RbsTokenKeyRing.ReadKeyFile(_stack.KeyFile), TimeProvider.System);
         var agentId = "tunnel-only-" + Guid.NewGuid().ToString("N")[..8];
         var joinFile = Path.Combine(_workspace.Base, "join");
         await File.WriteAllTextAsync(joinFile, tokens.Mint(RbsTokenKind.Join, agentId, "alice", TimeSpan.FromMinutes(5)));
@@ -278,7 +283,7 @@ public sealed partial class TunnelEndToEndTests : IClassFixture<TunnelStackFixtu
 
     private static Metadata Headers(string route, string? token)
     {
-        var headers = new Metadata { { "rbs-agent-route", route } };
+        var headers = new Metadata { { RbsHeaders.AgentRoute, route } };
         if (token is not null)
         {
             headers.Add("authorization", "Bearer " + token);

@@ -5,7 +5,9 @@ using System.Text.Json;
 using Grpc.Core;
 using Grpc.Net.Client;
 using Rbs.Orchestrator.Compute.Processes;
+using Rbs.Orchestrator.Gateway;
 using Rbs.Orchestrator.Security;
+using Rbs.Shared.Tokens;
 using Rbs.Tests.Agent;
 using Rbs.V1;
 
@@ -24,12 +26,15 @@ public sealed class TunnelStack : IAsyncDisposable
     public const string BobKey = "bob-key-9876543210";
 
     private readonly List<Process> _processes = [];
+    private readonly IReadOnlyDictionary<string, string> _environment;
     private Action<string> _log;
+    private Process? _gateway;
 
-    private TunnelStack(string root, Action<string> log)
+    private TunnelStack(string root, Action<string> log, IReadOnlyDictionary<string, string>? environment)
     {
         Root = root;
         _log = log;
+        _environment = environment ?? new Dictionary<string, string>();
     }
 
     public string Root { get; }
@@ -53,10 +58,20 @@ public sealed class TunnelStack : IAsyncDisposable
     /// <summary>Redirects process logs to the current test's output.</summary>
     public void AttachLog(Action<string> log) => _log = log;
 
-    /// <summary>Starts the stack; <paramref name="withGateway"/> false points the orchestrator at a gateway that is not running.</summary>
-    public static async Task<TunnelStack> StartAsync(Action<string> log, bool withGateway = true)
+    /// <summary>
+    /// Starts the stack; <paramref name="withGateway"/> false points the orchestrator at a gateway that is not running.
+    /// <paramref name="environment"/> is given to the gateway and the orchestrator (whose agents inherit it), e.g.
+    /// short token lifetimes.
+    /// </summary>
+    public static async Task<TunnelStack> StartAsync(Action<string> log, bool withGateway = true, IReadOnlyDictionary<string, string>? environment = null)
     {
-        var stack = new TunnelStack(Directory.CreateTempSubdirectory("rbs-tunnel-test-").FullName, log);
+        var stack = new TunnelStack(Directory.CreateTempSubdirectory("rbs-tunnel-test-").FullName, log, environment);
+        if (!OperatingSystem.IsWindows())
+        {
+            // Two users as root: their agents run under uids of their own and must be able to reach the state directory.
+            File.SetUnixFileMode(stack.Root, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute | UnixFileMode.GroupExecute | UnixFileMode.OtherExecute);
+        }
+
         try
         {
             await stack.StartCoreAsync(withGateway);
@@ -72,7 +87,7 @@ public sealed class TunnelStack : IAsyncDisposable
     private async Task StartCoreAsync(bool withGateway)
     {
         var keyFile = KeyFile;
-        await File.WriteAllTextAsync(keyFile, RbsTokenService.GenerateKey() + "\n");
+        await File.WriteAllTextAsync(keyFile, RbsTokenKeyRing.GenerateKey() + "\n");
         var apiKeysFile = Path.Combine(Root, "api-keys");
         await File.WriteAllTextAsync(apiKeysFile, $"# user:key\nalice:{AliceKey}\n\nbob:{BobKey}\n");
 
@@ -80,12 +95,7 @@ public sealed class TunnelStack : IAsyncDisposable
         OrchestratorAddress = $"http://127.0.0.1:{orchestratorPort}";
         if (withGateway)
         {
-            var gatewayReady = Path.Combine(Root, "gateway.json");
-            Start("rbs-gateway", "--public-listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0",
-                "--orchestrator", OrchestratorAddress, "--token-key-file", keyFile, "--ready-file", gatewayReady);
-            using var ready = JsonDocument.Parse(await ReadWhenPresentAsync(gatewayReady));
-            PublicAddress = ready.RootElement.GetProperty("publicAddress").GetString()!;
-            AgentAddress = ready.RootElement.GetProperty("agentAddress").GetString()!;
+            await StartGatewayAsync("127.0.0.1:0", "127.0.0.1:0");
         }
         else
         {
@@ -96,14 +106,56 @@ public sealed class TunnelStack : IAsyncDisposable
 
         var orchestratorReady = Path.Combine(Root, "orchestrator.json");
         Start("rbs-orchestrator", "--local-mode", "--port", orchestratorPort.ToString(System.Globalization.CultureInfo.InvariantCulture),
-            "--state-path", StatePath, "--ready-file", orchestratorReady, "--build-tool", FakeBazel.Path,
+            "--state-path", StatePath, "--ready-file", orchestratorReady,
+            // Two users as root: isolated agents run under their own uids and need binaries every uid can reach.
+            "--agent-path", Rbs.Tests.Orchestrator.Isolation.ReachableBinaries.Agent, "--build-tool", Rbs.Tests.Orchestrator.Isolation.ReachableBinaries.FakeBazel,
             "--gateway-public-address", PublicAddress, "--gateway-agent-address", AgentAddress, "--token-key-file", keyFile,
             "--api-keys-file", apiKeysFile);
         await ReadWhenPresentAsync(orchestratorReady);
     }
 
+    private async Task StartGatewayAsync(string publicListen, string agentListen)
+    {
+        var gatewayReady = Path.Combine(Root, "gateway.json");
+        File.Delete(gatewayReady);
+        _gateway = Start("rbs-gateway", "--public-listen", publicListen, "--agent-listen", agentListen,
+            "--orchestrator", OrchestratorAddress, "--token-key-file", KeyFile, "--ready-file", gatewayReady);
+        using var ready = JsonDocument.Parse(await ReadWhenPresentAsync(gatewayReady));
+        PublicAddress = ready.RootElement.GetProperty("publicAddress").GetString()!;
+        AgentAddress = ready.RootElement.GetProperty("agentAddress").GetString()!;
+    }
+
+    /// <summary>Kills the gateway (SIGKILL, as a crash would); agents and orchestrator live on.</summary>
+    public async Task KillGatewayAsync()
+    {
+        var gateway = _gateway ?? throw new InvalidOperationException("no gateway is running");
+        _log($"killing rbs-gateway (pid {gateway.Id})");
+        gateway.Kill(entireProcessTree: true);
+        await gateway.WaitForExitAsync().WaitAsync(Timeout);
+        _processes.Remove(gateway);
+        gateway.Dispose();
+        _gateway = null;
+    }
+
+    /// <summary>Starts the gateway again on the addresses it had (agents and clients know only those).</summary>
+    public Task RestartGatewayAsync()
+    {
+        if (_gateway is not null)
+        {
+            throw new InvalidOperationException("the gateway is still running");
+        }
+
+        return StartGatewayAsync(new Uri(PublicAddress).Authority, new Uri(AgentAddress).Authority);
+    }
+
+    /// <summary>The orchestrator-side client of the gateway's registration API (what a tunnel GetServer asks).</summary>
+    internal AgentRegistrationClient RegistrationClient(HttpClient http) =>
+        new(http, new Uri(AgentAddress + "/"), () => new RbsTokenService(RbsTokenKeyRing.ReadKeyFile(KeyFile), TimeProvider.System)
+            .Mint(RbsTokenKind.Internal, "orchestrator", "orchestrator", TimeSpan.FromMinutes(2)));
+
     /// <summary>GetServer straight to <paramref name="address"/> (the gateway's public endpoint by default).</summary>
-    public async Task<GetServerResponse> GetServerAsync(string? apiKey, string workspace, ConnectMode mode, string? address = null, bool syncWorkspace = false)
+    /// <param name="repoHash">The repo hash to ask for; default a test-only hash of the path (jbazel's differs).</param>
+    public async Task<GetServerResponse> GetServerAsync(string? apiKey, string workspace, ConnectMode mode, string? address = null, bool syncWorkspace = false, string? repoHash = null)
     {
         using var channel = GrpcChannel.ForAddress(address ?? PublicAddress);
         var client = new V1.Orchestrator.OrchestratorClient(channel);
@@ -114,11 +166,27 @@ public sealed class TunnelStack : IAsyncDisposable
         }
 
         return await client.GetServerAsync(
-            new GetServerRequest { RepoHash = RepoHashOf(workspace), SourcePath = workspace, ConnectMode = mode, SyncWorkspace = syncWorkspace },
+            new GetServerRequest { RepoHash = repoHash ?? RepoHashOf(workspace), SourcePath = workspace, ConnectMode = mode, SyncWorkspace = syncWorkspace },
             headers).ResponseAsync.WaitAsync(Timeout);
     }
 
     public static string RepoHashOf(string workspace) => "h" + Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(workspace)))[..40];
+
+    /// <summary>
+    /// Agent files matching <paramref name="pattern"/> wherever the orchestrator puts them: its agents directory, and with
+    /// user isolation (two users, root) each user's <c>.agents</c> directory.
+    /// </summary>
+    public IReadOnlyList<string> AgentFiles(string pattern)
+    {
+        var directories = new List<string> { AgentsDirectory };
+        var workspaces = Path.Combine(Root, "state", "workspaces");
+        if (Directory.Exists(workspaces))
+        {
+            directories.AddRange(Directory.EnumerateDirectories(workspaces).Select(user => Path.Combine(user, ".agents")));
+        }
+
+        return [.. directories.Where(Directory.Exists).SelectMany(d => Directory.EnumerateFiles(d, pattern))];
+    }
 
     /// <summary>Agent ids the orchestrator spawned (by their log files, which outlive the agents).</summary>
     public IReadOnlyList<string> SpawnedAgentIds() =>
@@ -179,7 +247,7 @@ public sealed class TunnelStack : IAsyncDisposable
         }
     }
 
-    private void Start(string executable, params string[] args)
+    private Process Start(string executable, params string[] args)
     {
         var path = Path.Combine(AppContext.BaseDirectory, executable);
         var info = new ProcessStartInfo(path) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
@@ -194,6 +262,11 @@ public sealed class TunnelStack : IAsyncDisposable
             info.Environment.Remove(name);
         }
 
+        foreach (var (name, value) in _environment)
+        {
+            info.Environment[name] = value;
+        }
+
         _log($"$ {executable} {string.Join(' ', args)}");
         var process = Process.Start(info) ?? throw new InvalidOperationException($"{executable} did not start");
         _processes.Add(process);
@@ -201,6 +274,7 @@ public sealed class TunnelStack : IAsyncDisposable
         process.ErrorDataReceived += (_, e) => Write(executable, e.Data);
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
+        return process;
     }
 
     private void Write(string source, string? line)

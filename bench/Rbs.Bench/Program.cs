@@ -17,11 +17,20 @@ using Rbs.V1;
 //   Exit code 0 only when every stream delivered exactly <bytes> bytes and exit code 0.
 // rbs-bench getserver-tunnel <gateway-url> <source-path>
 //   One GetServer through the gateway in tunnel mode; prints "<route> <session-token>".
+// rbs-bench interleave <runs> <warmups> <json-out> <name>=<shell command> ...
+//   Runs the commands interleaved (A B C A B C ...), each through /bin/sh with stdin/stdout/stderr on /dev/null,
+//   and prints "<name> median <s> p25 <s> p75 <s> min <s> max <s> runs <n>" per command (all times in seconds).
 const string Usage =
     "usage: rbs-bench getserver <orchestrator-url> <source-path> <warm-calls> <cold-calls>\n" +
     "       rbs-bench allocate <url1,url2,...> <source-path> <allocations> <concurrency>\n" +
     "       rbs-bench streams <gateway-url> <agent-route> <session-token> <streams> <bytes> [concurrency]\n" +
-    "       rbs-bench getserver-tunnel <gateway-url> <source-path>";
+    "       rbs-bench getserver-tunnel <gateway-url> <source-path>\n" +
+    InterleaveBench.Usage;
+if (args.Length >= 1 && args[0] == "interleave")
+{
+    return InterleaveBench.Run(args[1..]);
+}
+
 if (args.Length >= 1 && args[0] == "streams" && args.Length is 6 or 7)
 {
     return await StreamsBench.RunAsync(args[1], args[2], args[3],

@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Globalization;
 using Grpc.Core;
 using Grpc.Net.Client;
+using Rbs.Shared.Protocol;
 using Rbs.V1;
 
 namespace Rbs.Bench;
@@ -19,7 +20,7 @@ internal static class StreamsBench
             HttpHandler = new SocketsHttpHandler { EnableMultipleHttp2Connections = true },
         });
         var client = new Agent.AgentClient(channel);
-        var metadata = new Metadata { { "rbs-agent-route", route }, { "authorization", "Bearer " + sessionToken } };
+        var metadata = new Metadata { { RbsHeaders.AgentRoute, route }, { "authorization", "Bearer " + sessionToken } };
         using var gate = new SemaphoreSlim(Math.Clamp(concurrency, 1, streams));
         var errors = new ConcurrentDictionary<string, int>(StringComparer.Ordinal);
         var ok = 0;

@@ -1,7 +1,8 @@
 using System.Text.Json;
 using Grpc.Core;
 using Grpc.Net.Client;
-using Rbs.Gateway.Security;
+using Rbs.Shared.Protocol;
+using Rbs.Shared.Tokens;
 using Rbs.V1;
 
 // rbs-probe getserver <orchestrator-or-gateway-url> <api-key|-> <source-path> <repo-hash> <direct|tunnel>
@@ -14,10 +15,10 @@ return args switch
     ["getserver", var url, var apiKey, var source, var repoHash, var mode] => await GetServerAsync(url, apiKey, source, repoHash, mode),
     ["status", var url, var route, var token] => await StatusAsync(url, route, token),
     ["mint", var keyFile, var kind, var agentId, var user, var validity] =>
-        Print(new RbsTokenService(RbsTokenService.ReadKeyFile(keyFile), validity == "expired" ? new PastTime() : TimeProvider.System)
+        Print(new RbsTokenService(RbsTokenKeyRing.ReadKeyFile(keyFile), validity == "expired" ? new PastTime() : TimeProvider.System)
             .Mint(Kind(kind), agentId, user, TimeSpan.FromMinutes(1))),
     ["mint-random-key", var kind, var agentId, var user] =>
-        Print(new RbsTokenService(RbsTokenService.DecodeKey(RbsTokenService.GenerateKey()), TimeProvider.System)
+        Print(new RbsTokenService(RbsTokenKeyRing.DecodeKey(RbsTokenKeyRing.GenerateKey()), TimeProvider.System)
             .Mint(Kind(kind), agentId, user, TimeSpan.FromMinutes(10))),
     _ => Usage(),
 };
@@ -66,7 +67,7 @@ static async Task<int> StatusAsync(string url, string route, string token)
     var headers = new Metadata();
     if (route != "-")
     {
-        headers.Add("rbs-agent-route", route);
+        headers.Add(RbsHeaders.AgentRoute, route);
     }
 
     if (token != "-")

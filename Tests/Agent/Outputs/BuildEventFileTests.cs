@@ -11,8 +11,9 @@ public sealed class BuildEventFileTests(ITestOutputHelper output)
     [Fact]
     public void RealBazel423FileListsTheTopLevelOutputsOfEveryTarget()
     {
-        // Recorded with Debian's bazel 4.2.3: `bazel build //app:all --build_event_json_file=...` on e2e/workspace plus
-        // an executable genrule (app:tool). It holds progress events with kilobytes of sandbox stderr, too.
+        // Recorded with Debian's bazel 4.2.3: `bazel build //app:all --build_event_json_file=...` on e2e/workspace as it
+        // was before it became a C++ example (genrules only), plus an executable genrule (app:tool). It holds progress
+        // events with kilobytes of sandbox stderr, too.
         var result = BuildEventFile.Read(Asset("recorded-bazel-4.2.3-genrules.bep.json"), maxFiles: 100);
 
         foreach (var note in result.Notes)
@@ -94,6 +95,49 @@ public sealed class BuildEventFileTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task TestLogCollectionAddsNoBuildEventFileAndRecordsTheLogsOfTestsThatDidNotPass()
+    {
+        var dir = Directory.CreateTempSubdirectory("rbs-outputs-testlogs-");
+        try
+        {
+            var workspace = Directory.CreateDirectory(Path.Combine(dir.FullName, "ws")).FullName;
+            var bazelOut = Path.Combine(dir.FullName, "execroot", "ws", "bazel-out");
+            Directory.CreateSymbolicLink(Path.Combine(workspace, "bazel-out"), bazelOut);
+            var store = new OutputStore();
+            using var collector = new OutputCollector(store, NullLogger<OutputCollector>.Instance);
+            var start = new Rbs.V1.StartCommand { CollectTestLogs = true, InvocationId = "inv" };
+            // A startup option with its value as the next argument: the command is still found.
+            start.Args.AddRange(["--output_user_root", "/tmp/root", "test", "//app:all"]);
+            var collection = collector.Begin("inv", start, start.Args, workspace)!;
+            // No --build_event_json_file: with one, bazel prints a line on stderr that local bazel does not.
+            Assert.Equal(start.Args, collection.Arguments);
+
+            // What bazel's test leaves: a failed test's status (BlazeTestStatus FAILED = 4) and logs, written after the start.
+            var logs = Path.Combine(bazelOut, "k8-fastbuild", "testlogs", "app", "fail_test");
+            Directory.CreateDirectory(logs);
+            File.WriteAllText(Path.Combine(logs, "test.log"), "Executing tests from //app:fail_test\nfailing on purpose\n");
+            File.WriteAllText(Path.Combine(logs, "test.xml"), "<testsuites/>\n");
+            File.WriteAllBytes(Path.Combine(logs, "test.cache_status"), [0x10, 0x00, 0x18, 0x04]);
+
+            await collection.CompleteAsync(3).WaitAsync(TimeSpan.FromSeconds(30));
+
+            var recorded = store.Find("inv")!;
+            Assert.Equal(["testlogs/app/fail_test/test.log", "testlogs/app/fail_test/test.xml"], recorded.Files!.Select(f => f.RelativePath));
+            Assert.Equal(["//app:fail_test"], recorded.TestLabels);
+
+            // A build is not a test: asking for test logs there records why nothing is listed.
+            var build = new Rbs.V1.StartCommand { CollectTestLogs = true, InvocationId = "b" };
+            build.Args.AddRange(["build", "//..."]);
+            Assert.Null(collector.Begin("b", build, build.Args, workspace));
+            Assert.Contains("'test' and 'coverage' commands only", store.Find("b")!.Note, StringComparison.Ordinal);
+        }
+        finally
+        {
+            dir.Delete(recursive: true);
+        }
+    }
+
+    [Fact]
     public async Task CollectionRecordsExistingOutputsAndNotesMissingOnesThenDeletesTheEventFile()
     {
         var dir = Directory.CreateTempSubdirectory("rbs-outputs-collect-");
@@ -107,7 +151,7 @@ public sealed class BuildEventFileTests(ITestOutputHelper output)
             using var collector = new OutputCollector(store, NullLogger<OutputCollector>.Instance);
             var start = new Rbs.V1.StartCommand { CollectOutputs = true, InvocationId = "inv" };
             start.Args.AddRange(["--batch", "build", "//..."]);
-            var collection = collector.Begin("inv", start)!;
+            var collection = collector.Begin("inv", start, start.Args, "/nonexistent")!;
             var bep = collection.Arguments[2]["--build_event_json_file=".Length..];
             Assert.Equal(["--batch", "build", "--build_event_json_file=" + bep, "//..."], collection.Arguments);
             File.WriteAllLines(bep,

@@ -130,6 +130,12 @@ internal sealed class SyncScript
     /// <summary>Runs after <see cref="CancelAfterChunks"/> chunks were sent, before the call is cancelled.</summary>
     public Func<Task>? BeforeCancel { get; init; }
 
+    /// <summary>Sends the chunks in <c>blobs</c> frames of up to this many chunks (needs manifest_wanted.blob_batches).</summary>
+    public int? BatchChunks { get; init; }
+
+    /// <summary>Changes each batch before it is sent (with its index): a client sending a hostile batch.</summary>
+    public Func<int, BlobBatch, BlobBatch>? MangleBatch { get; init; }
+
     /// <summary>Runs once the agent has answered need_end (before any blob is sent).</summary>
     public Func<Task>? OnNeedEnd { get; init; }
 }
@@ -213,8 +219,37 @@ internal static class SyncTestClient
             await onNeedEnd();
         }
 
+        if (script.BatchChunks is { } perBatch)
+        {
+            Assert.True(first.ManifestWanted.BlobBatches, "the agent accepts blobs frames");
+            var all = new List<BlobChunk>();
+            foreach (var digest in outcome.Needed)
+            {
+                var content = tree.Content[digest];
+                content = script.Tamper?.Invoke(digest, content) ?? content;
+                for (var offset = 0; offset < content.Length; offset += script.ChunkBytes)
+                {
+                    all.Add(new BlobChunk
+                    {
+                        Digest = ByteString.CopyFrom(Convert.FromHexString(digest)),
+                        Offset = (ulong)offset,
+                        Data = ByteString.CopyFrom(content, offset, Math.Min(script.ChunkBytes, content.Length - offset)),
+                    });
+                }
+            }
+
+            var index = 0;
+            foreach (var group in all.Chunk(perBatch))
+            {
+                var batch = new BlobBatch();
+                batch.Chunks.AddRange(group);
+                batch = script.MangleBatch?.Invoke(index++, batch) ?? batch;
+                await call.RequestStream.WriteAsync(new SyncClientFrame { Blobs = batch }, ct);
+            }
+        }
+
         var chunks = 0;
-        foreach (var digest in outcome.Needed)
+        foreach (var digest in script.BatchChunks is null ? outcome.Needed : [])
         {
             var content = tree.Content[digest];
             content = script.Tamper?.Invoke(digest, content) ?? content;

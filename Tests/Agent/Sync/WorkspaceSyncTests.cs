@@ -226,6 +226,92 @@ public sealed class WorkspaceSyncTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task BatchedBlobsSyncByteIdenticallyLikeSingleChunks()
+    {
+        using var dirs = new SyncDirs();
+        var big = new byte[300_000];
+        new Random(7).NextBytes(big);
+        Write(dirs.Source, "big.bin", big);
+        Write(dirs.Source, "copy/big-again.bin", big);
+        for (var i = 0; i < 40; i++)
+        {
+            Write(dirs.Source, $"pkg{i % 4}/f{i}.txt", Encoding.UTF8.GetBytes($"file {i}\n"));
+        }
+
+        Write(dirs.Source, "tools/run.sh", "#!/bin/sh\n"u8.ToArray(), executable: true);
+        await using var agent = await SyncTestAgent.StartAsync(output, dirs);
+        var tree = LocalTree.Scan(dirs.Source);
+        // Batches that end mid-blob, hold many whole blobs, and mix with single chunk frames' rules (64 KiB chunks).
+        var first = await SyncTestClient.SyncAsync(agent.Client, tree, new SyncScript { BatchChunks = 3 }).WaitAsync(s_timeout);
+        TreeAssert.Equal(dirs.Source, dirs.Workspace);
+        Assert.Equal(42ul, first.Done!.BlobsReceived);
+
+        Write(dirs.Source, "pkg1/f1.txt", "edited"u8.ToArray());
+        var edit = await SyncTestClient.SyncAsync(agent.Client, LocalTree.Scan(dirs.Source), new SyncScript { BatchChunks = 100 }).WaitAsync(s_timeout);
+        Assert.Equal(1ul, edit.Done!.BlobsReceived);
+        TreeAssert.Equal(dirs.Source, dirs.Workspace);
+    }
+
+    [Fact]
+    public async Task ABatchWithOneBadChunkIsRefusedAsAWholeBeforeAnyOfItIsWritten()
+    {
+        using var dirs = new SyncDirs();
+        Write(dirs.Outside, "victim.txt", "must survive"u8.ToArray());
+        Write(dirs.Source, "a.txt", "first"u8.ToArray());
+        await using var agent = await SyncTestAgent.StartAsync(output, dirs);
+        await SyncTestClient.SyncAsync(agent.Client, LocalTree.Scan(dirs.Source)).WaitAsync(s_timeout);
+        var before = TreeAssert.Dump(dirs.Workspace);
+
+        Write(dirs.Source, "b.txt", "second"u8.ToArray());
+        Write(dirs.Source, "c.txt", "third"u8.ToArray());
+        Write(dirs.Source, "d.txt", "fourth"u8.ToArray());
+        var tree = LocalTree.Scan(dirs.Source);
+        var staging = Path.Combine(dirs.State, "staging");
+        var hostile = new (string What, Func<BlobBatch, BlobBatch> Mangle)[]
+        {
+            ("wrong offset", b => With(b, 2, c => c.Offset = 1)),
+            ("a chunk of another blob", b => With(b, 2, c => c.Digest = b.Chunks[0].Digest)),
+            ("past the manifest's size", b => With(b, 2, c => c.Data = Google.Protobuf.ByteString.CopyFrom(new byte[c.Data.Length + 1]))),
+            ("an unneeded blob after the last", b => { var more = b.Clone(); more.Chunks.Add(b.Chunks[0].Clone()); return more; }),
+            ("a digest that is no blob of the tree", b => With(b, 2, c => c.Digest = Google.Protobuf.ByteString.CopyFrom(new byte[32]))),
+        };
+        foreach (var (what, mangle) in hostile)
+        {
+            var refused = await Assert.ThrowsAsync<RpcException>(() => SyncTestClient.SyncAsync(agent.Client, tree, new SyncScript
+            {
+                BatchChunks = 3,
+                MangleBatch = (_, batch) => mangle(batch),
+            }).WaitAsync(s_timeout));
+            output.WriteLine($"{what}: {refused.Status.Detail}");
+            Assert.Equal(StatusCode.InvalidArgument, refused.StatusCode);
+            // The valid chunks in front of the bad one were not written either: no blob of the batch reached staging.
+            Assert.Empty(Directory.EnumerateFiles(staging, "*", SearchOption.AllDirectories));
+            Assert.Equal(before, TreeAssert.Dump(dirs.Workspace));
+            Assert.Equal("must survive", File.ReadAllText(Path.Combine(dirs.Outside, "victim.txt")));
+        }
+
+        // A tampered blob in a batch is still caught by its digest, and the tree stays the old one.
+        var lying = await Assert.ThrowsAsync<RpcException>(() => SyncTestClient.SyncAsync(agent.Client, tree, new SyncScript
+        {
+            BatchChunks = 3,
+            Tamper = (_, content) => content.Select(b => (byte)(b ^ 0xFF)).ToArray(),
+        }).WaitAsync(s_timeout));
+        Assert.Equal(StatusCode.InvalidArgument, lying.StatusCode);
+        Assert.Contains("digest mismatch", lying.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal(before, TreeAssert.Dump(dirs.Workspace));
+
+        await SyncTestClient.SyncAsync(agent.Client, tree, new SyncScript { BatchChunks = 3 }).WaitAsync(s_timeout);
+        TreeAssert.Equal(dirs.Source, dirs.Workspace);
+
+        static BlobBatch With(BlobBatch batch, int index, Action<BlobChunk> change)
+        {
+            var copy = batch.Clone();
+            change(copy.Chunks[index]);
+            return copy;
+        }
+    }
+
+    [Fact]
     public async Task DigestMismatchesAreRejectedAndLeaveTheTreeAlone()
     {
         using var dirs = new SyncDirs();

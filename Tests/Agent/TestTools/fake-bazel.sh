@@ -1,6 +1,17 @@
 #!/usr/bin/env bash
 # A stand-in for bazel in the agent's tests: only bash and coreutils. The first argument selects the behaviour.
 set -u
+# For a client that does not share the agent's filesystem, the agent puts its rc files first, as bazel startup
+# options (Agent/Bazelrc/); bazel's client consumes them, so does this stand-in. Other leading --options are startup
+# options, as bazel's (only the shutdown mode looks at them).
+startup=()
+while [ "$#" -gt 0 ]; do
+  case "$1" in
+    --nohome_rc|--noworkspace_rc|--bazelrc=*) shift ;;
+    --*) startup+=("$1"); shift ;;
+    *) break ;;
+  esac
+done
 mode="${1:-}"
 shift || true
 case "$mode" in
@@ -43,6 +54,32 @@ case "$mode" in
     echo "ready grandchild=$!"
     wait
     exit 0 ;;
+  tty-report)      # on stderr: which of fds 0-2 are terminals, the controlling terminal, session, SIGHUP, size
+    for fd in 0 1 2; do
+      if [ -t "$fd" ]; then printf 'fd%s=tty ' "$fd" >&2; else printf 'fd%s=pipe ' "$fd" >&2; fi
+    done
+    if (exec 3</dev/tty) 2>/dev/null; then printf 'ctty=yes ' >&2; else printf 'ctty=no ' >&2; fi
+    read -r -a stat < /proc/$$/stat
+    if [ "${stat[5]}" = "$$" ]; then printf 'session-leader=yes ' >&2; else printf 'session-leader=no ' >&2; fi
+    ignored=$(awk '/^SigIgn:/ { print $2 }' /proc/$$/status)
+    if (( (16#$ignored & 1) != 0 )); then printf 'sighup=ignored ' >&2; else printf 'sighup=default ' >&2; fi
+    printf 'size=%s\n' "$( { stty size </dev/tty; } 2>/dev/null || echo none)" >&2 ;;
+  winch)           # prints the terminal size at start and after SIGWINCH (the latest size; bash may merge signals), for up to 60 s
+    changed=0
+    trap 'changed=1' WINCH
+    echo "ready size $(stty size </dev/tty)" >&2
+    for _ in $(seq 600); do
+      sleep 0.1 & wait $!
+      if [ "$changed" = 1 ]; then changed=0; echo "size $(stty size </dev/tty)" >&2; fi
+    done ;;
+  read-line)       # reads one line from stdin and reports it
+    IFS= read -r line
+    printf 'got [%s]\n' "$line" ;;
+  sleep)           # a tool that only waits (for the parent-death tests)
+    echo ready
+    exec sleep 600 ;;
+  shutdown)        # what the agent runs for its build tool's server when it stops: noted in the workspace
+    echo "startup=[${startup[*]}]" >> .fake-bazel-shutdowns ;;
   *)
     echo "fake-bazel: unknown mode '$mode'" >&2
     exit 2 ;;

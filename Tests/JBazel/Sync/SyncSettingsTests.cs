@@ -12,11 +12,15 @@ public sealed class SyncSettingsTests : IDisposable
     public void Dispose() => _workspace.Dispose();
 
     [Fact]
-    public void DefaultsAreNoForcedSyncAndGitignoreRespected()
+    public void DefaultsAreNoForcedSyncGitIgnoredFilesSentAndTestLogsFetched()
     {
         var settings = Resolve([], []);
         Assert.False(settings.Sync);
-        Assert.True(settings.SyncGitignore);
+        // bazel's glob() reads git-ignored files, so leaving them out is opt-in.
+        Assert.False(settings.SyncGitignore);
+        Assert.True(settings.FetchTestLogs);
+        Assert.False(Resolve(["--rbs_fetch_test_logs=false"], []).FetchTestLogs);
+        Assert.False(Resolve([], new() { ["RBS_FETCH_TEST_LOGS"] = "0" }).FetchTestLogs);
         Assert.Empty(settings.SyncExcludes);
     }
 
@@ -70,7 +74,8 @@ public sealed class SyncSettingsTests : IDisposable
         var help = BazelCommand.HelpText();
         Assert.Contains("--rbs_sync=true|false", help, StringComparison.Ordinal);
         Assert.Contains("--rbs_sync_exclude=PATTERN", help, StringComparison.Ordinal);
-        Assert.Contains("env RBS_SYNC_GITIGNORE, default true", help, StringComparison.Ordinal);
+        Assert.Contains("env RBS_SYNC_GITIGNORE, default false", help, StringComparison.Ordinal);
+        Assert.Contains("env RBS_FETCH_TEST_LOGS, default true", help, StringComparison.Ordinal);
     }
 
     private RbsSettings Resolve(string[] commandLine, Dictionary<string, string> variables)

@@ -58,7 +58,7 @@ internal sealed class SyncTree : IDisposable
     public IReadOnlyList<string> Listing(WalkOptions? options = null) => Describe(Build(options).Entries);
 
     public Manifest Build(WalkOptions? options = null, string? cacheFile = null, TimeProvider? time = null) =>
-        new ManifestBuilder(Root, options ?? WalkOptions.Default, cacheFile, time ?? TimeProvider.System).Build(CancellationToken.None);
+        new ClientManifestBuilder(Root, options ?? WalkOptions.Default, cacheFile, time ?? TimeProvider.System).Build(CancellationToken.None);
 
     public static IReadOnlyList<string> Describe(IEnumerable<ManifestEntry> entries) => entries
         .Select(e => e.Kind switch

@@ -89,15 +89,4 @@ public sealed class WildmatchTests
         Assert.True(directoryOnly.Matches("a/out", "out", isDirectory: true));
         Assert.False(directoryOnly.Matches("a/out", "out", isDirectory: false));
     }
-
-    [Fact]
-    public void Utf8OrdinalOrderIsCodePointOrder()
-    {
-        // UTF-16 ordinal puts U+1F600 (a surrogate pair, 0xD83D...) before U+FF21; UTF-8 bytes put it after.
-        string[] paths = ["\uFF21", "\U0001F600", "a/b", "a-b", "a", "Z", "é"];
-        var sorted = paths.Order(Utf8Ordinal.Instance).ToArray();
-        var byBytes = paths.OrderBy(p => Convert.ToHexString(System.Text.Encoding.UTF8.GetBytes(p)), StringComparer.Ordinal).ToArray();
-        Assert.Equal(byBytes, sorted);
-        Assert.Equal(["Z", "a", "a-b", "a/b", "é", "\uFF21", "\U0001F600"], sorted);
-    }
 }

@@ -1,4 +1,5 @@
 using Rbs.JBazel.Sync;
+using Rbs.V1;
 
 namespace Rbs.Tests.JBazel.Sync;
 
@@ -6,6 +7,9 @@ namespace Rbs.Tests.JBazel.Sync;
 [System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
 public sealed class WorkspaceWalkerTests : IDisposable
 {
+    // git's ignore rules are opt-in (--rbs_sync_gitignore): bazel's glob() reads git-ignored files.
+    private static readonly WalkOptions s_git = new([], UseGitignore: true);
+
     private readonly SyncTree _tree = new();
 
     public void Dispose() => _tree.Dispose();
@@ -45,7 +49,7 @@ public sealed class WorkspaceWalkerTests : IDisposable
     }
 
     [Fact]
-    public void BazelConvenienceSymlinksJbazelOutAndGitAreNeverSent()
+    public void BazelConvenienceSymlinksAndJbazelOutAreNeverSentButGitAndRegularBazelNamesAre()
     {
         var outside = Path.Combine(_tree.Base, "output-base");
         Directory.CreateDirectory(outside);
@@ -53,13 +57,137 @@ public sealed class WorkspaceWalkerTests : IDisposable
         _tree.Symlink("bazel-bin", outside);
         _tree.Symlink("bazel-ws", outside);
         _tree.Mkdir("bazel-real-dir");
+        _tree.Write("bazel-notes.txt", "a user's file: glob() reads it");
         _tree.Write("jbazel-out/app", "fetched");
         _tree.Write(".git/HEAD", "ref: refs/heads/main");
-        _tree.Write("sub/.git", "gitdir: elsewhere");
+        _tree.Write("sub/.git", "gitdir: ../.git/modules/sub");
         _tree.Write("sub/bazel-not-root", "kept: only root-level bazel-* are bazel's");
         _tree.Write("sub/jbazel-out/kept", "kept: only the root jbazel-out");
 
-        Assert.Equal(["sub/bazel-not-root f", "sub/jbazel-out/kept f"], _tree.Listing());
+        Assert.Equal(
+            [".git/HEAD f", "bazel-notes.txt f", "bazel-real-dir d", "sub/.git f", "sub/bazel-not-root f", "sub/jbazel-out/kept f"],
+            _tree.Listing());
+    }
+
+    [Fact]
+    public void GitIgnoredFilesAreSentByDefaultBecauseGlobReadsThem()
+    {
+        _tree.Write(".gitignore", "*.gen\nout/\n");
+        _tree.Write("data.gen", "");
+        _tree.Write("out/x", "");
+        Assert.Equal([".gitignore f", "data.gen f", "out/x f"], _tree.Listing());
+        Assert.Equal([".gitignore f"], _tree.Listing(s_git));
+    }
+
+    [Fact]
+    public void FilesBazelReadsAreSentEvenWhenGitIgnoresThemOrTheirDirectory()
+    {
+        _tree.Write(".gitignore", "user.bazelrc\n.bazelversion\n/tools/\nlocal/\nvendor/\n*.tmp\n");
+        _tree.Write("WORKSPACE", "local_repository(name = \"v\", path = \"vendor/lib\")  # comment: path = \"nope\"\n");
+        _tree.Write(".bazelrc", "try-import %workspace%/user.bazelrc\ntry-import %workspace%/local/more.bazelrc\n");
+        _tree.Write("user.bazelrc", "build --define=x=1\n");
+        _tree.Write("local/more.bazelrc", "build --define=y=2\n");
+        _tree.Write("local/other.txt", "still ignored");
+        _tree.Write(".bazelversion", "4.2.3\n");
+        _tree.Write("tools/bazel", "#!/bin/sh\n", executable: true);
+        _tree.Write("tools/unrelated.sh", "ignored");
+        _tree.Write("vendor/lib/WORKSPACE", "");
+        _tree.Write("vendor/lib/cache.tmp", "inside a local repository: bazel reads all of it");
+        _tree.Write("vendor/other/x", "ignored");
+
+        var warnings = new List<string>();
+        var rcFiles = ClientRcFiles.Collect(["build"], _tree.Root, _tree.Root, home: null).WorkspaceFiles;
+        var required = BazelReads.Find(_tree.Root, rcFiles, warnings);
+        Assert.Empty(warnings);
+        Assert.Equal([".bazelrc", "local/more.bazelrc", "user.bazelrc"], rcFiles);
+
+        Assert.Equal(
+            [".bazelrc f", ".bazelversion f", ".gitignore f", "WORKSPACE f", "local/more.bazelrc f", "tools/bazel x", "user.bazelrc f",
+             "vendor/lib/WORKSPACE f", "vendor/lib/cache.tmp f"],
+            _tree.Listing(s_git with { Required = required }));
+    }
+
+    [Fact]
+    public void AnExcludeWinsOverABazelReadWithAWarning()
+    {
+        _tree.Write(".bazelversion", "4.2.3\n");
+        var manifest = _tree.Build(new WalkOptions(["/.bazelversion"], UseGitignore: false, new RequiredPaths(BazelReads.RootFiles)));
+        Assert.Empty(manifest.Entries);
+        Assert.Contains(manifest.Warnings, w => w.Contains("--rbs_sync_exclude leaves out .bazelversion, which bazel reads", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void ALocalRepositoryOutsideTheWorkspaceIsAWarning()
+    {
+        _tree.Write("WORKSPACE", "new_local_repository(\n    name = 'x',\n    path = '/opt/elsewhere',\n    build_file = '//third_party:x.BUILD',\n)\n");
+        var warnings = new List<string>();
+        var required = BazelReads.Find(_tree.Root, [], warnings);
+        Assert.Contains("third_party/x.BUILD", required.Paths);
+        Assert.Contains(warnings, w => w.Contains("new_local_repository(path = \"/opt/elsewhere\") is outside the workspace", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void AWorktreeIsSentWithASelfContainedGitDirectoryAndItsCommonDirectorysExclude()
+    {
+        // A real `git worktree add`: .git is a file naming <repo>/.git/worktrees/wt, whose commondir leads back.
+        using var repo = new SyncTree("main");
+        Git(repo.Root, "init", "-q", "-b", "main");
+        repo.Write("tracked.txt", "v1\n");
+        Git(repo.Root, "add", "tracked.txt");
+        Git(repo.Root, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "one");
+        var worktree = Path.Combine(repo.Base, "wt");
+        Git(repo.Root, "worktree", "add", "-q", "-b", "feature", worktree);
+        File.WriteAllText(Path.Combine(repo.Root, ".git", "info", "exclude"), "*.secret\n");
+        File.WriteAllText(Path.Combine(worktree, "key.secret"), "");
+        File.WriteAllText(Path.Combine(repo.Root, ".git", "MERGE_HEAD"), "the main worktree's own state\n");
+
+        var manifest = new ClientManifestBuilder(worktree, s_git, null, TimeProvider.System).Build(CancellationToken.None);
+        var paths = manifest.Entries.Select(e => e.Path).ToList();
+        Assert.DoesNotContain("key.secret", paths);
+        Assert.Contains("tracked.txt", paths);
+        Assert.Contains(".git/HEAD", paths);
+        Assert.Contains(".git/index", paths);
+        Assert.Contains(".git/config", paths);
+        Assert.DoesNotContain(".git/MERGE_HEAD", paths);
+        Assert.DoesNotContain(".git/commondir", paths);
+        Assert.DoesNotContain(paths, p => p.StartsWith(".git/worktrees/", StringComparison.Ordinal));
+
+        // The copy is a repository of its own, on the worktree's branch and commit.
+        var copy = Path.Combine(repo.Base, "copy");
+        foreach (var entry in manifest.Entries)
+        {
+            var target = Path.Combine(copy, entry.Path);
+            if (entry.Kind == EntryKind.Directory)
+            {
+                Directory.CreateDirectory(target);
+                continue;
+            }
+
+            Directory.CreateDirectory(Path.GetDirectoryName(target)!);
+            File.Copy(manifest.Blobs[entry.Digest].FullPath, target);
+        }
+
+        Assert.Equal("feature", Git(copy, "rev-parse", "--abbrev-ref", "HEAD").Trim());
+        Assert.Equal(Git(worktree, "rev-parse", "HEAD"), Git(copy, "rev-parse", "HEAD"));
+        Assert.Equal("", Git(copy, "status", "--porcelain", "--untracked-files=no"));
+    }
+
+    private static string Git(string directory, params string[] args)
+    {
+        var start = new System.Diagnostics.ProcessStartInfo("git") { WorkingDirectory = directory, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var arg in args)
+        {
+            start.ArgumentList.Add(arg);
+        }
+
+        start.Environment["GIT_CONFIG_NOSYSTEM"] = "1";
+        start.Environment["HOME"] = directory;
+        using var git = System.Diagnostics.Process.Start(start)!;
+        var stdout = git.StandardOutput.ReadToEnd();
+        var stderr = git.StandardError.ReadToEnd();
+        Assert.True(git.WaitForExit(30_000), $"git {string.Join(' ', args)} did not finish");
+        Assert.True(git.ExitCode == 0, $"git {string.Join(' ', args)}: {stderr}");
+        return stdout;
     }
 
     [Fact]
@@ -123,7 +251,7 @@ public sealed class WorkspaceWalkerTests : IDisposable
 
         Assert.Equal(
             [".gitignore f", "deep/er d", "docs/api/readme.md f", "sub/build f", "sub/docs/readme.md f", "sub/top.txt f"],
-            _tree.Listing());
+            _tree.Listing(s_git));
     }
 
     [Fact]
@@ -135,7 +263,7 @@ public sealed class WorkspaceWalkerTests : IDisposable
         _tree.Write("x/keep.txt", "");
         _tree.Write("out/keep.bin", "");
 
-        Assert.Equal([".gitignore f", "keep.txt f", "x/keep.txt f"], _tree.Listing());
+        Assert.Equal([".gitignore f", "keep.txt f", "x/keep.txt f"], _tree.Listing(s_git));
     }
 
     [Fact]
@@ -154,7 +282,7 @@ public sealed class WorkspaceWalkerTests : IDisposable
 
         Assert.Equal(
             [".gitignore f", "a/.gitignore f", "a/b/local-only f", "a/important.dat f", "x.tmp f"],
-            _tree.Listing());
+            _tree.Listing(s_git));
     }
 
     [Fact]
@@ -169,7 +297,7 @@ public sealed class WorkspaceWalkerTests : IDisposable
         _tree.Write("a/m/n/z", "");
         _tree.Write("a/m/n/y", "");
 
-        Assert.Equal([".gitignore f", "a/m/n/y f", "gen d", "logs d", "p/q/gen/x.h f"], _tree.Listing());
+        Assert.Equal([".gitignore f", "a/m/n/y f", "gen d", "logs d", "p/q/gen/x.h f"], _tree.Listing(s_git));
     }
 
     [Fact]
@@ -185,12 +313,12 @@ public sealed class WorkspaceWalkerTests : IDisposable
         repo.Write("project/key.secret", "");
         repo.Write("project/generated/x", "");
 
-        var manifest = new ManifestBuilder(workspace, WalkOptions.Default, null, TimeProvider.System).Build(CancellationToken.None);
+        var manifest = new ClientManifestBuilder(workspace, s_git, null, TimeProvider.System).Build(CancellationToken.None);
         Assert.Equal(["src/a.c f"], SyncTree.Describe(manifest.Entries));
     }
 
     [Fact]
-    public void GitignoreCanBeTurnedOffButExcludesAndBazelignoreStillApply()
+    public void GitignoreCanBeTurnedOffButExcludesStillApplyAndBazelignoredDirectoriesAreSent()
     {
         _tree.Write(".gitignore", "*.log\n");
         _tree.Write(".bazelignore", "# node stuff\nnode_modules\n./third_party/big/\n");
@@ -205,7 +333,9 @@ public sealed class WorkspaceWalkerTests : IDisposable
 
         var options = new WalkOptions(["/data/*", "!/data/keep.me", "*.tmp"], UseGitignore: false);
         Assert.Equal(
-            [".bazelignore f", ".gitignore f", "a.log f", "data/keep.me f", "sub/node_modules/kept.js f", "third_party/small/file f"],
+            // .bazelignore stops only bazel's package discovery; local_repository(path = ...) still reads below it.
+            [".bazelignore f", ".gitignore f", "a.log f", "data/keep.me f", "node_modules/x/index.js f", "sub/node_modules/kept.js f",
+             "third_party/big/blob f", "third_party/small/file f"],
             _tree.Listing(options));
 
         Assert.DoesNotContain("a.log f", _tree.Listing(options with { UseGitignore = true }));
@@ -216,6 +346,6 @@ public sealed class WorkspaceWalkerTests : IDisposable
     {
         _tree.Write(".gitignore", "*.o\n");
         _tree.Write("obj/a.o", "");
-        Assert.Equal([".gitignore f", "obj d"], _tree.Listing());
+        Assert.Equal([".gitignore f", "obj d"], _tree.Listing(s_git));
     }
 }

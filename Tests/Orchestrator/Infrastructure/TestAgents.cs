@@ -39,7 +39,10 @@ internal static class TestAgents
 
         foreach (var agentId in AgentIds(agentsDirectory))
         {
-            result.AddRange(UnixProcesses.FindAgentProcesses(agentId));
+            // `setsid` forks when it starts as a process-group leader: for that moment parent and child both carry the
+            // agent's command line. The child is the agent; its parent is about to exit.
+            var found = UnixProcesses.FindAgentProcesses(agentId);
+            result.AddRange(found.Where(pid => !(ParentOf(pid) is { } parent && found.Contains(parent))));
         }
 
         return result;
@@ -51,6 +54,20 @@ internal static class TestAgents
         foreach (var pid in LiveProcesses(agentsDirectory))
         {
             UnixProcesses.Signal(pid, UnixProcesses.SigKill);
+        }
+    }
+
+    private static int? ParentOf(int pid)
+    {
+        try
+        {
+            var stat = File.ReadAllText($"/proc/{pid}/stat");
+            var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+            return int.Parse(fields[1], System.Globalization.CultureInfo.InvariantCulture);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException or IndexOutOfRangeException)
+        {
+            return null;
         }
     }
 

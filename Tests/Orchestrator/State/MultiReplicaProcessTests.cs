@@ -5,6 +5,7 @@ using Npgsql;
 using Rbs.Orchestrator.Compute.Processes;
 using Rbs.Tests.Orchestrator.Infrastructure;
 using Rbs.V1;
+using Rbs.Tests.Infrastructure;
 
 namespace Rbs.Tests.Orchestrator.State;
 
@@ -77,22 +78,23 @@ public sealed class MultiReplicaProcessTests(PostgresServerFixture postgres, ITe
     {
         var (_, connectionString) = await postgres.CreateDatabaseAsync();
         var workspace = CreateWorkspace();
-        // A's agent never becomes ready, so A is allocating for as long as we like; its short start timeout
-        // makes its allocation lease short (start timeout + the allocator's fixed margin).
+        // A's agent never becomes ready, so A is allocating for as long as we like; its short start timeout and
+        // lease margin make its allocation lease short (start timeout + margin: 3 s).
         // No reaper passes during the test: B's GetServer, not its reaper, is what must clean up.
-        var startA = StartReplicaAsync("A", connectionString, TestAgents.Hanging, "--agent-start-timeout", "00:00:02", "--reap-interval", "00:10:00");
+        var startA = StartReplicaAsync("A", connectionString, TestAgents.Hanging, "--agent-start-timeout", "00:00:02",
+            "--allocation-lease-margin", "00:00:01", "--reap-interval", "00:10:00");
         var startB = StartReplicaAsync("B", connectionString, RealAgent, "--build-tool", "/bin/true", "--reap-interval", "00:10:00");
         var a = await startA;
         var b = await startB;
 
         var callOnA = a.GetServerAsync(Repo, workspace, TimeSpan.FromSeconds(60));
-        var (orphanId, leaseOwner) = await WaitForAsync(async () =>
+        var (orphanId, leaseOwner) = await TestWait.EventuallyAsync(async () =>
         {
             var rows = await ReadRowsAsync(connectionString);
             return rows is [{ State: "Allocating" } row] ? (row.AgentId, row.LeaseOwner ?? "") : default;
         }, "A's allocating row");
         Assert.Contains($"/{a.Pid}/", leaseOwner, StringComparison.Ordinal);
-        var orphanPid = await WaitForAsync(
+        var orphanPid = await TestWait.EventuallyAsync(
             () => Task.FromResult(OrchestratorReplicaProcess.AgentProcesses(_root).FirstOrDefault(p => p.AgentId == orphanId).Pid),
             "A's agent process");
 
@@ -107,7 +109,7 @@ public sealed class MultiReplicaProcessTests(PostgresServerFixture postgres, ITe
 
         Assert.False(response.Warm);
         Assert.NotEqual(orphanId, response.AgentId);
-        await WaitForAsync(() => Task.FromResult(!UnixProcesses.IsAgentProcess(orphanPid, orphanId)), "the orphan to exit");
+        await TestWait.EventuallyAsync(() => Task.FromResult(!UnixProcesses.IsAgentProcess(orphanPid, orphanId)), "the orphan to exit");
         Assert.Equal(1, b.CountLines($"Agent {orphanId} is Allocating under a lapsed lease of {leaseOwner}; cleaning it up"));
         var row = Assert.Single(await ReadRowsAsync(connectionString));
         Assert.Equal((response.AgentId, "Ready"), (row.AgentId, row.State));
@@ -133,8 +135,8 @@ public sealed class MultiReplicaProcessTests(PostgresServerFixture postgres, ITe
 
         var response = await replicas[0].GetServerAsync(Repo, workspace, TimeSpan.FromSeconds(30));
         var pid = int.Parse(response.BackendRef, System.Globalization.CultureInfo.InvariantCulture);
-        await WaitForAsync(async () => (await ReadRowsAsync(connectionString)).Count == 0, "the agent's row to be reaped");
-        await WaitForAsync(() => Task.FromResult(!UnixProcesses.IsAgentProcess(pid, response.AgentId)), "the agent to exit");
+        await TestWait.EventuallyAsync(async () => (await ReadRowsAsync(connectionString)).Count == 0, "the agent's row to be reaped");
+        await TestWait.EventuallyAsync(() => Task.FromResult(!UnixProcesses.IsAgentProcess(pid, response.AgentId)), "the agent to exit");
         // A few more passes on both replicas: nobody may find anything left to do.
         await Task.Delay(TimeSpan.FromSeconds(1));
 
@@ -169,8 +171,8 @@ public sealed class MultiReplicaProcessTests(PostgresServerFixture postgres, ITe
             "--local-mode", "--port", "0", "--state-path", Path.Combine(_root, "closed", "orchestrator.db"),
             "--postgres", $"Host=127.0.0.1;Port={port};Username=rbs;Password=secret-pw;Database=rbs");
         _replicas.Add(replica);
+        // Process.WaitForExitAsync also waits for the end of the redirected output: every line is in.
         var exitCode = await replica.WaitForExitAsync(TimeSpan.FromSeconds(30));
-        await Task.Delay(200); // the last lines of the asynchronous readers
 
         output.WriteLine($"exit {exitCode} after {clock.ElapsedMilliseconds} ms");
         Assert.NotEqual(0, exitCode);
@@ -234,22 +236,6 @@ public sealed class MultiReplicaProcessTests(PostgresServerFixture postgres, ITe
         await connection.OpenAsync().WaitAsync(TimeSpan.FromSeconds(10));
         await using var command = new NpgsqlCommand(sql, connection);
         return await command.ExecuteScalarAsync();
-    }
-
-    private static async Task<T> WaitForAsync<T>(Func<Task<T>> probe, string what, int seconds = 30)
-    {
-        var deadline = Stopwatch.StartNew();
-        while (true)
-        {
-            var value = await probe().WaitAsync(TimeSpan.FromSeconds(10));
-            if (!EqualityComparer<T>.Default.Equals(value, default))
-            {
-                return value;
-            }
-
-            Assert.True(deadline.Elapsed < TimeSpan.FromSeconds(seconds), $"timed out after {seconds} s waiting for {what}");
-            await Task.Delay(50);
-        }
     }
 
     private sealed record Row(string AgentId, string State, string BackendRef, string? LeaseOwner);

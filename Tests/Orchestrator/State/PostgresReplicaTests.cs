@@ -7,6 +7,7 @@ using Npgsql;
 using Rbs.Orchestrator.State;
 using Rbs.Orchestrator.State.Postgres;
 using Rbs.Tests.Orchestrator.Infrastructure;
+using Rbs.Tests.Infrastructure;
 
 namespace Rbs.Tests.Orchestrator.State;
 
@@ -61,7 +62,7 @@ public sealed class PostgresReplicaTests(PostgresServerFixture postgres, ITestOu
         using var orphanProcess = System.Diagnostics.Process.Start(TestAgents.Fake, ["--agent-id", orphanId, "--workspace", workspace, "--ready-file", readyFile]);
         try
         {
-            await WaitUntilAsync(() => File.Exists(readyFile));
+            await TestWait.EventuallyAsync(() => File.Exists(readyFile));
             var started = DateTimeOffset.UtcNow.AddMinutes(-2);
             Assert.True(await survivor.Store.TryInsertAsync(
                 new AgentRecord(orphanId, "local", "repo-1", workspace, "process", "", "", AgentState.Allocating,
@@ -75,7 +76,7 @@ public sealed class PostgresReplicaTests(PostgresServerFixture postgres, ITestOu
             var row = Assert.Single(await survivor.Store.ListAsync(CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(10)));
             Assert.Equal(response.AgentId, row.AgentId);
             Assert.Equal(AgentState.Ready, row.State);
-            await WaitUntilAsync(() => orphanProcess.HasExited);
+            await TestWait.EventuallyAsync(() => orphanProcess.HasExited);
         }
         finally
         {
@@ -110,16 +111,6 @@ public sealed class PostgresReplicaTests(PostgresServerFixture postgres, ITestOu
         var again = await orchestrator.GetServerAsync("repo-1", workspace);
         Assert.True(again.Warm);
         Assert.Equal(first.AgentId, again.AgentId);
-    }
-
-    private static async Task WaitUntilAsync(Func<bool> condition)
-    {
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
-        while (!condition())
-        {
-            Assert.True(DateTime.UtcNow < deadline, "condition not met within 20 s");
-            await Task.Delay(50);
-        }
     }
 
     private static Action<WebApplicationBuilder> UsePostgres(string connectionString) => builder =>

@@ -17,7 +17,16 @@ while [[ $# -gt 0 ]]; do
 done
 [[ -n "$agent_id" && -n "$ready_file" && -d "$workspace" ]] || { echo "fake-agent: missing --agent-id/--ready-file/--workspace" >&2; exit 2; }
 echo "fake-agent $agent_id starting in $workspace"
+# The ready file is written only once this process has become the `sleep` below (a helper waits for the exec): an
+# agent must never be seen ready while its command line is in flux, or the orchestrator's probe would call it dead.
 # Nothing listens: a port from the discard range is enough for tests that never dial the agent.
-printf '{"agentId":"%s","pid":%d,"address":"http://127.0.0.1:9"}' "$agent_id" "$$" > "$ready_file.tmp"
-mv "$ready_file.tmp" "$ready_file"
+self=$$
+(
+  for _ in $(seq 500); do
+    tr '\0' ' ' < "/proc/$self/cmdline" 2>/dev/null | grep -q "^rbs-fake-agent " && break
+    sleep 0.01
+  done
+  printf '{"agentId":"%s","pid":%d,"address":"http://127.0.0.1:9"}' "$agent_id" "$self" > "$ready_file.tmp"
+  mv "$ready_file.tmp" "$ready_file"
+) &
 exec -a "rbs-fake-agent --agent-id $agent_id --workspace $workspace" sleep 3600

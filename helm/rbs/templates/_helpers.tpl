@@ -111,6 +111,12 @@ Tests/Helm/HelmChartConfigKeyTests.cs checks every `name: X__Y` below against th
     secretKeyRef:
       name: {{ include "rbs.secretName" . }}
       key: token-signing-key
+- name: Orchestrator__Gateway__AcceptedTokenKeys
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "rbs.secretName" . }}
+      key: accepted-token-keys
+      optional: true
 {{- range $i, $k := .Values.auth.apiKeys }}
 - name: Orchestrator__ApiKeys__{{ $i }}__User
   value: {{ $k.user | quote }}
@@ -210,6 +216,12 @@ through PGAdapter, which speaks the PostgreSQL protocol (a sidecar on localhost,
     secretKeyRef:
       name: {{ include "rbs.secretName" . }}
       key: token-signing-key
+- name: Gateway__AcceptedTokenKeys
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "rbs.secretName" . }}
+      key: accepted-token-keys
+      optional: true
 {{- with .Values.gateway.extraEnv }}
 {{ toYaml . }}
 {{- end }}

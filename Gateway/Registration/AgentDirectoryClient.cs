@@ -1,0 +1,108 @@
+using Grpc.Core;
+using Grpc.Net.Client;
+using Microsoft.Extensions.Options;
+using Rbs.Gateway.Hosting;
+using Rbs.Shared.Tokens;
+using Rbs.V1;
+
+namespace Rbs.Gateway.Registration;
+
+/// <summary>What the orchestrator said about an agent.</summary>
+internal enum AgentConfirmation
+{
+    /// <summary>Live and owned by the user asked about.</summary>
+    Live,
+
+    /// <summary>The orchestrator does not know it as a live agent of that user (unknown id, another user, stopping, dead).</summary>
+    NotLive,
+
+    /// <summary>The orchestrator could not be asked (down, unreachable, another key): nothing is known.</summary>
+    Unknown,
+}
+
+/// <summary>The answer and, unless live, why (for logs and the refusal).</summary>
+internal sealed record AgentConfirmationResult(AgentConfirmation Outcome, string Reason);
+
+/// <summary>
+/// The gateway's client of <c>rbs.v1.AgentDirectory</c> on the orchestrator (<see cref="GatewayOptions.OrchestratorAddress"/>),
+/// the source of truth for "is this agent legitimately alive, and whose is it". Asked only on the rare paths: an
+/// authentic but expired join token, and a stream for an agent that is not connected. Authenticates with a
+/// short-lived internal token.
+/// </summary>
+internal sealed partial class AgentDirectoryClient : IDisposable
+{
+    /// <summary>
+    /// Bound of one question. The tunnel handshake waits for the answer, so it must fit well inside the agent's
+    /// connect timeout (10 s by default).
+    /// </summary>
+    public static readonly TimeSpan CallTimeout = TimeSpan.FromSeconds(5);
+
+    private static readonly TimeSpan s_internalTokenLifetime = TimeSpan.FromMinutes(2);
+
+    private readonly RbsTokenService _tokens;
+    private readonly ILogger<AgentDirectoryClient> _logger;
+    private readonly string _address;
+    private readonly Lazy<GrpcChannel> _channel;
+
+    public AgentDirectoryClient(IOptions<GatewayOptions> options, RbsTokenService tokens, ILogger<AgentDirectoryClient> logger)
+    {
+        _tokens = tokens;
+        _logger = logger;
+        _address = options.Value.OrchestratorAddress;
+        _channel = new Lazy<GrpcChannel>(() => GrpcChannel.ForAddress(_address, new GrpcChannelOptions
+        {
+            HttpHandler = new SocketsHttpHandler
+            {
+                ConnectTimeout = CallTimeout,
+                PooledConnectionIdleTimeout = TimeSpan.FromMinutes(1),
+                UseProxy = false,
+            },
+        }), LazyThreadSafetyMode.ExecutionAndPublication);
+    }
+
+    /// <summary>Asks whether <paramref name="agentId"/> is a live agent of <paramref name="userId"/>. Never throws for a failed call.</summary>
+    public async Task<AgentConfirmationResult> ConfirmAsync(string agentId, string userId, CancellationToken cancellationToken)
+    {
+        var client = new AgentDirectory.AgentDirectoryClient(_channel.Value);
+        var headers = new Metadata
+        {
+            { "authorization", "Bearer " + _tokens.Mint(RbsTokenKind.Internal, "gateway", "gateway", s_internalTokenLifetime) },
+        };
+        try
+        {
+            var response = await client.ConfirmAgentAsync(
+                new ConfirmAgentRequest { AgentId = agentId, UserId = userId },
+                headers,
+                deadline: DateTime.UtcNow + CallTimeout,
+                cancellationToken: cancellationToken);
+            var result = response.Live
+                ? new AgentConfirmationResult(AgentConfirmation.Live, string.Empty)
+                : new AgentConfirmationResult(AgentConfirmation.NotLive, response.Reason);
+            Log.Answered(_logger, agentId, userId, result.Outcome, result.Reason);
+            return result;
+        }
+        catch (RpcException e) when (e.StatusCode != StatusCode.Cancelled || !cancellationToken.IsCancellationRequested)
+        {
+            var reason = $"the orchestrator at {_address} did not answer ({e.StatusCode}: {e.Status.Detail})";
+            Log.Unanswered(_logger, agentId, reason);
+            return new AgentConfirmationResult(AgentConfirmation.Unknown, reason);
+        }
+    }
+
+    public void Dispose()
+    {
+        if (_channel.IsValueCreated)
+        {
+            _channel.Value.Dispose();
+        }
+    }
+
+    private static partial class Log
+    {
+        [LoggerMessage(EventId = 140, Level = LogLevel.Information, Message = "Orchestrator on agent {AgentId} of user {UserId}: {Outcome} {Reason}")]
+        public static partial void Answered(ILogger logger, string agentId, string userId, AgentConfirmation outcome, string reason);
+
+        [LoggerMessage(EventId = 141, Level = LogLevel.Warning, Message = "Could not ask the orchestrator about agent {AgentId}: {Reason}")]
+        public static partial void Unanswered(ILogger logger, string agentId, string reason);
+    }
+}

@@ -1,0 +1,157 @@
+using System.Diagnostics;
+using Grpc.Core;
+using Rbs.JBazel.Configuration;
+using Rbs.Shared.Protocol;
+using Rbs.V1;
+
+namespace Rbs.JBazel.Remote;
+
+/// <summary>The agent GetServer chose, and how to reach it.</summary>
+/// <param name="Response">The orchestrator's answer.</param>
+/// <param name="AgentAddress">Where to send ExecuteCommand (the agent, or the gateway in tunnel mode).</param>
+/// <param name="Headers">Metadata for every agent call (tunnel route, session token).</param>
+/// <param name="ElapsedMilliseconds">GetServer's duration as the client measured it.</param>
+internal sealed record Allocation(GetServerResponse Response, Uri AgentAddress, Metadata Headers, long ElapsedMilliseconds)
+{
+    public string AgentId => Response.AgentId;
+
+    /// <summary>True when calls go through the gateway (tunnel mode); <see cref="AgentAddress"/> is then the gateway's.</summary>
+    public bool ThroughGateway => Response.ConnectMode == ConnectMode.Tunnel;
+
+    /// <summary>The agent and the way to it, for messages: <c>agent X at ADDR</c> or <c>agent X through the gateway at ADDR</c>.</summary>
+    public string Description =>
+        ThroughGateway ? $"agent {Response.AgentId} through the gateway at {Response.Address}" : $"agent {Response.AgentId} at {Response.Address}";
+
+    /// <summary>The status line the e2e scripts grep; keep the format exactly.</summary>
+    public string StatusLine =>
+        $"rbs: agent {Response.AgentId} ({Response.Backend} {Response.BackendRef}) {(Response.Warm ? "warm" : "cold")} in {ElapsedMilliseconds} ms";
+}
+
+/// <summary>Calls the orchestrator's GetServer and turns its failures into actionable <see cref="RemoteFailure"/>s.</summary>
+internal sealed class GetServerClient(ChannelPool channels, RbsSettings settings)
+{
+    public async Task<Allocation> AllocateAsync(GetServerRequest request, CancellationToken cancellationToken)
+    {
+        var client = new V1.Orchestrator.OrchestratorClient(channels.Get(settings.Orchestrator));
+        var headers = new Metadata();
+        if (settings.ApiKey is { Length: > 0 } apiKey)
+        {
+            headers.Add("authorization", $"Bearer {apiKey}");
+        }
+
+        var stopwatch = Stopwatch.StartNew();
+        GetServerResponse response;
+        try
+        {
+            response = await client.GetServerAsync(
+                request,
+                headers,
+                deadline: DateTime.UtcNow.Add(settings.Timeout),
+                cancellationToken: cancellationToken);
+        }
+        catch (RpcException) when (cancellationToken.IsCancellationRequested)
+        {
+            throw new OperationCanceledException(cancellationToken);
+        }
+        catch (RpcException ex)
+        {
+            throw Failure(ex);
+        }
+
+        stopwatch.Stop();
+        return new Allocation(response, AgentAddress(response), AgentHeaders(response), stopwatch.ElapsedMilliseconds);
+    }
+
+    private RemoteFailure Failure(RpcException ex)
+    {
+        var at = settings.Orchestrator.OriginalString;
+        return ex.StatusCode switch
+        {
+            // Something answered (the orchestrator, or a gateway in front of it) but could not provide a reachable agent
+            // now, e.g. a tunnel-mode agent did not register, or the gateway cannot reach its orchestrator: the detail,
+            // written by whoever answered, says which.
+            StatusCode.Unavailable when ex.Status.DebugException is null && !string.IsNullOrWhiteSpace(ex.Status.Detail) =>
+                new RemoteFailure(ExitCodes.TransientRemoteError,
+                    $"{at} could not provide an agent (Unavailable): {ex.Status.Detail.TrimEnd('.')}. Run the command again."),
+            StatusCode.Unavailable => new RemoteFailure(ExitCodes.TransientRemoteError, Unreachable(ex)),
+            StatusCode.DeadlineExceeded => new RemoteFailure(ExitCodes.TransientRemoteError,
+                $"GetServer at {at} did not answer within {OptionValues.FormatDuration(settings.Timeout)} " +
+                "(deadline exceeded). Run the command again; raise --rbs_timeout / RBS_TIMEOUT if agents start slowly."),
+            StatusCode.Unauthenticated or StatusCode.PermissionDenied => new RemoteFailure(ExitCodes.RemoteEnvironmentError,
+                $"the orchestrator at {at} refused the request ({ex.StatusCode}): {ex.Status.Detail} " +
+                "Check --rbs_api_key / RBS_API_KEY."),
+            // The orchestrator reserves ResourceExhausted for its agent limits; its detail names the limit and the way out.
+            StatusCode.ResourceExhausted when ex.Status.DebugException is null => new RemoteFailure(ExitCodes.AgentLimitReached,
+                $"the orchestrator at {at} refused to start another agent: {ex.Status.Detail}"),
+            StatusCode.Unimplemented => new RemoteFailure(ExitCodes.RemoteEnvironmentError,
+                $"{at} does not serve rbs.v1.Orchestrator/GetServer ({ex.Status.Detail}); it is set by {settings.OrchestratorSource}. " +
+                "Point --rbs_orchestrator / RBS_ORCHESTRATOR at an RBS orchestrator or gateway."),
+            _ => new RemoteFailure(ExitCodes.ForRemoteStatus(ex),
+                $"the orchestrator at {at} failed GetServer ({ex.StatusCode}): {RemoteFailure.Describe(ex)}"),
+        };
+    }
+
+    /// <summary>
+    /// Nothing usable answered at the configured address. jbazel cannot know whether an orchestrator or a gateway
+    /// should be there, so the message names the address, where it was set, and the checks that fit a loopback or a
+    /// remote address.
+    /// </summary>
+    private string Unreachable(RpcException ex) =>
+        UnreachableMessage(settings.Orchestrator, settings.OrchestratorSource, RemoteFailure.Describe(ex));
+
+    internal static string UnreachableMessage(Uri address, string source, string reason)
+    {
+        var what = $"cannot reach {address.OriginalString} ({reason}), the RBS orchestrator or gateway address set by {source}.";
+        return IsLoopback(address)
+            ? $"{what} Nothing answers there on this machine: start the server meant to listen at port {address.Port} " +
+                "(the local stack: 'rbs-orchestrator --local-mode'; or your gateway), or correct --rbs_orchestrator / RBS_ORCHESTRATOR."
+            : $"{what} Check that {address.Host} is reachable from this machine (network, VPN, firewall) and that its server is up " +
+                "(if it is a gateway, its operator can tell), or correct --rbs_orchestrator / RBS_ORCHESTRATOR.";
+    }
+
+    private static bool IsLoopback(Uri address) =>
+        address.IsLoopback
+        || (System.Net.IPAddress.TryParse(address.Host.Trim('[', ']'), out var ip) && System.Net.IPAddress.IsLoopback(ip));
+
+    private Uri AgentAddress(GetServerResponse response)
+    {
+        var text = response.Address;
+        if (!text.Contains("://", StringComparison.Ordinal) && text.Length > 0)
+        {
+            // Tolerate a bare host:port (the seed's "localhost:PORT"): agents speak h2c unless told otherwise.
+            text = "http://" + text;
+        }
+
+        if (!Uri.TryCreate(text, UriKind.Absolute, out var address)
+            || (address.Scheme != Uri.UriSchemeHttp && address.Scheme != Uri.UriSchemeHttps))
+        {
+            throw new RemoteFailure(ExitCodes.RemoteEnvironmentError,
+                $"the orchestrator at {settings.Orchestrator.OriginalString} returned an unusable agent address '{response.Address}' for agent {response.AgentId}.");
+        }
+
+        return address;
+    }
+
+    private Metadata AgentHeaders(GetServerResponse response)
+    {
+        var headers = new Metadata();
+        if (response.ConnectMode == ConnectMode.Tunnel)
+        {
+            if (string.IsNullOrEmpty(response.Route))
+            {
+                throw new RemoteFailure(ExitCodes.RemoteEnvironmentError,
+                    $"the orchestrator at {settings.Orchestrator.OriginalString} chose tunnel mode for agent {response.AgentId} but sent no route.");
+            }
+
+            headers.Add(RbsHeaders.AgentRoute, response.Route);
+        }
+
+        // The session token authorizes the stream at the gateway (tunnel) and, where configured, at the agent.
+        if (!string.IsNullOrEmpty(response.SessionToken))
+        {
+            headers.Add("authorization", $"Bearer {response.SessionToken}");
+        }
+
+        return headers;
+    }
+}

@@ -1,0 +1,23 @@
+namespace Rbs.Shared.Protocol;
+
+/// <summary>
+/// The names of the <c>rbs-*</c> headers and gRPC metadata that two processes must spell alike: one side writes what
+/// another reads, so a name lives here once and every side links this file (Shared/README.md).
+/// </summary>
+internal static class RbsHeaders
+{
+    /// <summary>
+    /// On every tunnel-mode agent call (jbazel, probe, bench → gateway): the route GetServer returned, which names
+    /// the agent whose tunnels carry the call.
+    /// </summary>
+    public const string AgentRoute = "rbs-agent-route";
+
+    /// <summary>On the tunnel handshake's 101 response (gateway → agent): a fresh join token for the agent's later connects.</summary>
+    public const string RenewedJoinToken = "rbs-join-token";
+
+    /// <summary>
+    /// On the tunnel handshake's 101 response: how long the renewed token lives, in whole seconds. Relative on purpose:
+    /// the agent times its renewal on its own clock, so clock skew between the hosts does not matter.
+    /// </summary>
+    public const string RenewedJoinTokenLifetime = "rbs-join-token-lifetime";
+}
