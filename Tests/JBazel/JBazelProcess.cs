@@ -86,6 +86,15 @@ public sealed class JBazelProcess : IAsyncDisposable
         }
 
         info.Environment["HOME"] = home;
+        if (pseudoTerminal)
+        {
+            // script(1) runs the command with $SHELL -c. A Ctrl-C typed into the terminal reaches that shell too
+            // (it is in the foreground process group). bash, like a user's interactive shell, waits for jbazel and
+            // goes on when jbazel handled the signal; dash (/bin/sh here, and $SHELL where it is unset) dies of the
+            // SIGINT itself. The tests must not depend on the login shell of whoever runs them.
+            info.Environment["SHELL"] = "/bin/bash";
+        }
+
         foreach (var (name, value) in environment)
         {
             if (value is null)
