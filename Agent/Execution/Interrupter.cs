@@ -35,8 +35,8 @@ internal sealed partial class Interrupter(
             return;
         }
 
-        Log.SendingSigint(logger, process.Pid, reason, gracePeriod);
         process.SignalGroup(Native.SIGINT);
+        Log.SentSigint(logger, process.Pid, reason, gracePeriod);
         if (Interlocked.Exchange(ref _escalating, 1) == 0)
         {
             _ = EscalateAsync();
@@ -89,8 +89,8 @@ internal sealed partial class Interrupter(
 
     private static partial class Log
     {
-        [LoggerMessage(EventId = 200, Level = LogLevel.Information, Message = "Interrupting tool pid {Pid} ({Reason}): SIGINT to its process group; SIGTERM after {GracePeriod}")]
-        public static partial void SendingSigint(ILogger logger, int pid, string reason, TimeSpan gracePeriod);
+        [LoggerMessage(EventId = 200, Level = LogLevel.Information, Message = "Interrupted tool pid {Pid} ({Reason}): SIGINT sent to its process group; SIGTERM after {GracePeriod}")]
+        public static partial void SentSigint(ILogger logger, int pid, string reason, TimeSpan gracePeriod);
 
         [LoggerMessage(EventId = 201, Level = LogLevel.Warning, Message = "Tool pid {Pid} still running {GracePeriod} after SIGINT: sending SIGTERM; SIGKILL after {TerminateGracePeriod}")]
         public static partial void EscalatingToSigterm(ILogger logger, int pid, TimeSpan gracePeriod, TimeSpan terminateGracePeriod);

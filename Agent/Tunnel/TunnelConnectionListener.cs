@@ -57,6 +57,21 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
 
     public JoinCredentials Credentials => _credentials;
 
+    /// <summary>Completes when every dial loop has ended: after a final refusal, or once unbound.</summary>
+    internal Task LoopsEnded
+    {
+        get
+        {
+            Task[] extras;
+            lock (_extraLoops)
+            {
+                extras = [.. _extraLoops];
+            }
+
+            return Task.WhenAll([.. _loops, .. extras]);
+        }
+    }
+
     public void Start()
     {
         _status.Attach(this);
@@ -87,13 +102,7 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
         }
 
         // Idle spares go now; tunnels Kestrel accepted are drained by Kestrel itself.
-        Task[] extras;
-        lock (_extraLoops)
-        {
-            extras = [.. _extraLoops];
-        }
-
-        await Task.WhenAll([.. _loops, .. extras]).WaitAsync(cancellationToken);
+        await LoopsEnded.WaitAsync(cancellationToken);
         _accepted.Writer.TryComplete();
     }
 
@@ -649,6 +658,12 @@ internal sealed class AgentTunnelStatus
 
     /// <summary>Completes with the reason when the gateway rejected the join token (final).</summary>
     public Task<string> Rejected => _rejected.Task;
+
+    /// <summary>
+    /// Completes when every dial loop has ended (after a final refusal, or once the agent stops): from then on the
+    /// agent dials no more. Completed while no listener is bound.
+    /// </summary>
+    public Task DialLoopsEnded => _listener?.LoopsEnded ?? Task.CompletedTask;
 
     /// <summary>Tunnels open now (idle spares plus those carrying HTTP/2 connections).</summary>
     public int OpenTunnels => Volatile.Read(ref _open);

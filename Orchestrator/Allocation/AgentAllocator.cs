@@ -70,6 +70,7 @@ internal sealed partial class AgentAllocator(
             }
 
             var deadline = timeProvider.GetUtcNow() + options.Value.AgentStartTimeout + (options.Value.AllocationLeaseMargin * 2);
+            var waiting = false;
             while (true)
             {
                 cancellationToken.ThrowIfCancellationRequested();
@@ -122,6 +123,12 @@ internal sealed partial class AgentAllocator(
                     throw new RpcException(new Status(
                         StatusCode.Unavailable,
                         $"the agent for repository {repoHash} is still {row.State.ToString().ToLowerInvariant()} by orchestrator {row.LeaseOwner}; retry shortly"));
+                }
+
+                if (!waiting)
+                {
+                    waiting = true;
+                    Log.WaitingForLease(logger, row.AgentId, row.State, row.LeaseOwner ?? "(none)", leaseExpires);
                 }
 
                 await Task.Delay(s_waitPollInterval, cancellationToken);
@@ -336,5 +343,8 @@ internal sealed partial class AgentAllocator(
 
         [LoggerMessage(EventId = 207, Level = LogLevel.Warning, Message = "Agent limit reached for {Scope}: {Count} of {Limit}; refusing a new agent")]
         public static partial void CapacityReached(ILogger logger, string scope, int count, int limit);
+
+        [LoggerMessage(EventId = 208, Level = LogLevel.Debug, Message = "Waiting for agent {AgentId}: {State} under the lease of {Owner} (expires {LeaseExpires:O})")]
+        public static partial void WaitingForLease(ILogger logger, string agentId, AgentState state, string owner, DateTimeOffset leaseExpires);
     }
 }

@@ -1,4 +1,5 @@
 using Grpc.Core;
+using Rbs.Tests.Infrastructure;
 using Rbs.V1;
 using static Rbs.Tests.Agent.ExecuteCommandTests;
 
@@ -68,7 +69,9 @@ public sealed class InterruptTests(ITestOutputHelper output)
         var grandchild = result.GrandchildPid();
 
         await call.RequestStream.WriteAsync(new ClientFrame { Interrupt = new Interrupt() }, cts.Token);
-        await Task.Delay(300, cts.Token);
+        // The agent has sent SIGINT (event 200). The tool ignores it, and the kernel discards an ignored signal as it
+        // is sent: there is nothing more to wait for.
+        await TestWait.EventuallyAsync(() => agent.Logs.Count(200) > 0, "the agent sent SIGINT");
         Assert.False(Processes.IsGone(result.Started!.Pid), "the tool ignores SIGINT and should still run during the grace period");
         await call.RequestStream.WriteAsync(new ClientFrame { Interrupt = new Interrupt { Force = true } }, cts.Token);
         await foreach (var frame in call.ResponseStream.ReadAllAsync(cts.Token))

@@ -19,9 +19,10 @@ internal sealed class TestAgent : IAsyncDisposable
 
     private readonly DirectoryInfo _workspaceDir;
 
-    private TestAgent(WebApplication app, DirectoryInfo workspace, string address)
+    private TestAgent(WebApplication app, DirectoryInfo workspace, string address, TestOutputLoggerProvider logs)
     {
         App = app;
+        Logs = logs;
         _workspaceDir = workspace;
         Workspace = Rbs.Agent.Execution.Native.RealPath(workspace.FullName)!;
         Address = address;
@@ -34,6 +35,9 @@ internal sealed class TestAgent : IAsyncDisposable
     }
 
     public WebApplication App { get; }
+
+    /// <summary>The agent's log, with a count per RBS event id.</summary>
+    public TestOutputLoggerProvider Logs { get; }
 
     /// <summary>The workspace root, symlinks resolved.</summary>
     public string Workspace { get; }
@@ -55,10 +59,11 @@ internal sealed class TestAgent : IAsyncDisposable
             "--listen", "127.0.0.1:0",
             .. extraArgs,
         ];
+        var logs = new TestOutputLoggerProvider(output);
         var app = AgentHost.Build(args, builder =>
         {
             builder.Logging.ClearProviders();
-            builder.Logging.AddProvider(new TestOutputLoggerProvider(output));
+            builder.Logging.AddProvider(logs);
             builder.Logging.SetMinimumLevel(LogLevel.Warning);
             builder.Logging.AddFilter("Rbs", LogLevel.Debug);
         });
@@ -66,7 +71,7 @@ internal sealed class TestAgent : IAsyncDisposable
         var address = ReadyFile.BoundAddress(app.Services.GetRequiredService<IServer>())
             ?? throw new InvalidOperationException("the agent bound no address");
         TestLog.Write(output, $"agent listening on {address}, workspace {workspace.FullName}");
-        return new TestAgent(app, workspace, address);
+        return new TestAgent(app, workspace, address, logs);
     }
 
     /// <summary>Opens an ExecuteCommand stream and sends its start frame.</summary>

@@ -4,6 +4,7 @@ using Rbs.Orchestrator.Allocation;
 using Rbs.Orchestrator.Compute;
 using Rbs.Orchestrator.Hosting;
 using Rbs.Orchestrator.State;
+using Rbs.Tests.Infrastructure;
 using Rbs.Tests.Orchestrator.Infrastructure;
 
 namespace Rbs.Tests.Orchestrator;
@@ -32,7 +33,8 @@ public sealed class AllocationProtocolTests(ITestOutputHelper output) : IAsyncLi
         Assert.True(await orchestrator.Store.TryInsertAsync(allocating, CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(10)));
 
         var call = orchestrator.GetServerAsync("repo-1", workspace);
-        await Task.Delay(300);
+        // The caller has seen the other replica's Allocating row under a live lease and polls it (event 208).
+        await TestWait.EventuallyAsync(() => _context.Logs.Count(208) > 0);
         Assert.False(call.IsCompleted, "the caller should wait while the other replica allocates");
 
         // The other replica finishes: it starts the agent and flips the row to Ready.

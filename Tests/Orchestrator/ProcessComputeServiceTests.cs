@@ -21,8 +21,10 @@ public sealed class ProcessComputeServiceTests(ITestOutputHelper output) : IAsyn
             TestAgents.Stubborn, extraArgs: ["--Orchestrator:Process:StopTimeout", "00:00:00.500"]);
         var response = await orchestrator.GetServerAsync("repo-1", _context.CreateWorkspace("main"));
         var row = await orchestrator.Store.GetAsync(response.AgentId, CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(10));
+        // The agent ignores SIGTERM, and the kernel discards an ignored signal as it is sent: once kill(2) returns
+        // there is nothing left to wait for.
+        Assert.True(IgnoresSignal(GetServerTests.Pid(response), UnixProcesses.SigTerm), "the stubborn agent should ignore SIGTERM");
         UnixProcesses.Signal(GetServerTests.Pid(response), UnixProcesses.SigTerm);
-        await Task.Delay(200);
         Assert.True(UnixProcesses.IsAgentProcess(GetServerTests.Pid(response), response.AgentId), "the stubborn agent should survive SIGTERM");
 
         await orchestrator.Compute.StopAsync(row!, CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(10));
@@ -48,5 +50,13 @@ public sealed class ProcessComputeServiceTests(ITestOutputHelper output) : IAsyn
         var agent = Assert.Single(discovered);
         Assert.Equal(new DiscoveredAgent(alive.AgentId, "local", "repo-alive", workspace, alive.BackendRef, alive.Address), agent);
         Assert.False(File.Exists(orchestrator.Compute.ReadyFilePath(dead.AgentId)), "a dead agent's ready file should be cleaned up");
+    }
+
+    /// <summary>Whether <paramref name="pid"/> ignores <paramref name="signal"/> (the SigIgn mask of /proc/PID/status).</summary>
+    private static bool IgnoresSignal(int pid, int signal)
+    {
+        var line = File.ReadLines($"/proc/{pid}/status").First(l => l.StartsWith("SigIgn:", StringComparison.Ordinal));
+        var mask = ulong.Parse(line["SigIgn:".Length..].Trim(), System.Globalization.NumberStyles.HexNumber, System.Globalization.CultureInfo.InvariantCulture);
+        return (mask & (1UL << (signal - 1))) != 0;
     }
 }

@@ -23,6 +23,9 @@ internal sealed class OrchestratorTestContext(ITestOutputHelper output) : IAsync
 
     public string Root { get; } = Directory.CreateTempSubdirectory("rbs-orch-test-").FullName;
 
+    /// <summary>The log of every orchestrator this context starts, with a count per RBS event id.</summary>
+    public TestOutputLoggerProvider Logs { get; } = new(output);
+
     public string StatePath => Path.Combine(Root, "state", "orchestrator.db");
 
     public string AgentsDirectory => Path.Combine(Root, "state", "agents");
@@ -52,7 +55,7 @@ internal sealed class OrchestratorTestContext(ITestOutputHelper output) : IAsync
             builder =>
             {
                 builder.Logging.ClearProviders();
-                builder.Logging.AddProvider(new TestOutputLoggerProvider(Output));
+                builder.Logging.AddProvider(Logs);
                 builder.Logging.SetMinimumLevel(LogLevel.Debug);
                 builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
                 builder.Logging.AddFilter("Grpc", LogLevel.Warning);

@@ -137,8 +137,13 @@ public sealed class MultiReplicaProcessTests(PostgresServerFixture postgres, ITe
         var pid = int.Parse(response.BackendRef, System.Globalization.CultureInfo.InvariantCulture);
         await TestWait.EventuallyAsync(async () => (await ReadRowsAsync(connectionString)).Count == 0, "the agent's row to be reaped");
         await TestWait.EventuallyAsync(() => Task.FromResult(!UnixProcesses.IsAgentProcess(pid, response.AgentId)), "the agent to exit");
-        // A few more passes on both replicas: nobody may find anything left to do.
-        await Task.Delay(TimeSpan.FromSeconds(1));
+        // Three more passes (each renews the reaper lease, moving its expiry on): nobody may find anything left to do.
+        const string LeaseExpiry = "SELECT expires_at FROM leases WHERE lease_name = 'reaper'";
+        for (var pass = 0; pass < 3; pass++)
+        {
+            var before = await ScalarAsync(connectionString, LeaseExpiry);
+            await TestWait.EventuallyAsync(async () => !Equals(await ScalarAsync(connectionString, LeaseExpiry), before), "another reaper pass");
+        }
 
         var reapedBy = replicas.Where(r => r.CountLines($"Reaping agent {response.AgentId}") > 0).ToList();
         var reaper = Assert.Single(reapedBy);
