@@ -107,7 +107,7 @@ e2e_cleanup() {
 trap e2e_cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Waits until a JSON ready file exists and prints one field of it.
+# Waits until a JSON ready file exists and prints one field of it (the fields: Shared/Hosting/ReadyFile.cs).
 wait_ready_file() {
     local file="$1" field="$2" pid="${3:-}" tries=600
     while [ ! -s "$file" ]; do

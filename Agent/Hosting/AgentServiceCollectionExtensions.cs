@@ -53,7 +53,7 @@ internal static class AgentServiceCollectionExtensions
         });
 
         services.AddHostedService<GracefulShutdown>();
-        services.AddHostedService<ReadyFile>();
+        services.AddHostedService<AgentReadyAnnouncer>();
         services.AddHostedService<IdleExit>();
         services.AddWorkspaceSync();
         return services;

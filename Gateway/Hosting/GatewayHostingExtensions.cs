@@ -46,7 +46,7 @@ internal static class GatewayHostingExtensions
         services.AddSingleton<AgentStreamForwarder>();
         services.AddSingleton<Rbs.Gateway.Registration.AgentDirectoryClient>();
         services.AddSingleton<GatewayEndpoints>();
-        services.AddHostedService<GatewayReadyFile>();
+        services.AddHostedService<GatewayReadyAnnouncer>();
 
         services.AddOptions<KestrelServerOptions>()
             .Configure<IOptions<GatewayOptions>, GatewayEndpoints>((kestrel, options, endpoints) => endpoints.Configure(kestrel, options.Value));

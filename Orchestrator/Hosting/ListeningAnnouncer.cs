@@ -1,15 +1,15 @@
-using System.Text.Json;
 using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.Extensions.Options;
 using Rbs.Orchestrator.State;
+using Rbs.Shared.Hosting;
 
 namespace Rbs.Orchestrator.Hosting;
 
 /// <summary>
 /// Once Kestrel is bound: logs the address, prints the one stdout line scripts wait for, and writes the
-/// ready file (<c>{"address":..,"pid":..}</c>, atomically) when configured. The ready file is removed on
-/// shutdown so a stale one never points at a dead orchestrator.
+/// <see cref="OrchestratorReadyFile"/> when configured (<see cref="ReadyFile.Write{T}"/>: atomically). The ready file is
+/// removed on shutdown so a stale one never points at a dead orchestrator.
 /// </summary>
 internal sealed partial class ListeningAnnouncer(
     IServer server,
@@ -54,15 +54,7 @@ internal sealed partial class ListeningAnnouncer(
         if (!string.IsNullOrWhiteSpace(value.ReadyFile))
         {
             var path = Path.GetFullPath(value.ReadyFile);
-            var directory = Path.GetDirectoryName(path);
-            if (!string.IsNullOrEmpty(directory))
-            {
-                Directory.CreateDirectory(directory);
-            }
-
-            var temporary = path + ".tmp";
-            File.WriteAllText(temporary, JsonSerializer.Serialize(new { address, pid = Environment.ProcessId }));
-            File.Move(temporary, path, overwrite: true);
+            ReadyFile.Write(path, new OrchestratorReadyFile(address, Environment.ProcessId));
             _writtenReadyFile = path;
         }
     }

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Text.Json;
 using Grpc.Core;
 using Grpc.Health.V1;
 using Grpc.Net.Client;
@@ -12,6 +11,7 @@ using Microsoft.Extensions.Options;
 using Microsoft.Extensions.Time.Testing;
 using Rbs.Agent.Execution;
 using Rbs.Agent.Hosting;
+using Rbs.Shared.Hosting;
 using Rbs.Tests.Infrastructure;
 using Rbs.V1;
 using static Rbs.Tests.Agent.ExecuteCommandTests;
@@ -31,12 +31,9 @@ public sealed class AgentHostTests(ITestOutputHelper output)
             var readyFile = Path.Combine(dir.FullName, "nested", "ready.json");
             await using var agent = await TestAgent.StartAsync(output, "--ready-file", readyFile);
 
-            var json = await File.ReadAllTextAsync(readyFile);
-            output.WriteLine(json);
-            using var doc = JsonDocument.Parse(json);
-            Assert.Equal(TestAgent.AgentId, doc.RootElement.GetProperty("agentId").GetString());
-            Assert.Equal(Environment.ProcessId, doc.RootElement.GetProperty("pid").GetInt32());
-            Assert.Equal(agent.Address, doc.RootElement.GetProperty("address").GetString());
+            output.WriteLine(await File.ReadAllTextAsync(readyFile));
+            var ready = ReadyFile.TryRead<AgentReadyFile>(readyFile);
+            Assert.Equal(new AgentReadyFile(TestAgent.AgentId, Environment.ProcessId, agent.Address), ready);
             Assert.Matches(@"^http://127\.0\.0\.1:[1-9][0-9]*$", agent.Address);
             Assert.False(File.Exists(readyFile + ".tmp"));
         }
@@ -118,7 +115,7 @@ public sealed class AgentHostTests(ITestOutputHelper output)
             });
         await app.StartAsync().WaitAsync(s_timeout);
         var stopping = app.Services.GetRequiredService<IHostApplicationLifetime>().ApplicationStopping;
-        var address = Rbs.Agent.Lifetime.ReadyFile.BoundAddress(app.Services.GetRequiredService<Microsoft.AspNetCore.Hosting.Server.IServer>())!;
+        var address = Rbs.Agent.Lifetime.AgentReadyAnnouncer.BoundAddress(app.Services.GetRequiredService<Microsoft.AspNetCore.Hosting.Server.IServer>())!;
         using var channel = GrpcChannel.ForAddress(address);
         var client = new Rbs.V1.Agent.AgentClient(channel);
         using var cts = new CancellationTokenSource(s_timeout);
@@ -237,16 +234,16 @@ public sealed class AgentHostTests(ITestOutputHelper output)
     private static async Task<string> WaitForReadyFileAsync(string readyFile, Process agent)
     {
         var deadline = DateTime.UtcNow + s_timeout;
-        while (!File.Exists(readyFile))
+        AgentReadyFile? ready;
+        while ((ready = ReadyFile.TryRead<AgentReadyFile>(readyFile)) is null)
         {
             Assert.False(agent.HasExited, $"the agent exited with {(agent.HasExited ? agent.ExitCode : 0)} before writing its ready file");
             Assert.True(DateTime.UtcNow < deadline, "no ready file within 30 s");
             await Task.Delay(50);
         }
 
-        using var doc = JsonDocument.Parse(await File.ReadAllTextAsync(readyFile));
-        Assert.Equal(agent.Id, doc.RootElement.GetProperty("pid").GetInt32());
-        return doc.RootElement.GetProperty("address").GetString()!;
+        Assert.Equal(agent.Id, ready.Pid);
+        return ready.Address;
     }
 
     private static void KillIfRunning(Process process)

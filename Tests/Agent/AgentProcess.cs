@@ -1,8 +1,8 @@
 using System.Diagnostics;
-using System.Text.Json;
 using Grpc.Core;
 using Grpc.Net.Client;
 using Rbs.Agent.Execution;
+using Rbs.Shared.Hosting;
 using Rbs.Tests.Infrastructure;
 using Rbs.V1;
 
@@ -60,16 +60,16 @@ internal sealed class AgentProcess : IAsyncDisposable
         try
         {
             var deadline = DateTime.UtcNow + s_readyTimeout;
-            while (!File.Exists(readyFile))
+            AgentReadyFile? ready;
+            while ((ready = ReadyFile.TryRead<AgentReadyFile>(readyFile)) is null)
             {
                 Assert.False(process.HasExited, $"agent {agentId} exited with {(process.HasExited ? process.ExitCode : 0)} before writing its ready file");
                 Assert.True(DateTime.UtcNow < deadline, $"agent {agentId}: no ready file within {s_readyTimeout}");
                 await Task.Delay(50);
             }
 
-            using var doc = JsonDocument.Parse(await File.ReadAllTextAsync(readyFile));
             File.Delete(readyFile);
-            return new AgentProcess(process, doc.RootElement.GetProperty("address").GetString()!);
+            return new AgentProcess(process, ready.Address);
         }
         catch
         {

@@ -68,7 +68,7 @@ internal sealed class TestAgent : IAsyncDisposable
             builder.Logging.AddFilter("Rbs", LogLevel.Debug);
         });
         await app.StartAsync().WaitAsync(TimeSpan.FromSeconds(30));
-        var address = ReadyFile.BoundAddress(app.Services.GetRequiredService<IServer>())
+        var address = AgentReadyAnnouncer.BoundAddress(app.Services.GetRequiredService<IServer>())
             ?? throw new InvalidOperationException("the agent bound no address");
         TestLog.Write(output, $"agent listening on {address}, workspace {workspace.FullName}");
         return new TestAgent(app, workspace, address, logs);

@@ -2,8 +2,8 @@ using System.Diagnostics;
 using System.Net.Security;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
-using System.Text.Json;
 using Grpc.Core;
+using Rbs.Shared.Hosting;
 using Rbs.Tests.Infrastructure;
 using Rbs.V1;
 
@@ -36,10 +36,8 @@ public sealed class GatewayProcessTests(ITestOutputHelper output) : IAsyncLifeti
         {
             await TestWait.EventuallyAsync(() => File.Exists(readyFile) || process.HasExited, "ready file", timeout: TimeSpan.FromSeconds(30));
             Assert.False(process.HasExited, "rbs-gateway exited early");
-            using var ready = JsonDocument.Parse(await File.ReadAllTextAsync(readyFile));
-            var publicAddress = ready.RootElement.GetProperty("publicAddress").GetString()!;
-            var agentAddress = ready.RootElement.GetProperty("agentAddress").GetString()!;
-            Assert.Equal(process.Id, ready.RootElement.GetProperty("pid").GetInt32());
+            var (publicAddress, agentAddress, pid) = ReadyFile.TryRead<GatewayReadyFile>(readyFile) ?? throw new InvalidDataException($"{readyFile} is not a gateway ready file");
+            Assert.Equal(process.Id, pid);
             Assert.StartsWith("http://127.0.0.1:", agentAddress, StringComparison.Ordinal);
 
             // A stand-in agent registers with the spawned gateway using the same key, and a client reaches it.

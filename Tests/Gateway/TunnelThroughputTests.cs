@@ -6,6 +6,7 @@ using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
+using Rbs.Shared.Hosting;
 using Rbs.Tests.Infrastructure;
 using Rbs.V1;
 
@@ -99,9 +100,7 @@ public sealed class TunnelThroughputTests(ITestOutputHelper output) : IAsyncLife
         {
             await TestWait.EventuallyAsync(() => File.Exists(readyFile) || gateway.HasExited, "gateway ready file", timeout: TimeSpan.FromSeconds(30));
             Assert.False(gateway.HasExited, "rbs-gateway exited early");
-            using var ready = System.Text.Json.JsonDocument.Parse(await File.ReadAllTextAsync(readyFile));
-            var publicAddress = ready.RootElement.GetProperty("publicAddress").GetString()!;
-            var agentAddress = ready.RootElement.GetProperty("agentAddress").GetString()!;
+            var (publicAddress, agentAddress, _) = ReadyFile.TryRead<GatewayReadyFile>(readyFile) ?? throw new InvalidDataException($"{readyFile} is not a gateway ready file");
             var agent = await _env.StartAgentAsync("agent-many", agentAddress, _env.JoinToken("agent-many"),
                 keepAliveSeconds: 15, logLevel: LogLevel.Warning, connectTimeoutSeconds: 10); // the agent's production defaults
             await agent.Status.FirstConnected.WaitAsync(TunnelTestEnvironment.Timeout);

@@ -1,7 +1,7 @@
 using System.Diagnostics;
-using System.Text.Json;
 using Grpc.Net.Client;
 using Rbs.Orchestrator.Compute.Processes;
+using Rbs.Shared.Hosting;
 using Rbs.Tests.Orchestrator.Infrastructure;
 using Rbs.V1;
 using Rbs.Tests.Infrastructure;
@@ -43,10 +43,8 @@ public sealed class OrchestratorProcessTests(ITestOutputHelper output) : IAsyncL
             Assert.Matches(@"^rbs-orchestrator listening on http://127\.0\.0\.1:\d+ \(local mode, state .+orchestrator\.db\)$", line);
             Assert.Contains(_context.StatePath, line, StringComparison.Ordinal);
 
-            await TestWait.EventuallyAsync(() => File.Exists(readyFile));
-            using var ready = JsonDocument.Parse(await File.ReadAllTextAsync(readyFile));
-            var address = ready.RootElement.GetProperty("address").GetString()!;
-            Assert.Equal(process.Id, ready.RootElement.GetProperty("pid").GetInt32());
+            var (address, pid) = await TestWait.EventuallyAsync(() => ReadyFile.TryRead<OrchestratorReadyFile>(readyFile));
+            Assert.Equal(process.Id, pid);
             Assert.Contains(address, line, StringComparison.Ordinal);
 
             using var channel = GrpcChannel.ForAddress(address);

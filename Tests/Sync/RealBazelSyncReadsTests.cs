@@ -1,6 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
-using System.Text.RegularExpressions;
+using Rbs.Shared.Hosting;
 using Rbs.Tests.Infrastructure;
 using Rbs.Tests.JBazel;
 
@@ -13,7 +13,7 @@ namespace Rbs.Tests.Sync;
 /// The agent's own HOME has a ~/.bazelrc that must never apply.
 /// </summary>
 [System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
-public sealed partial class RealBazelSyncReadsTests(RealBazelSyncReadsTests.Stack stack, ITestOutputHelper output) : IClassFixture<RealBazelSyncReadsTests.Stack>
+public sealed class RealBazelSyncReadsTests(RealBazelSyncReadsTests.Stack stack, ITestOutputHelper output) : IClassFixture<RealBazelSyncReadsTests.Stack>
 {
     private const string Bazel = "/usr/bin/bazel";
     private static readonly TimeSpan s_timeout = TimeSpan.FromSeconds(300);
@@ -333,20 +333,13 @@ public sealed partial class RealBazelSyncReadsTests(RealBazelSyncReadsTests.Stac
         {
             while (true)
             {
-                if (File.Exists(readyFile))
+                if (await ReadyFile.TryReadAsync<OrchestratorReadyFile>(readyFile, CancellationToken.None) is { } ready)
                 {
-                    var match = AddressPattern().Match(await File.ReadAllTextAsync(readyFile));
-                    if (match.Success)
-                    {
-                        return match.Groups[1].Value;
-                    }
+                    return ready.Address;
                 }
 
                 await Task.Delay(100);
             }
         }
     }
-
-    [GeneratedRegex("\"address\":\"([^\"]+)\"")]
-    private static partial Regex AddressPattern();
 }

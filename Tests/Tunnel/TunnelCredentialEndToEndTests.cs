@@ -1,10 +1,10 @@
 using System.Diagnostics;
-using System.Text.Json;
 using Google.Protobuf;
 using Grpc.Core;
 using Grpc.Net.Client;
 using Rbs.Orchestrator.Compute.Processes;
 using Rbs.Orchestrator.Security;
+using Rbs.Shared.Hosting;
 using Rbs.Shared.Protocol;
 using Rbs.Shared.Tokens;
 using Rbs.Tests.Agent;
@@ -291,14 +291,14 @@ public sealed class TunnelCredentialEndToEndTests(ITestOutputHelper output) : ID
     private static async Task WaitForFileAsync(string path, Process process)
     {
         using var cts = new CancellationTokenSource(s_timeout);
-        while (!File.Exists(path))
+        AgentReadyFile? ready;
+        while ((ready = await ReadyFile.TryReadAsync<AgentReadyFile>(path, cts.Token)) is null)
         {
             Assert.False(process.HasExited, "rbs-agent exited before it was ready");
             await Task.Delay(25, cts.Token);
         }
 
-        using var ready = JsonDocument.Parse(await File.ReadAllTextAsync(path));
-        Assert.Equal("tunnel", ready.RootElement.GetProperty("address").GetString());
+        Assert.Equal("tunnel", ready.Address);
     }
 
     private static ClientFrame StartCat()

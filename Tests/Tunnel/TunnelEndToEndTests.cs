@@ -1,11 +1,11 @@
 using System.Diagnostics;
 using System.Security.Cryptography;
-using System.Text.Json;
 using System.Text.RegularExpressions;
 using Grpc.Core;
 using Grpc.Net.Client;
 using Rbs.Orchestrator.Compute.Processes;
 using Rbs.Orchestrator.Security;
+using Rbs.Shared.Hosting;
 using Rbs.Shared.Protocol;
 using Rbs.Shared.Tokens;
 using Rbs.Tests.Agent;
@@ -189,17 +189,15 @@ public sealed partial class TunnelEndToEndTests : IClassFixture<TunnelStackFixtu
         try
         {
             using var cts = new CancellationTokenSource(s_timeout);
-            while (!File.Exists(readyFile))
+            AgentReadyFile? ready;
+            while ((ready = await ReadyFile.TryReadAsync<AgentReadyFile>(readyFile, cts.Token)) is null)
             {
                 Assert.False(agent.HasExited, "rbs-agent exited before it was ready");
                 await Task.Delay(25, cts.Token);
             }
 
-            using (var ready = JsonDocument.Parse(await File.ReadAllTextAsync(readyFile)))
-            {
-                Assert.Equal("tunnel", ready.RootElement.GetProperty("address").GetString());
-                Assert.Equal(agent.Id, ready.RootElement.GetProperty("pid").GetInt32());
-            }
+            Assert.Equal("tunnel", ready.Address);
+            Assert.Equal(agent.Id, ready.Pid);
 
             Assert.Empty(ListeningSockets(agent.Id));
 

@@ -1,12 +1,12 @@
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
-using System.Text.Json;
 using Grpc.Core;
 using Grpc.Net.Client;
 using Rbs.Orchestrator.Compute.Processes;
 using Rbs.Orchestrator.Gateway;
 using Rbs.Orchestrator.Security;
+using Rbs.Shared.Hosting;
 using Rbs.Shared.Tokens;
 using Rbs.Tests.Agent;
 using Rbs.V1;
@@ -111,7 +111,7 @@ public sealed class TunnelStack : IAsyncDisposable
             "--agent-path", Rbs.Tests.Orchestrator.Isolation.ReachableBinaries.Agent, "--build-tool", Rbs.Tests.Orchestrator.Isolation.ReachableBinaries.FakeBazel,
             "--gateway-public-address", PublicAddress, "--gateway-agent-address", AgentAddress, "--token-key-file", keyFile,
             "--api-keys-file", apiKeysFile);
-        await ReadWhenPresentAsync(orchestratorReady);
+        await ReadWhenPresentAsync<OrchestratorReadyFile>(orchestratorReady);
     }
 
     private async Task StartGatewayAsync(string publicListen, string agentListen)
@@ -120,9 +120,9 @@ public sealed class TunnelStack : IAsyncDisposable
         File.Delete(gatewayReady);
         _gateway = Start("rbs-gateway", "--public-listen", publicListen, "--agent-listen", agentListen,
             "--orchestrator", OrchestratorAddress, "--token-key-file", KeyFile, "--ready-file", gatewayReady);
-        using var ready = JsonDocument.Parse(await ReadWhenPresentAsync(gatewayReady));
-        PublicAddress = ready.RootElement.GetProperty("publicAddress").GetString()!;
-        AgentAddress = ready.RootElement.GetProperty("agentAddress").GetString()!;
+        var ready = await ReadWhenPresentAsync<GatewayReadyFile>(gatewayReady);
+        PublicAddress = ready.PublicAddress;
+        AgentAddress = ready.AgentAddress;
     }
 
     /// <summary>Kills the gateway (SIGKILL, as a crash would); agents and orchestrator live on.</summary>
@@ -294,11 +294,17 @@ public sealed class TunnelStack : IAsyncDisposable
         }
     }
 
-    private async Task<string> ReadWhenPresentAsync(string path)
+    private async Task<T> ReadWhenPresentAsync<T>(string path)
+        where T : class, IReadyFileContents
     {
         using var cts = new CancellationTokenSource(Timeout);
-        while (!File.Exists(path))
+        while (true)
         {
+            if (await ReadyFile.TryReadAsync<T>(path, cts.Token) is { } ready)
+            {
+                return ready;
+            }
+
             if (_processes.Any(p => p.HasExited))
             {
                 throw new InvalidOperationException($"a process exited before writing {path}");
@@ -306,8 +312,6 @@ public sealed class TunnelStack : IAsyncDisposable
 
             await Task.Delay(25, cts.Token);
         }
-
-        return await File.ReadAllTextAsync(path);
     }
 
     private static int FreePort()

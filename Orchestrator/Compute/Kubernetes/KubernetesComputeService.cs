@@ -21,6 +21,9 @@ internal sealed partial class KubernetesComputeService(
 {
     public const string BackendName = "kubernetes";
 
+    /// <summary>The pause before watching or listing again after an API or transport error: a sick API server is not spun on.</summary>
+    private static readonly TimeSpan s_apiRetryDelay = TimeSpan.FromSeconds(1);
+
     private readonly KubernetesComputeOptions _options = options.Value;
     private readonly IKubernetes _client = connection.Client;
     private readonly string _namespace = connection.Namespace;
@@ -37,24 +40,21 @@ internal sealed partial class KubernetesComputeService(
         var podName = pod.Metadata.Name;
         Log.CreatingPod(logger, podName, _namespace, spec.AgentId, _options.AgentImage);
 
-        V1Pod created;
-        try
-        {
-            created = await _client.CoreV1.CreateNamespacedPodAsync(pod, _namespace, cancellationToken: cancellationToken);
-        }
-        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.Conflict)
-        {
-            // Same agent id, so a retry of our own earlier attempt: carry on with that pod.
-            created = await ReadExistingAsync(podName, cancellationToken);
-        }
-        catch (HttpOperationException e)
-        {
-            throw ApiFailure($"cannot create agent pod {podName} in namespace {_namespace}", e);
-        }
-        catch (HttpRequestException e)
-        {
-            throw new ComputeException($"Kubernetes API unreachable while creating agent pod {podName}: {e.Message}", transient: true, e);
-        }
+        var created = await CallAsync(
+            async () =>
+            {
+                try
+                {
+                    return await _client.CoreV1.CreateNamespacedPodAsync(pod, _namespace, cancellationToken: cancellationToken);
+                }
+                catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.Conflict)
+                {
+                    // Same agent id, so a retry of our own earlier attempt: carry on with that pod.
+                    return await ReadExistingAsync(podName, cancellationToken);
+                }
+            },
+            $"cannot create agent pod {podName} in namespace {_namespace}",
+            $"creating agent pod {podName}");
 
         try
         {
@@ -102,42 +102,35 @@ internal sealed partial class KubernetesComputeService(
     public async Task StopAsync(AgentRecord record, CancellationToken cancellationToken)
     {
         var podName = PodNameOf(record);
-        try
+        var deleted = await CallAsync(
+            async () =>
+            {
+                try
+                {
+                    await _client.CoreV1.DeleteNamespacedPodAsync(
+                        podName, _namespace, gracePeriodSeconds: GracePeriodSeconds, cancellationToken: cancellationToken);
+                    return true;
+                }
+                catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
+                {
+                    // Already gone: that is what was asked for.
+                    return false;
+                }
+            },
+            $"cannot delete agent pod {podName}",
+            $"deleting agent pod {podName}");
+        if (deleted)
         {
-            await _client.CoreV1.DeleteNamespacedPodAsync(
-                podName, _namespace, gracePeriodSeconds: GracePeriodSeconds, cancellationToken: cancellationToken);
             Log.PodDeleted(logger, podName);
-        }
-        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
-        {
-            // Already gone: that is what was asked for.
-        }
-        catch (HttpOperationException e)
-        {
-            throw ApiFailure($"cannot delete agent pod {podName}", e);
-        }
-        catch (HttpRequestException e)
-        {
-            throw new ComputeException($"Kubernetes API unreachable while deleting agent pod {podName}: {e.Message}", transient: true, e);
         }
     }
 
     public async Task<IReadOnlyList<DiscoveredAgent>> DiscoverAsync(CancellationToken cancellationToken)
     {
-        V1PodList pods;
-        try
-        {
-            pods = await _client.CoreV1.ListNamespacedPodAsync(
-                _namespace, labelSelector: AgentPod.Selector(_options), cancellationToken: cancellationToken);
-        }
-        catch (HttpOperationException e)
-        {
-            throw ApiFailure($"cannot list agent pods in namespace {_namespace}", e);
-        }
-        catch (HttpRequestException e)
-        {
-            throw new ComputeException($"Kubernetes API unreachable while listing agent pods: {e.Message}", transient: true, e);
-        }
+        var pods = await CallAsync(
+            () => _client.CoreV1.ListNamespacedPodAsync(_namespace, labelSelector: AgentPod.Selector(_options), cancellationToken: cancellationToken),
+            $"cannot list agent pods in namespace {_namespace}",
+            "listing agent pods");
 
         var found = new List<DiscoveredAgent>();
         foreach (var pod in pods.Items)
@@ -168,182 +161,195 @@ internal sealed partial class KubernetesComputeService(
     /// </summary>
     private async Task<string> WaitUntilReadyAsync(V1Pod created, CancellationToken cancellationToken)
     {
-        var podName = created.Metadata.Name;
-        var started = timeProvider.GetUtcNow();
-        var readyDeadline = started + _options.PodReadyTimeout;
+        var tracker = new PodStartTracker(created, _options, timeProvider.GetUtcNow());
         using var deadline = new CancellationTokenSource(_options.PodReadyTimeout, timeProvider);
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, deadline.Token);
-
-        var current = created;
-        DateTimeOffset? unschedulableSince = null;
-        var lastUnschedulable = "";
-
-        // Returns the IP when ready; throws when failed; null to keep watching.
-        string? Observe(V1Pod pod)
-        {
-            current = pod;
-            var readiness = PodReadiness.Of(pod, _options.AgentImage);
-            switch (readiness.Kind)
-            {
-                case PodReadinessKind.Ready:
-                    return readiness.Detail;
-                case PodReadinessKind.Failed:
-                    throw new ComputeException(readiness.Detail, readiness.Transient);
-                case PodReadinessKind.Unschedulable:
-                    lastUnschedulable = readiness.Detail;
-                    var now = timeProvider.GetUtcNow();
-                    unschedulableSince ??= now;
-                    var giveUpAt = unschedulableSince.Value + _options.UnschedulableGracePeriod;
-                    if (giveUpAt <= now)
-                    {
-                        throw new ComputeException(readiness.Detail, transient: true);
-                    }
-
-                    // Wake up when the grace period ends even if no further event arrives.
-                    deadline.CancelAfter(NotNegative(Earlier(giveUpAt, readyDeadline) - now));
-                    Log.WaitingForCapacity(logger, podName, readiness.Detail, giveUpAt);
-                    return null;
-                default:
-                    Log.PodProgress(logger, podName, readiness.Detail);
-                    if (unschedulableSince is not null)
-                    {
-                        // Scheduled after all (a node came up): back to the full ready timeout.
-                        unschedulableSince = null;
-                        lastUnschedulable = "";
-                        deadline.CancelAfter(NotNegative(readyDeadline - timeProvider.GetUtcNow()));
-                    }
-
-                    return null;
-            }
-        }
-
+        var wait = new ReadyWait(created.Metadata.Name, tracker, deadline, linked.Token);
         try
         {
-            if (Observe(created) is { } ip)
+            return Observe(wait, created) ?? await WatchUntilReadyAsync(wait, created.Metadata.ResourceVersion);
+        }
+        catch (OperationCanceledException) when (deadline.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+        {
+            throw tracker.TimedOut();
+        }
+    }
+
+    /// <summary>
+    /// Watches from <paramref name="resourceVersion"/>; whenever a watch ends (server-side timeout, a dropped connection,
+    /// or an ERROR event such as 410 Gone when the version is too old) re-lists the pod (a list's version is current even
+    /// when the pod's own is older than the last compaction) and watches again from there. Returns the IP once ready.
+    /// </summary>
+    private async Task<string> WatchUntilReadyAsync(ReadyWait wait, string resourceVersion)
+    {
+        var consecutiveErrors = 0;
+        while (true)
+        {
+            var watched = await WatchOnceAsync(wait, resourceVersion);
+            if (watched.ReadyIp is { } ip)
             {
                 return ip;
             }
 
-            // Watch from the version the create returned, so no transition between create and watch is missed.
-            var resourceVersion = created.Metadata.ResourceVersion;
-            var consecutiveErrors = 0;
-            while (true)
+            resourceVersion = watched.ResourceVersion;
+            consecutiveErrors = watched.Error is null ? 0 : consecutiveErrors + 1;
+            if (watched.Error is { } error)
             {
-                Exception? watchError = null;
-                var events = _client.CoreV1.WatchListNamespacedPodAsync(
-                    _namespace,
-                    fieldSelector: "metadata.name=" + podName,
-                    resourceVersion: resourceVersion,
-                    allowWatchBookmarks: true,
-                    timeoutSeconds: 300,
-                    onError: e => watchError = e,
-                    cancellationToken: linked.Token);
-                try
+                Log.WatchRestarted(logger, wait.PodName, error.GetBaseException().Message);
+                if (error is not KubernetesException || consecutiveErrors > 1)
                 {
-                    await foreach (var (type, pod) in events.WithCancellation(linked.Token))
-                    {
-                        switch (type)
-                        {
-                            case WatchEventType.Deleted:
-                                throw new ComputeException(
-                                    $"agent pod {podName} was deleted while starting ({PodReadiness.Describe(pod)})", transient: true);
-                            case WatchEventType.Bookmark:
-                                resourceVersion = pod.Metadata?.ResourceVersion ?? resourceVersion;
-                                continue;
-                            case WatchEventType.Added or WatchEventType.Modified:
-                                resourceVersion = pod.Metadata?.ResourceVersion ?? resourceVersion;
-                                if (Observe(pod) is { } readyIp)
-                                {
-                                    return readyIp;
-                                }
-
-                                break;
-                        }
-                    }
-                }
-                catch (HttpOperationException e) when (!linked.IsCancellationRequested)
-                {
-                    if (e.Response.StatusCode is HttpStatusCode.Forbidden or HttpStatusCode.Unauthorized)
-                    {
-                        throw ApiFailure($"cannot watch agent pod {podName}", e);
-                    }
-
-                    watchError = e;
-                }
-                catch (Exception e) when (e is HttpRequestException or IOException && !linked.IsCancellationRequested)
-                {
-                    watchError = e;
-                }
-
-                // The watch ended: server-side timeout, a dropped connection, or an ERROR event (410 Gone when our
-                // resource version is too old). Re-list (a list's version is current even when the pod's own is older
-                // than the last compaction) and watch again from there.
-                consecutiveErrors = watchError is null ? 0 : consecutiveErrors + 1;
-                if (watchError is not null)
-                {
-                    Log.WatchRestarted(logger, podName, watchError.GetBaseException().Message);
-                    if (watchError is not KubernetesException || consecutiveErrors > 1)
-                    {
-                        // Transport or server error, or the same error again: do not spin on a sick API server.
-                        await Task.Delay(TimeSpan.FromSeconds(1), timeProvider, linked.Token);
-                    }
-                }
-
-                try
-                {
-                    var list = await _client.CoreV1.ListNamespacedPodAsync(
-                        _namespace, fieldSelector: "metadata.name=" + podName, cancellationToken: linked.Token);
-                    if (list.Items.Count == 0)
-                    {
-                        throw new ComputeException($"agent pod {podName} was deleted while starting", transient: true);
-                    }
-
-                    if (Observe(list.Items[0]) is { } freshIp)
-                    {
-                        return freshIp;
-                    }
-
-                    resourceVersion = list.Metadata?.ResourceVersion ?? list.Items[0].Metadata.ResourceVersion;
-                }
-                catch (HttpOperationException e) when (e.Response.StatusCode is HttpStatusCode.Forbidden or HttpStatusCode.Unauthorized)
-                {
-                    throw ApiFailure($"cannot list agent pod {podName}", e);
-                }
-                catch (Exception e) when (e is HttpOperationException or HttpRequestException && !linked.IsCancellationRequested)
-                {
-                    // API hiccup: back off briefly, the deadline still bounds the whole wait.
-                    Log.ApiError(logger, "read " + podName, e.Message);
-                    await Task.Delay(TimeSpan.FromSeconds(1), timeProvider, linked.Token);
+                    // Transport or server error, or the same error again: do not spin on a sick API server.
+                    await Task.Delay(s_apiRetryDelay, timeProvider, wait.Token);
                 }
             }
-        }
-        catch (OperationCanceledException) when (deadline.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
-        {
-            if (lastUnschedulable.Length > 0)
+
+            var listed = await RelistAsync(wait, resourceVersion);
+            if (listed.ReadyIp is { } freshIp)
             {
-                throw new ComputeException(lastUnschedulable, transient: true);
+                return freshIp;
             }
 
-            throw new ComputeException(
-                $"agent pod {podName} not ready after {_options.PodReadyTimeout} ({PodReadiness.Describe(current)}); " +
-                "raise Orchestrator:Kubernetes:PodReadyTimeout if image pulls are slow",
-                transient: true);
+            resourceVersion = listed.ResourceVersion;
         }
     }
 
-    private async Task<V1Pod> ReadExistingAsync(string podName, CancellationToken cancellationToken)
+    /// <summary>One watch on the pod, observing each event until the watch ends or the pod is ready.</summary>
+    private async Task<WatchStep> WatchOnceAsync(ReadyWait wait, string resourceVersion)
+    {
+        Exception? error = null;
+        var events = _client.CoreV1.WatchListNamespacedPodAsync(
+            _namespace,
+            fieldSelector: "metadata.name=" + wait.PodName,
+            resourceVersion: resourceVersion,
+            allowWatchBookmarks: true,
+            timeoutSeconds: 300,
+            onError: e => error = e,
+            cancellationToken: wait.Token);
+        try
+        {
+            await foreach (var (type, pod) in events.WithCancellation(wait.Token))
+            {
+                switch (type)
+                {
+                    case WatchEventType.Deleted:
+                        throw new ComputeException(
+                            $"agent pod {wait.PodName} was deleted while starting ({PodReadiness.Describe(pod)})", transient: true);
+                    case WatchEventType.Bookmark:
+                        resourceVersion = pod.Metadata?.ResourceVersion ?? resourceVersion;
+                        continue;
+                    case WatchEventType.Added or WatchEventType.Modified:
+                        resourceVersion = pod.Metadata?.ResourceVersion ?? resourceVersion;
+                        if (Observe(wait, pod) is { } ip)
+                        {
+                            return new WatchStep(ip, resourceVersion);
+                        }
+
+                        break;
+                }
+            }
+        }
+        catch (Exception e) when (IsRetryable(e, wait.Token))
+        {
+            ThrowIfDenied(e, $"cannot watch agent pod {wait.PodName}");
+            error = e;
+        }
+
+        return new WatchStep(null, resourceVersion, error);
+    }
+
+    /// <summary>Reads the pod afresh by listing it; on an API hiccup backs off briefly and keeps <paramref name="resourceVersion"/>.</summary>
+    private async Task<WatchStep> RelistAsync(ReadyWait wait, string resourceVersion)
     {
         try
         {
-            return await _client.CoreV1.ReadNamespacedPodAsync(podName, _namespace, cancellationToken: cancellationToken);
+            var list = await _client.CoreV1.ListNamespacedPodAsync(
+                _namespace, fieldSelector: "metadata.name=" + wait.PodName, cancellationToken: wait.Token);
+            if (list.Items.Count == 0)
+            {
+                throw new ComputeException($"agent pod {wait.PodName} was deleted while starting", transient: true);
+            }
+
+            return new WatchStep(Observe(wait, list.Items[0]), list.Metadata?.ResourceVersion ?? list.Items[0].Metadata.ResourceVersion);
+        }
+        catch (Exception e) when (IsRetryable(e, wait.Token))
+        {
+            ThrowIfDenied(e, $"cannot list agent pod {wait.PodName}");
+            // API hiccup: back off briefly, the deadline still bounds the whole wait.
+            Log.ApiError(logger, "read " + wait.PodName, e.Message);
+            await Task.Delay(s_apiRetryDelay, timeProvider, wait.Token);
+            return new WatchStep(null, resourceVersion);
+        }
+    }
+
+    /// <summary>
+    /// Feeds one observation of the pod to the tracker: returns the IP when ready, throws when the start failed, and
+    /// otherwise logs the progress, re-arms the deadline to the tracker's (so the wait wakes up when it passes even if
+    /// no further event arrives) and returns null.
+    /// </summary>
+    private string? Observe(ReadyWait wait, V1Pod pod)
+    {
+        var now = timeProvider.GetUtcNow();
+        var step = wait.Tracker.Observe(pod, now);
+        var readiness = step.Readiness;
+        switch (readiness.Kind)
+        {
+            case PodReadinessKind.Ready:
+                return readiness.Detail;
+            case PodReadinessKind.Failed:
+                throw new ComputeException(readiness.Detail, readiness.Transient);
+            case PodReadinessKind.Unschedulable:
+                Log.WaitingForCapacity(logger, wait.PodName, readiness.Detail, step.GiveUpAt ?? step.WaitUntil);
+                break;
+            default:
+                Log.PodProgress(logger, wait.PodName, readiness.Detail);
+                break;
+        }
+
+        wait.Deadline.CancelAfter(NotNegative(step.WaitUntil - now));
+        return null;
+    }
+
+    /// <summary>
+    /// The ready wait's error rule, in one place: while the wait goes on, an API error answer or a transport failure is
+    /// retried (watch or list again; the deadline bounds the whole wait) — except a denied call, see <see cref="ThrowIfDenied"/>.
+    /// </summary>
+    private static bool IsRetryable(Exception e, CancellationToken wait) =>
+        e is HttpOperationException or HttpRequestException or IOException && !wait.IsCancellationRequested;
+
+    /// <summary>A denied call (401/403) will not succeed by retrying: fail the start naming the RBAC fix.</summary>
+    private void ThrowIfDenied(Exception e, string what)
+    {
+        if (e is HttpOperationException { Response.StatusCode: HttpStatusCode.Forbidden or HttpStatusCode.Unauthorized } denied)
+        {
+            throw ApiFailure(what, denied);
+        }
+    }
+
+    private Task<V1Pod> ReadExistingAsync(string podName, CancellationToken cancellationToken) =>
+        CallAsync(
+            () => _client.CoreV1.ReadNamespacedPodAsync(podName, _namespace, cancellationToken: cancellationToken),
+            $"agent pod {podName} already exists but cannot be read",
+            $"reading agent pod {podName}");
+
+    /// <summary>
+    /// One Kubernetes API call a client waits on, with its failures as the client should see them: an error answer
+    /// becomes <see cref="ApiFailure"/> (<paramref name="what"/> failed), an unreachable API server a transient
+    /// <see cref="ComputeException"/> (while <paramref name="doing"/>). Answers the call expects (a 404 on delete, a 409 on
+    /// create) it handles itself.
+    /// </summary>
+    private async Task<T> CallAsync<T>(Func<Task<T>> call, string what, string doing)
+    {
+        try
+        {
+            return await call();
         }
         catch (HttpOperationException e)
         {
-            throw ApiFailure($"agent pod {podName} already exists but cannot be read", e);
+            throw ApiFailure(what, e);
         }
         catch (HttpRequestException e)
         {
-            throw new ComputeException($"Kubernetes API unreachable while reading agent pod {podName}: {e.Message}", transient: true, e);
+            throw new ComputeException($"Kubernetes API unreachable while {doing}: {e.Message}", transient: true, e);
         }
     }
 
@@ -394,9 +400,13 @@ internal sealed partial class KubernetesComputeService(
         }
     }
 
-    private static DateTimeOffset Earlier(DateTimeOffset a, DateTimeOffset b) => a < b ? a : b;
-
     private static TimeSpan NotNegative(TimeSpan value) => value > TimeSpan.Zero ? value : TimeSpan.Zero;
+
+    /// <summary>One agent pod's ready wait: its tracker, the deadline the tracker sets, and the token that ends the wait (deadline or caller).</summary>
+    private sealed record ReadyWait(string PodName, PodStartTracker Tracker, CancellationTokenSource Deadline, CancellationToken Token);
+
+    /// <summary>Where a watch or list left the wait: the pod IP once ready, else the version to watch from next and the error that ended the watch (null: the server closed it).</summary>
+    private readonly record struct WatchStep(string? ReadyIp, string ResourceVersion, Exception? Error = null);
 
     private static partial class Log
     {

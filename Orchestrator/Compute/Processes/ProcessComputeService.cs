@@ -5,6 +5,7 @@ using System.Text.RegularExpressions;
 using Microsoft.Extensions.Options;
 using Rbs.Orchestrator.Hosting;
 using Rbs.Orchestrator.State;
+using Rbs.Shared.Hosting;
 
 // The process backend is Linux-only (/proc, signals, setpriv): file modes and owners are always available here.
 #pragma warning disable CA1416
@@ -598,7 +599,7 @@ internal sealed partial class ProcessComputeService(
         if (Directory.Exists(_agentsDirectory))
         {
             File.Delete(ReadyFilePath(agentId));
-            File.Delete(ReadyFilePath(agentId) + ".tmp");
+            File.Delete(ReadyFilePath(agentId) + ReadyFile.TemporarySuffix);
             File.Delete(SpecFilePath(agentId));
             File.Delete(JoinTokenFilePath(agentId));
             File.Delete(Path.Combine(_agentsDirectory, agentId + ".key"));
@@ -644,17 +645,11 @@ internal sealed partial class ProcessComputeService(
         }
     }
 
-    private static async Task<ReadyFile?> TryReadReadyFileAsync(string path, string agentId, CancellationToken cancellationToken)
+    /// <summary>The ready file of agent <paramref name="agentId"/> at <paramref name="path"/>; null while there is none (or another agent's).</summary>
+    private static async Task<AgentReadyFile?> TryReadReadyFileAsync(string path, string agentId, CancellationToken cancellationToken)
     {
-        try
-        {
-            var ready = JsonSerializer.Deserialize<ReadyFile>(await File.ReadAllTextAsync(path, cancellationToken), s_json);
-            return ready is { Pid: > 0 } && ready.AgentId == agentId && !string.IsNullOrEmpty(ready.Address) ? ready : null;
-        }
-        catch (Exception e) when (e is IOException or JsonException)
-        {
-            return null;
-        }
+        var ready = await ReadyFile.TryReadAsync<AgentReadyFile>(path, cancellationToken);
+        return ready is { Pid: > 0 } && ready.AgentId == agentId && !string.IsNullOrEmpty(ready.Address) ? ready : null;
     }
 
     private static string LogTail(string logFile)
@@ -685,8 +680,6 @@ internal sealed partial class ProcessComputeService(
 
     [GeneratedRegex("^a[0-9a-f]{20}$")]
     private static partial Regex AgentIdPattern();
-
-    private sealed record ReadyFile(string AgentId, int Pid, string Address);
 
     /// <summary>The orchestrator's own record of an agent (<c>&lt;id&gt;.spec</c>).</summary>
     private sealed record SpecFile(string AgentId, string UserId, string RepoHash, string SourcePath)

@@ -99,7 +99,7 @@ internal sealed class SyncTestAgent : IAsyncDisposable
             builder.Logging.AddFilter("Rbs", LogLevel.Debug);
         });
         await app.StartAsync().WaitAsync(TimeSpan.FromSeconds(30));
-        var address = ReadyFile.BoundAddress(app.Services.GetRequiredService<IServer>())
+        var address = AgentReadyAnnouncer.BoundAddress(app.Services.GetRequiredService<IServer>())
             ?? throw new InvalidOperationException("the agent bound no address");
         TestLog.Write(output, $"agent listening on {address}");
         return new SyncTestAgent(app, address, logs);

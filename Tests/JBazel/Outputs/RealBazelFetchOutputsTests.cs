@@ -1,5 +1,5 @@
 using System.Diagnostics;
-using System.Text.RegularExpressions;
+using Rbs.Shared.Hosting;
 using Rbs.Tests.Infrastructure;
 
 namespace Rbs.Tests.JBazel.Outputs;
@@ -100,13 +100,9 @@ public sealed class RealBazelFetchOutputsTests(ITestOutputHelper output) : IDisp
     {
         while (true)
         {
-            if (File.Exists(readyFile))
+            if (await ReadyFile.TryReadAsync<OrchestratorReadyFile>(readyFile, CancellationToken.None) is { } ready)
             {
-                var match = Regex.Match(await File.ReadAllTextAsync(readyFile), "\"address\":\"([^\"]+)\"");
-                if (match.Success)
-                {
-                    return match.Groups[1].Value;
-                }
+                return ready.Address;
             }
 
             await Task.Delay(100);

@@ -4,6 +4,7 @@ using System.Text.Json;
 using System.Text.RegularExpressions;
 using Rbs.Orchestrator.Compute.Processes;
 using Rbs.Orchestrator.Security;
+using Rbs.Shared.Hosting;
 using Rbs.Shared.Tokens;
 using Rbs.Tests.Infrastructure;
 using Rbs.Tests.JBazel;
@@ -103,9 +104,9 @@ internal sealed partial class IsolationStack : IAsyncDisposable
             var gatewayReady = Path.Combine(Root, "gateway.json");
             Start(null, "rbs-gateway", "--public-listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0",
                 "--orchestrator", "http://127.0.0.1:1", "--token-key-file", keyFile, "--ready-file", gatewayReady);
-            using var ready = JsonDocument.Parse(await ReadWhenPresentAsync(gatewayReady));
-            GatewayPublicAddress = ready.RootElement.GetProperty("publicAddress").GetString()!;
-            GatewayAgentAddress = ready.RootElement.GetProperty("agentAddress").GetString()!;
+            var ready = await ReadWhenPresentAsync<GatewayReadyFile>(gatewayReady);
+            GatewayPublicAddress = ready.PublicAddress;
+            GatewayAgentAddress = ready.AgentAddress;
             args.AddRange(["--gateway-public-address", GatewayPublicAddress, "--gateway-agent-address", GatewayAgentAddress, "--token-key-file", keyFile]);
         }
 
@@ -121,8 +122,7 @@ internal sealed partial class IsolationStack : IAsyncDisposable
 
         args.AddRange(extraArgs);
         Start(orchestratorUid, "rbs-orchestrator", [.. args]);
-        using var orchestrator = JsonDocument.Parse(await ReadWhenPresentAsync(orchestratorReady));
-        OrchestratorAddress = orchestrator.RootElement.GetProperty("address").GetString()!;
+        OrchestratorAddress = (await ReadWhenPresentAsync<OrchestratorReadyFile>(orchestratorReady)).Address;
     }
 
     /// <summary>The uid the orchestrator gave <paramref name="user"/> (<c>&lt;workspaces&gt;/.users.json</c>), or null.</summary>
@@ -285,11 +285,17 @@ internal sealed partial class IsolationStack : IAsyncDisposable
         process.BeginErrorReadLine();
     }
 
-    private async Task<string> ReadWhenPresentAsync(string path)
+    private async Task<T> ReadWhenPresentAsync<T>(string path)
+        where T : class, IReadyFileContents
     {
         using var cts = new CancellationTokenSource(Timeout);
-        while (!File.Exists(path))
+        while (true)
         {
+            if (await ReadyFile.TryReadAsync<T>(path, cts.Token) is { } ready)
+            {
+                return ready;
+            }
+
             if (_processes.FirstOrDefault(p => p.HasExited) is { } exited)
             {
                 throw new InvalidOperationException($"a process exited (code {exited.ExitCode}) before writing {path}");
@@ -297,8 +303,6 @@ internal sealed partial class IsolationStack : IAsyncDisposable
 
             await Task.Delay(25, cts.Token);
         }
-
-        return await File.ReadAllTextAsync(path);
     }
 
     [GeneratedRegex(@"rbs: agent (a[0-9a-f]{20}) ")]

@@ -181,7 +181,10 @@ public sealed class KubernetesComputeServiceTests(ITestOutputHelper output) : IA
         await LogLineAsync("rbs-agent-a5 starting: phase Running").WaitAsync(s_timeout);
 
         time.Advance(TimeSpan.FromSeconds(89));
-        await Task.Delay(100);
+        // Still waiting at 89 s: it observes the pod's next change, which a wait that had given up would not.
+        _server.UpdatePod(Ns, "rbs-agent-a5", p => p.Status.Conditions.Single(c => c.Type == "Ready").Message = "readiness probe failed");
+        var observed = LogLineAsync("rbs-agent-a5 starting: phase Running, not ready ContainersNotReady: readiness probe failed");
+        await Task.WhenAny(observed, start).WaitAsync(s_timeout);
         Assert.False(start.IsCompleted, "gave up before PodReadyTimeout");
         time.Advance(TimeSpan.FromSeconds(2));
 

@@ -1,6 +1,7 @@
 using System.Globalization;
 using Rbs.Orchestrator.Compute.Processes;
 using Rbs.Orchestrator.Security;
+using Rbs.Shared.Hosting;
 using Rbs.Shared.Tokens;
 using Rbs.Tests.Agent;
 
@@ -77,14 +78,14 @@ public sealed class LocalStack : IAsyncDisposable
             Gateway = ServerProcess.Start(_output, "rbs-gateway",
                 ["--public-listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0", "--orchestrator", OrchestratorAddress, "--token-key-file", keyFile, "--ready-file", ready],
                 environment);
-            var addresses = await Gateway.ReadyFileAsync(ready, Timeout);
-            PublicAddress = addresses.GetProperty("publicAddress").GetString()!;
-            GatewayAgentAddress = addresses.GetProperty("agentAddress").GetString()!;
+            var addresses = await Gateway.ReadyFileAsync<GatewayReadyFile>(ready, Timeout);
+            PublicAddress = addresses.PublicAddress;
+            GatewayAgentAddress = addresses.AgentAddress;
             args.AddRange(["--gateway-public-address", PublicAddress, "--gateway-agent-address", GatewayAgentAddress, "--token-key-file", keyFile]);
         }
 
         Orchestrator = ServerProcess.Start(_output, "rbs-orchestrator", args, environment);
-        await Orchestrator.ReadyFileAsync(Path.Combine(Root, "orchestrator.json"), Timeout);
+        await Orchestrator.ReadyFileAsync<OrchestratorReadyFile>(Path.Combine(Root, "orchestrator.json"), Timeout);
     }
 
     /// <summary>Pid and direct address of every live agent, from their ready files.</summary>
@@ -98,15 +99,10 @@ public sealed class LocalStack : IAsyncDisposable
         var agents = new List<(string, int, string)>();
         foreach (var file in Directory.EnumerateFiles(AgentsDirectory, "*.json"))
         {
-            try
+            // Null while being written or removed right now.
+            if (ReadyFile.TryRead<AgentReadyFile>(file) is { } ready)
             {
-                using var document = System.Text.Json.JsonDocument.Parse(File.ReadAllText(file));
-                var root = document.RootElement;
-                agents.Add((root.GetProperty("agentId").GetString()!, root.GetProperty("pid").GetInt32(), root.GetProperty("address").GetString()!));
-            }
-            catch (Exception e) when (e is IOException or System.Text.Json.JsonException or KeyNotFoundException)
-            {
-                // Being written or removed right now.
+                agents.Add((ready.AgentId, ready.Pid, ready.Address));
             }
         }
 

@@ -2,7 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
-using System.Text.Json;
+using Rbs.Shared.Hosting;
 using Rbs.Tests.Infrastructure;
 
 namespace Rbs.Tests.Shared.Hosting;
@@ -111,12 +111,18 @@ public sealed class ServerProcess : IAsyncDisposable
         return _process.ExitCode;
     }
 
-    /// <summary>Reads a JSON ready file once the server wrote it; fails at once if the server exited first.</summary>
-    public async Task<JsonElement> ReadyFileAsync(string path, TimeSpan timeout)
+    /// <summary>Reads the server's ready file (<see cref="ReadyFile"/>) once it wrote it; fails at once if the server exited first.</summary>
+    internal async Task<T> ReadyFileAsync<T>(string path, TimeSpan timeout)
+        where T : class, IReadyFileContents
     {
         using var cts = new CancellationTokenSource(timeout);
-        while (!File.Exists(path))
+        while (true)
         {
+            if (await ReadyFile.TryReadAsync<T>(path, cts.Token) is { } ready)
+            {
+                return ready;
+            }
+
             if (_process.HasExited)
             {
                 throw new InvalidOperationException($"{_name} exited ({_process.ExitCode}) before writing {path}: {string.Join(" | ", StderrLines)}");
@@ -124,9 +130,6 @@ public sealed class ServerProcess : IAsyncDisposable
 
             await Task.Delay(25, cts.Token);
         }
-
-        using var document = JsonDocument.Parse(await File.ReadAllTextAsync(path, cts.Token));
-        return document.RootElement.Clone();
     }
 
     /// <summary>The resident set size of <paramref name="pid"/> in KiB (VmRSS from /proc).</summary>

@@ -1,28 +1,25 @@
-using System.Text.Json;
 using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.Extensions.Options;
 using Rbs.Agent.Hosting;
 using Rbs.Agent.Tunnel;
+using Rbs.Shared.Hosting;
 
 namespace Rbs.Agent.Lifetime;
 
 /// <summary>
-/// Tells the spawner the agent is ready: once Kestrel listens, writes <c>{"agentId","pid","address"}</c> to
-/// <c>&lt;ready-file&gt;.tmp</c> and renames it over <c>&lt;ready-file&gt;</c>, so a reader never sees a partial file.
-/// A tunnel-only agent (<c>--gateway</c> without <c>--listen</c>) is "ready" once its first tunnel to the gateway is open
-/// (it is registered), and its address is <c>tunnel</c>. With a direct listener the file is written once listening.
+/// Tells the spawner the agent is ready by writing its <see cref="AgentReadyFile"/> (<see cref="ReadyFile.Write{T}"/>:
+/// atomically, so a reader never sees a partial file). With a direct listener the file is written once Kestrel listens;
+/// a tunnel-only agent (<c>--gateway</c> without <c>--listen</c>) is "ready" once its first tunnel to the gateway is open
+/// (it is registered), and its address is <see cref="AgentReadyFile.TunnelOnlyAddress"/>.
 /// </summary>
-internal sealed partial class ReadyFile(
+internal sealed partial class AgentReadyAnnouncer(
     IOptions<AgentOptions> options,
     IServer server,
     IHostApplicationLifetime lifetime,
     IServiceProvider services,
-    ILogger<ReadyFile> logger) : IHostedService
+    ILogger<AgentReadyAnnouncer> logger) : IHostedService
 {
-    /// <summary>The ready file's address of an agent that has no listener, only tunnels.</summary>
-    public const string TunnelOnlyAddress = "tunnel";
-
     public Task StartAsync(CancellationToken cancellationToken)
     {
         // ApplicationStarted fires after the server has bound its addresses.
@@ -36,26 +33,6 @@ internal sealed partial class ReadyFile(
     internal static string? BoundAddress(IServer server) =>
         server.Features.Get<IServerAddressesFeature>()?.Addresses
             .FirstOrDefault(a => !a.Contains(TunnelEndPoint.HostPrefix, StringComparison.Ordinal));
-
-    internal static void Write(string path, string agentId, int pid, string address)
-    {
-        var tmp = path + ".tmp";
-        using (var stream = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None))
-        {
-            using (var json = new Utf8JsonWriter(stream))
-            {
-                json.WriteStartObject();
-                json.WriteString("agentId", agentId);
-                json.WriteNumber("pid", pid);
-                json.WriteString("address", address);
-                json.WriteEndObject();
-            }
-
-            stream.Flush(flushToDisk: true);
-        }
-
-        File.Move(tmp, path, overwrite: true);
-    }
 
     private void OnStarted()
     {
@@ -77,7 +54,7 @@ internal sealed partial class ReadyFile(
         var first = await Task.WhenAny(tunnel.FirstConnected, tunnel.Rejected, Task.Delay(Timeout.Infinite, lifetime.ApplicationStopping));
         if (first == tunnel.FirstConnected)
         {
-            WriteReadyFile(BoundAddress(server) ?? TunnelOnlyAddress);
+            WriteReadyFile(BoundAddress(server) ?? AgentReadyFile.TunnelOnlyAddress);
         }
     }
 
@@ -92,13 +69,7 @@ internal sealed partial class ReadyFile(
 
         try
         {
-            var directory = Path.GetDirectoryName(Path.GetFullPath(path));
-            if (!string.IsNullOrEmpty(directory))
-            {
-                Directory.CreateDirectory(directory);
-            }
-
-            Write(path, options.Value.AgentId, Environment.ProcessId, address);
+            ReadyFile.Write(path, new AgentReadyFile(options.Value.AgentId, Environment.ProcessId, address));
             Log.ReadyFileWritten(logger, path);
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
