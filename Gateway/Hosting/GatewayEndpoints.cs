@@ -8,7 +8,7 @@ namespace Rbs.Gateway.Hosting;
 
 /// <summary>
 /// The two Kestrel endpoints. Each connection is tagged with the endpoint it arrived on, so client routes
-/// are only reachable on the public endpoint and tunnel/internal routes only on the agent endpoint.
+/// are only reachable on the public endpoint and tunnel/registry routes only on the agent endpoint.
 /// </summary>
 internal sealed class GatewayEndpoints
 {

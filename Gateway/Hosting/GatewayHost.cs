@@ -13,7 +13,7 @@ internal static class GatewayHost
         "the single public ingress for jbazel (GetServer proxied to the orchestrator, ExecuteCommand forwarded over the agents' outbound tunnels).",
         [
             new("--public-listen", $"{Section}:{nameof(GatewayOptions.PublicListen)}", "HOST:PORT", "127.0.0.1:8080", "Client endpoint (jbazel): gRPC over HTTP/2, TLS with --certificate."),
-            new("--agent-listen", $"{Section}:{nameof(GatewayOptions.AgentListen)}", "HOST:PORT", "127.0.0.1:8081", "Agent endpoint: tunnel WebSockets and the internal API; keep it cluster-internal."),
+            new("--agent-listen", $"{Section}:{nameof(GatewayOptions.AgentListen)}", "HOST:PORT", "127.0.0.1:8081", "Agent endpoint: tunnel WebSockets and the orchestrator's registry (rbs.v1.GatewayRegistry, gRPC-Web); keep it cluster-internal."),
             new("--orchestrator", $"{Section}:{nameof(GatewayOptions.OrchestratorAddress)}", "URL", "http://127.0.0.1:50051", "Where GetServer calls are proxied (h2c or https)."),
             new("--token-key-file", $"{Section}:{nameof(GatewayOptions.TokenKeyFile)}", "FILE", "none (or Gateway:TokenKey); one is required", "File holding the base64 token key shared with the orchestrator; it signs every token."),
             new("--accepted-token-keys-file", $"{Section}:{nameof(GatewayOptions.AcceptedTokenKeysFile)}", "FILE", "none", "Further base64 keys (one per line) tokens may be signed with during a key rotation."),

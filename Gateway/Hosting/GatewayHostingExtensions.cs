@@ -3,6 +3,7 @@ using Grpc.Core;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Options;
+using Rbs.Gateway.Registration;
 using Rbs.Gateway.Security;
 using Rbs.Gateway.Tunnel;
 using Rbs.Shared.Hosting;
@@ -45,6 +46,9 @@ internal static class GatewayHostingExtensions
         services.AddSingleton<AgentTunnelRegistry>();
         services.AddSingleton<AgentStreamForwarder>();
         services.AddSingleton<Rbs.Gateway.Registration.AgentDirectoryClient>();
+        // rbs.v1.GatewayRegistry (Registration/GatewayRegistryService.cs). Unknown services stay a 404, as before the
+        // gateway served gRPC itself: no catch-all "unimplemented" routes on either endpoint.
+        services.AddGrpc(o => o.IgnoreUnknownServices = true);
         services.AddSingleton<GatewayEndpoints>();
         services.AddHostedService<GatewayReadyAnnouncer>();
 
@@ -81,11 +85,12 @@ internal static class GatewayHostingExtensions
         var registry = app.Services.GetRequiredService<AgentTunnelRegistry>();
         app.Lifetime.ApplicationStopping.Register(registry.AbortAll);
 
-        // Client routes only on the public endpoint; tunnels and the internal API only on the agent endpoint.
+        // Client routes only on the public endpoint; tunnels and the orchestrator's registry only on the agent endpoint.
         app.Use((context, next) =>
         {
             var path = context.Request.Path;
-            var agentPath = path.StartsWithSegments("/tunnel") || path.StartsWithSegments("/internal");
+            // Case-insensitive, as routing is: no other spelling of the registry's path reaches it on the public endpoint.
+            var agentPath = path.StartsWithSegments("/tunnel") || path.StartsWithSegments(GatewayRegistryEndpoints.RoutePrefix.TrimEnd('/'));
             var allowed = path.StartsWithSegments("/healthz")
                 || (agentPath ? GatewayEndpoints.IsAgent(context) : GatewayEndpoints.IsPublic(context));
             if (!allowed)
@@ -97,11 +102,14 @@ internal static class GatewayHostingExtensions
             return next(context);
         });
         app.UseWebSockets();
+        // Before authorization, so a refused registry call is answered in gRPC-Web too (RefusalWriter).
+        app.UseGrpcWeb();
         // After the endpoint check: a route not served on this endpoint is a 404 whatever its token.
         app.UseAuthorization();
 
         app.MapGet("/healthz", () => "ok");
         app.MapAgentTunnels();
+        app.MapGatewayRegistry();
         foreach (var prefix in AgentServicePrefixes)
         {
             app.MapPost(prefix + "{**method}", (HttpContext context, AgentStreamForwarder forwarder) => forwarder.ForwardAsync(context))

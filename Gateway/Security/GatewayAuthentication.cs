@@ -17,8 +17,8 @@ namespace Rbs.Gateway.Security;
 /// The gateway's token checks: ASP.NET Core's JwtBearer handler authenticates (IdentityModel's JsonWebTokenHandler behind
 /// the canonical-form check, the keys of <see cref="RbsTokenKeyRing"/>), and one authorization policy per kind decides:
 /// <see cref="Join"/> on the tunnel endpoint, <see cref="Session"/> on every client stream (also: the route names the
-/// token's agent), <see cref="Internal"/> on the internal API. Refusals keep their wire form (plain 401/503 for agents,
-/// gRPC statuses for clients): <see cref="RefusalWriter"/>.
+/// token's agent), <see cref="Internal"/> on the orchestrator's <c>rbs.v1.GatewayRegistry</c>. Refusals keep their wire form (plain
+/// 401/503 for agents, gRPC statuses for clients and the orchestrator): <see cref="RefusalWriter"/>.
 /// </summary>
 internal static class GatewayAuthentication
 {
@@ -247,7 +247,7 @@ internal sealed partial class RbsTokenAuthorizationHandler(AgentDirectoryClient 
 
 /// <summary>
 /// Answers a refused request as its caller understands it: an agent gets a plain 4xx it treats as final (or 503 with
-/// Retry-After), the orchestrator a 401, a gRPC client a status that says what to do.
+/// Retry-After), the orchestrator and a gRPC client a status that says what to do.
 /// </summary>
 internal sealed partial class RefusalWriter(ILogger<RefusalWriter> logger) : IAuthorizationMiddlewareResultHandler
 {
@@ -281,7 +281,9 @@ internal sealed partial class RefusalWriter(ILogger<RefusalWriter> logger) : IAu
                 await WriteAsync(context, StatusCodes.Status401Unauthorized, $"join token rejected: {reason}");
                 return;
             default:
-                await WriteAsync(context, StatusCodes.Status401Unauthorized, $"internal token rejected: {reason}");
+                // rbs.v1.GatewayRegistry: a gRPC(-Web) status the orchestrator can show as it is.
+                await GrpcResponses.WriteStatusAsync(context, StatusCode.Unauthenticated,
+                    $"internal token rejected: {reason}; the orchestrator and the gateway must share the same token key");
                 return;
         }
     }

@@ -1,5 +1,4 @@
 using System.Net.WebSockets;
-using System.Text.Json;
 using Microsoft.Extensions.Options;
 using Rbs.Gateway.Hosting;
 using Rbs.Gateway.Registration;
@@ -10,39 +9,19 @@ using Rbs.Shared.Tunnel;
 
 namespace Rbs.Gateway.Tunnel;
 
-/// <summary>The agent endpoint: tunnel WebSockets and the internal registration API.</summary>
+/// <summary>
+/// The agents' tunnel WebSockets on the agent endpoint. The orchestrator's registration queries share that endpoint:
+/// <see cref="GatewayRegistryService"/>.
+/// </summary>
 internal static partial class TunnelEndpoints
 {
     public const string ConnectPath = "/tunnel/v1/connect";
-
-    private const int MaxWaitSeconds = 120;
 
     public static IEndpointRouteBuilder MapAgentTunnels(this IEndpointRouteBuilder endpoints)
     {
         // Authenticated before the upgrade: a rejected agent gets a plain 4xx it can treat as final.
         endpoints.Map(ConnectPath, AcceptTunnelAsync).RequireAuthorization(GatewayAuthentication.Join);
-        // Agents reach this endpoint too (and run user builds), so the internal API wants the orchestrator's token.
-        var internalApi = endpoints.MapGroup("/internal/v1").RequireAuthorization(GatewayAuthentication.Internal);
-        internalApi.MapGet("/agents", (AgentTunnelRegistry registry) => Results.Json(registry.Snapshot(), s_json));
-        internalApi.MapGet("/agents/{agentId}", GetAgentAsync);
         return endpoints;
-    }
-
-    private static readonly JsonSerializerOptions s_json = new(JsonSerializerDefaults.Web);
-
-    /// <summary>
-    /// 200 with the agent's tunnels when online, else 404. <c>?waitSeconds=N</c> long-polls up to N seconds
-    /// for the agent to register, so the orchestrator's GetServer can return once the agent is reachable.
-    /// </summary>
-    private static async Task<IResult> GetAgentAsync(string agentId, int? waitSeconds, AgentTunnelRegistry registry, TimeProvider timeProvider, CancellationToken cancellationToken)
-    {
-        var wait = TimeSpan.FromSeconds(Math.Clamp(waitSeconds ?? 0, 0, MaxWaitSeconds));
-        var agent = wait > TimeSpan.Zero
-            ? await registry.WaitOnlineAsync(agentId, wait, timeProvider, cancellationToken)
-            : registry.FindOnline(agentId);
-        return agent is null
-            ? Results.Json(new AgentTunnelSnapshot(agentId, "", false, 0, 0), s_json, statusCode: StatusCodes.Status404NotFound)
-            : Results.Json(agent.ToSnapshot(), s_json);
     }
 
     private static async Task AcceptTunnelAsync(HttpContext context, RbsTokenService tokens, AgentTunnelRegistry registry, IOptions<GatewayOptions> options, ILoggerFactory loggerFactory)

@@ -1,19 +1,52 @@
 // GetServer waits with this until a tunnel-mode agent is registered at the gateway. Tokens: Shared/Tokens.
 using System.Net;
-using System.Net.Http.Headers;
-using System.Text.Json;
+using Google.Protobuf.WellKnownTypes;
+using Grpc.Core;
+using Grpc.Net.Client;
+using Grpc.Net.Client.Web;
 using Rbs.Shared.Tokens;
+using Rbs.V1;
 
 namespace Rbs.Orchestrator.Gateway;
 
 /// <summary>
-/// Asks the gateway's internal API whether an agent has a live tunnel, long-polling so the answer arrives as
-/// soon as the agent registers. Authenticates with a short-lived <see cref="RbsTokenKind.Internal"/> token.
+/// Asks the gateway's <c>rbs.v1.GatewayRegistry</c> whether an agent has a live tunnel, long-polling so the answer
+/// arrives as soon as the agent registers. gRPC-Web over HTTP/1.1: the service shares the gateway's agent endpoint with
+/// the agents' tunnel WebSockets (Protos/rbs/v1/gateway_registry.proto says why). Authenticates with a short-lived
+/// <see cref="RbsTokenKind.Internal"/> token. One channel for the client's lifetime.
 /// </summary>
-/// <param name="internalToken">Mints a fresh internal token per query (the orchestrator's <c>RbsTokenService</c>).</param>
-internal sealed class AgentRegistrationClient(HttpClient http, Uri gatewayAgentEndpoint, Func<string> internalToken)
+internal sealed class AgentRegistrationClient : IDisposable
 {
     private static readonly TimeSpan s_maxPoll = TimeSpan.FromSeconds(60);
+
+    /// <summary>
+    /// How long past its wait a query may take before it counts as unanswered: the gateway answers at the end of the
+    /// wait, so this only bounds a gateway that accepted the call and then hung.
+    /// </summary>
+    private static readonly TimeSpan s_answerSlack = TimeSpan.FromSeconds(30);
+
+    private readonly Uri _gatewayAgentEndpoint;
+    private readonly Func<string> _internalToken;
+    private readonly GrpcChannel _channel;
+    private readonly GatewayRegistry.GatewayRegistryClient _client;
+
+    /// <param name="gatewayAgentEndpoint">The gateway's agent endpoint (cleartext HTTP/1.1).</param>
+    /// <param name="internalToken">Mints a fresh internal token per query (the orchestrator's <c>RbsTokenService</c>).</param>
+    /// <param name="transport">The connections under gRPC-Web; owned (disposed) by this client.</param>
+    public AgentRegistrationClient(Uri gatewayAgentEndpoint, Func<string> internalToken, HttpMessageHandler transport)
+    {
+        _gatewayAgentEndpoint = gatewayAgentEndpoint;
+        _internalToken = internalToken;
+        _channel = GrpcChannel.ForAddress(gatewayAgentEndpoint, new GrpcChannelOptions
+        {
+            HttpHandler = new GrpcWebHandler(GrpcWebMode.GrpcWeb, transport),
+            HttpVersion = HttpVersion.Version11,
+            HttpVersionPolicy = HttpVersionPolicy.RequestVersionExact,
+            // The caller's cancellation stays an OperationCanceledException, not a gateway failure.
+            ThrowOperationCanceledOnCancellation = true,
+        });
+        _client = new GatewayRegistry.GatewayRegistryClient(_channel);
+    }
 
     /// <summary>True once <paramref name="agentId"/> is online at the gateway; false if not within <paramref name="timeout"/>.</summary>
     public async Task<bool> WaitUntilRegisteredAsync(string agentId, TimeSpan timeout, CancellationToken cancellationToken)
@@ -35,27 +68,26 @@ internal sealed class AgentRegistrationClient(HttpClient http, Uri gatewayAgentE
         }
     }
 
-    /// <summary>One query; <paramref name="wait"/> &gt; 0 long-polls at the gateway for up to that long.</summary>
+    /// <summary>
+    /// One query; <paramref name="wait"/> &gt; 0 long-polls at the gateway for up to that long. A token the gateway
+    /// refuses is an <see cref="InvalidOperationException"/> (a configuration error); a gateway that cannot be asked
+    /// is an <see cref="RpcException"/>.
+    /// </summary>
     public async Task<bool> IsRegisteredAsync(string agentId, TimeSpan wait, CancellationToken cancellationToken)
     {
-        var seconds = (int)Math.Ceiling(wait.TotalSeconds);
-        var uri = new Uri(gatewayAgentEndpoint, $"internal/v1/agents/{Uri.EscapeDataString(agentId)}?waitSeconds={seconds}");
-        using var request = new HttpRequestMessage(HttpMethod.Get, uri);
-        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", internalToken());
-        using var response = await http.SendAsync(request, cancellationToken);
-        if (response.StatusCode == HttpStatusCode.NotFound)
+        var request = new GetAgentRequest { AgentId = agentId, Wait = Duration.FromTimeSpan(wait < TimeSpan.Zero ? TimeSpan.Zero : wait) };
+        var headers = new Metadata { { "authorization", "Bearer " + _internalToken() } };
+        try
         {
-            return false;
+            var registration = await _client.GetAgentAsync(request, headers, DateTime.UtcNow + wait + s_answerSlack, cancellationToken);
+            return registration.Online;
         }
-
-        if (response.StatusCode == HttpStatusCode.Unauthorized)
+        catch (RpcException e) when (e.StatusCode is StatusCode.Unauthenticated or StatusCode.PermissionDenied)
         {
             throw new InvalidOperationException(
-                $"the gateway at {gatewayAgentEndpoint} rejected the orchestrator's internal token: the two must share the same token key");
+                $"the gateway at {_gatewayAgentEndpoint} rejected the orchestrator's internal token: the two must share the same token key ({e.Status.Detail})", e);
         }
-
-        response.EnsureSuccessStatusCode();
-        using var json = await JsonDocument.ParseAsync(await response.Content.ReadAsStreamAsync(cancellationToken), cancellationToken: cancellationToken);
-        return json.RootElement.TryGetProperty("online", out var online) && online.ValueKind == JsonValueKind.True;
     }
+
+    public void Dispose() => _channel.Dispose();
 }

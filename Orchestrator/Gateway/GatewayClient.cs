@@ -16,7 +16,7 @@ internal sealed record RegistrationCheck(bool Registered, bool GatewayUnreachabl
 
 /// <summary>
 /// The orchestrator's side of tunnel mode: picks the connect mode of a request, mints join tokens for new agents and
-/// session tokens for clients, asks the gateway's internal API whether an agent is registered, and authenticates the
+/// session tokens for clients, asks the gateway's <c>rbs.v1.GatewayRegistry</c> whether an agent is registered, and authenticates the
 /// gateway's own calls (<see cref="AgentDirectoryService"/>). Registration is asked on every tunnel-mode GetServer,
 /// warm or cold: the gateway is the only one that knows, and after a gateway restart an agent is unreachable until it
 /// has re-registered (one loopback round trip on the warm path; nothing is remembered here).
@@ -27,7 +27,6 @@ internal sealed partial class GatewayClient : IDisposable
     private readonly OrchestratorOptions _orchestrator;
     private readonly ILogger<GatewayClient> _logger;
     private readonly RbsTokenService? _tokens;
-    private readonly HttpClient? _http;
     private readonly AgentRegistrationClient? _registration;
 
     public GatewayClient(
@@ -46,14 +45,14 @@ internal sealed partial class GatewayClient : IDisposable
 
         // ValidateOnStart has checked the key and the addresses before any call gets here.
         _tokens = new RbsTokenService(_options.ReadTokenKeys(), timeProvider, _options.TokenClockSkew);
-        _http = new HttpClient(new SocketsHttpHandler
-        {
-            ConnectTimeout = TimeSpan.FromSeconds(5),
-            PooledConnectionIdleTimeout = TimeSpan.FromMinutes(1),
-        });
         var tokens = _tokens;
-        _registration = new AgentRegistrationClient(_http, AgentEndpoint,
-            () => tokens.Mint(RbsTokenKind.Internal, "orchestrator", "orchestrator", TimeSpan.FromMinutes(2)));
+        _registration = new AgentRegistrationClient(AgentEndpoint,
+            () => tokens.Mint(RbsTokenKind.Internal, "orchestrator", "orchestrator", TimeSpan.FromMinutes(2)),
+            new SocketsHttpHandler
+            {
+                ConnectTimeout = TimeSpan.FromSeconds(5),
+                PooledConnectionIdleTimeout = TimeSpan.FromMinutes(1),
+            });
     }
 
     public bool IsConfigured => _tokens is not null;
@@ -114,13 +113,14 @@ internal sealed partial class GatewayClient : IDisposable
                 return new RegistrationCheck(true, false, null);
             }
         }
-        catch (Exception e) when (e is HttpRequestException or InvalidOperationException or System.Text.Json.JsonException
-            || (e is TaskCanceledException && !cancellationToken.IsCancellationRequested))
+        catch (Exception e) when (e is RpcException or InvalidOperationException)
         {
-            Log.GatewayUnreachable(_logger, _options.AgentAddress!, agent.AgentId, e.Message);
+            // A status's detail says it ("Error connecting to subchannel.", the gateway's refusal); its Message repeats the whole status.
+            var reason = e is RpcException rpc ? $"{rpc.StatusCode}: {rpc.Status.Detail}" : e.Message;
+            Log.GatewayUnreachable(_logger, _options.AgentAddress!, agent.AgentId, reason);
             return new RegistrationCheck(false, true,
                 $"cannot confirm that agent {agent.AgentId} registered at the gateway: the gateway's agent endpoint {_options.AgentAddress} " +
-                $"did not answer ({e.GetBaseException().Message}); check that rbs-gateway runs there (--gateway-agent-address) and shares the orchestrator's token key");
+                $"did not answer ({reason}); check that rbs-gateway runs there (--gateway-agent-address) and shares the orchestrator's token key");
         }
 
         Log.NotRegistered(_logger, agent.AgentId, timeout.TotalSeconds);
@@ -152,7 +152,7 @@ internal sealed partial class GatewayClient : IDisposable
         }
     }
 
-    public void Dispose() => _http?.Dispose();
+    public void Dispose() => _registration?.Dispose();
 
     private static partial class Log
     {

@@ -116,17 +116,33 @@ public sealed class GatewayAuthTests(ITestOutputHelper output) : IAsyncLifetime
     }
 
     [Fact]
-    public async Task AgentAndInternalRoutesAreNotServedOnThePublicEndpoint()
+    public async Task TheRegistryIsServedOnTheAgentEndpointOnlyNeverOnThePublicOne()
     {
-        using var http = new HttpClient(new SocketsHttpHandler()) { DefaultRequestVersion = System.Net.HttpVersion.Version20, DefaultVersionPolicy = HttpVersionPolicy.RequestVersionExact };
-        var response = await http.GetAsync(_gateway.PublicAddress + "/internal/v1/agents/agent-alice");
-        Assert.Equal(System.Net.HttpStatusCode.NotFound, response.StatusCode);
+        // Over HTTP/2 gRPC as a client would try it, and in other spellings: the public endpoint never routes it.
+        var onPublic = await Assert.ThrowsAsync<RpcException>(() => new GatewayRegistry.GatewayRegistryClient(_env.Channel(_gateway.PublicAddress))
+            .GetAgentAsync(new GetAgentRequest { AgentId = "agent-alice" }, _env.InternalHeaders()).ResponseAsync.WaitAsync(TunnelTestEnvironment.Timeout));
+        Assert.Equal(StatusCode.Unimplemented, onPublic.StatusCode);
+        Assert.Contains("404", onPublic.Status.Detail, StringComparison.Ordinal);
+        using var http = new HttpClient(new SocketsHttpHandler());
+        foreach (var path in new[] { "/rbs.v1.GatewayRegistry/GetAgent", "/RBS.V1.GATEWAYREGISTRY/GetAgent", "/rbs.v1.GatewayRegistry/ListAgents", "/internal/v1/agents" })
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Post, _gateway.PublicAddress + path)
+            {
+                Version = System.Net.HttpVersion.Version20,
+                VersionPolicy = HttpVersionPolicy.RequestVersionExact,
+            };
+            request.Headers.Authorization = new("Bearer", _env.InternalToken());
+            using var response = await http.SendAsync(request);
+            Assert.True(response.StatusCode == System.Net.HttpStatusCode.NotFound, $"{path} on the public endpoint: {response.StatusCode}");
+        }
 
-        var agentSide = _env.InternalClient();
-        var onAgentEndpoint = await agentSide.GetAsync(_gateway.AgentAddress + "/internal/v1/agents/agent-alice");
-        Assert.Equal(System.Net.HttpStatusCode.OK, onAgentEndpoint.StatusCode);
-        Assert.Contains("\"online\":true", await onAgentEndpoint.Content.ReadAsStringAsync(), StringComparison.Ordinal);
-        Assert.Contains("\"userId\":\"alice\"", await onAgentEndpoint.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        var registry = _env.RegistryClient(_gateway.AgentAddress);
+        var alice = await registry.GetAgentAsync(new GetAgentRequest { AgentId = "agent-alice" }, _env.InternalHeaders()).ResponseAsync.WaitAsync(TunnelTestEnvironment.Timeout);
+        Assert.True(alice.Online);
+        Assert.Equal("alice", alice.UserId);
+        Assert.True(alice.LiveTunnels >= 1);
+        var all = await registry.ListAgentsAsync(new ListAgentsRequest(), _env.InternalHeaders()).ResponseAsync.WaitAsync(TunnelTestEnvironment.Timeout);
+        Assert.Equal(["agent-alice", "agent-bob"], all.Agents.Select(a => a.AgentId).Order(StringComparer.Ordinal));
     }
 
     [Fact]
@@ -158,34 +174,45 @@ public sealed class GatewayRegistrationAndProxyTests(ITestOutputHelper output) :
     }
 
     [Fact]
-    public async Task InternalApiLongPollsUntilTheAgentRegisters()
+    public async Task RegistryLongPollsUntilTheAgentRegistersAndAnswersOfflineWhenTheWaitEnds()
     {
         var gateway = await _env.StartGatewayAsync();
-        var http = _env.InternalClient();
+        var registry = _env.RegistryClient(gateway.AgentAddress);
 
-        // Agents can reach the agent endpoint too (and run user code): the internal API wants the orchestrator's token.
-        using (var anonymous = new HttpClient())
-        {
-            Assert.Equal(System.Net.HttpStatusCode.Unauthorized, (await anonymous.GetAsync(gateway.AgentAddress + "/internal/v1/agents")).StatusCode);
-            using var withSession = new HttpRequestMessage(HttpMethod.Get, gateway.AgentAddress + "/internal/v1/agents/agent-w");
-            withSession.Headers.Authorization = new("Bearer", _env.SessionToken("agent-w"));
-            Assert.Equal(System.Net.HttpStatusCode.Unauthorized, (await anonymous.SendAsync(withSession)).StatusCode);
-        }
+        // Agents can reach the agent endpoint too (and run user code): the registry wants the orchestrator's token.
+        var anonymous = await Assert.ThrowsAsync<RpcException>(() =>
+            registry.ListAgentsAsync(new ListAgentsRequest()).ResponseAsync.WaitAsync(TunnelTestEnvironment.Timeout));
+        Assert.Equal(StatusCode.Unauthenticated, anonymous.StatusCode);
+        Assert.Contains("internal token rejected: no token was presented", anonymous.Status.Detail, StringComparison.Ordinal);
+        var withSession = await Assert.ThrowsAsync<RpcException>(() => registry.GetAgentAsync(
+            new GetAgentRequest { AgentId = "agent-w" }, _env.InternalHeaders(_env.SessionToken("agent-w"))).ResponseAsync.WaitAsync(TunnelTestEnvironment.Timeout));
+        Assert.Equal(StatusCode.Unauthenticated, withSession.StatusCode);
+        var noId = await Assert.ThrowsAsync<RpcException>(() => registry.GetAgentAsync(
+            new GetAgentRequest(), _env.InternalHeaders()).ResponseAsync.WaitAsync(TunnelTestEnvironment.Timeout));
+        Assert.Equal(StatusCode.InvalidArgument, noId.StatusCode);
 
-        var unknown = await http.GetAsync(gateway.AgentAddress + "/internal/v1/agents/agent-w");
-        Assert.Equal(System.Net.HttpStatusCode.NotFound, unknown.StatusCode);
+        // Not online: an answer (online = false), not an error; right away without a wait, at its end with one.
+        var unknown = await registry.GetAgentAsync(new GetAgentRequest { AgentId = "agent-w" }, _env.InternalHeaders()).ResponseAsync.WaitAsync(TunnelTestEnvironment.Timeout);
+        Assert.False(unknown.Online);
+        Assert.Equal("agent-w", unknown.AgentId);
+        var waited = System.Diagnostics.Stopwatch.StartNew();
+        var timedOut = await registry.GetAgentAsync(new GetAgentRequest { AgentId = "agent-w", Wait = Google.Protobuf.WellKnownTypes.Duration.FromTimeSpan(TimeSpan.FromMilliseconds(500)) },
+            _env.InternalHeaders()).ResponseAsync.WaitAsync(TunnelTestEnvironment.Timeout);
+        Assert.False(timedOut.Online);
+        Assert.True(waited.Elapsed >= TimeSpan.FromMilliseconds(450), $"answered after {waited.Elapsed} of a 500 ms wait");
 
-        // The orchestrator's view: ask, then start the agent; the answer arrives when it registers.
-        var waiting = http.GetAsync(gateway.AgentAddress + "/internal/v1/agents/agent-w?waitSeconds=20");
-        await Task.Delay(200);
-        Assert.False(waiting.IsCompleted);
+        // The orchestrator's view: ask, then start the agent; the answer arrives when it registers, long before the 100 s
+        // wait ends (the test's 30 s bound).
+        var waiting = registry.GetAgentAsync(new GetAgentRequest { AgentId = "agent-w", Wait = Google.Protobuf.WellKnownTypes.Duration.FromTimeSpan(TimeSpan.FromSeconds(100)) },
+            _env.InternalHeaders()).ResponseAsync;
+        Assert.False(waiting.IsCompleted, "answered before the agent registered");
+        var started = System.Diagnostics.Stopwatch.StartNew();
         await _env.StartAgentAsync("agent-w", gateway.AgentAddress, _env.JoinToken("agent-w"));
         var registered = await waiting.WaitAsync(TunnelTestEnvironment.Timeout);
-        Assert.Equal(System.Net.HttpStatusCode.OK, registered.StatusCode);
-        var body = await registered.Content.ReadAsStringAsync();
-        output.WriteLine(body);
-        Assert.Contains("\"agentId\":\"agent-w\"", body, StringComparison.Ordinal);
-        Assert.Contains("\"online\":true", body, StringComparison.Ordinal);
+        output.WriteLine($"{registered} after {started.Elapsed}");
+        Assert.True(registered.Online);
+        Assert.Equal("agent-w", registered.AgentId);
+        Assert.Equal("alice", registered.UserId);
     }
 
     [Fact]
@@ -253,8 +280,7 @@ public sealed class AgentRegistrationClientTests(ITestOutputHelper output) : IAs
     public async Task OrchestratorSideClientWaitsForRegistrationAndDetectsAKeyMismatch()
     {
         var gateway = await _env.StartGatewayAsync();
-        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(60) };
-        var registration = new Rbs.Orchestrator.Gateway.AgentRegistrationClient(http, new Uri(gateway.AgentAddress), _env.InternalToken);
+        using var registration = new Rbs.Orchestrator.Gateway.AgentRegistrationClient(new Uri(gateway.AgentAddress), _env.InternalToken, new SocketsHttpHandler());
 
         Assert.False(await registration.WaitUntilRegisteredAsync("agent-q", TimeSpan.FromMilliseconds(300), CancellationToken.None).WaitAsync(TunnelTestEnvironment.Timeout));
 
@@ -262,10 +288,19 @@ public sealed class AgentRegistrationClientTests(ITestOutputHelper output) : IAs
         await _env.StartAgentAsync("agent-q", gateway.AgentAddress, _env.JoinToken("agent-q"), spares: 1);
         Assert.True(await waiting.WaitAsync(TunnelTestEnvironment.Timeout));
 
+        // The caller's cancellation ends a long-poll as a cancellation, not as a gateway failure.
+        using (var cancel = new CancellationTokenSource(TimeSpan.FromMilliseconds(200)))
+        {
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(() =>
+                registration.WaitUntilRegisteredAsync("agent-never", TimeSpan.FromSeconds(20), cancel.Token).WaitAsync(TunnelTestEnvironment.Timeout));
+        }
+
         var otherKey = new RbsTokenService(Convert.FromBase64String(RbsTokenKeyRing.GenerateKey()), TimeProvider.System);
-        var mismatched = new Rbs.Orchestrator.Gateway.AgentRegistrationClient(http, new Uri(gateway.AgentAddress),
-            () => otherKey.Mint(RbsTokenKind.Internal, "orchestrator", "orchestrator", TimeSpan.FromMinutes(1)));
+        using var mismatched = new Rbs.Orchestrator.Gateway.AgentRegistrationClient(new Uri(gateway.AgentAddress),
+            () => otherKey.Mint(RbsTokenKind.Internal, "orchestrator", "orchestrator", TimeSpan.FromMinutes(1)), new SocketsHttpHandler());
         var ex = await Assert.ThrowsAsync<InvalidOperationException>(() => mismatched.IsRegisteredAsync("agent-q", TimeSpan.Zero, CancellationToken.None));
-        Assert.Contains("same token key", ex.Message, StringComparison.Ordinal);
+        output.WriteLine(ex.Message);
+        Assert.Contains("rejected the orchestrator's internal token: the two must share the same token key", ex.Message, StringComparison.Ordinal);
+        Assert.Contains("signature", ex.Message, StringComparison.Ordinal);
     }
 }

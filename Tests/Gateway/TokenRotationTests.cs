@@ -84,13 +84,11 @@ public sealed class TokenRotationTests(ITestOutputHelper output) : IAsyncLifetim
             Assert.Contains($"a {kind} token cannot be used where a join token is required", await response.Content.ReadAsStringAsync(), StringComparison.Ordinal);
         }
 
-        // A session token on the internal API.
-        using (var request = new HttpRequestMessage(HttpMethod.Get, gateway.AgentAddress + "/internal/v1/agents"))
-        {
-            request.Headers.Authorization = new("Bearer", session);
-            using var response = await http.SendAsync(request);
-            Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
-        }
+        // A session token on the orchestrator's registry.
+        var onRegistry = await Assert.ThrowsAsync<RpcException>(() => _env.RegistryClient(gateway.AgentAddress)
+            .ListAgentsAsync(new ListAgentsRequest(), _env.InternalHeaders(session)).ResponseAsync.WaitAsync(TunnelTestEnvironment.Timeout));
+        Assert.Equal(StatusCode.Unauthenticated, onRegistry.StatusCode);
+        Assert.Contains("a session token cannot be used where", onRegistry.Status.Detail, StringComparison.Ordinal);
 
         // The valid session token, spelled differently: each is refused.
         var parts = session.Split('.');

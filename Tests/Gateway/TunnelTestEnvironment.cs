@@ -44,17 +44,24 @@ internal sealed class TunnelTestEnvironment(ITestOutputHelper output)
     /// <summary>A fresh internal token, as the orchestrator mints one per registration query.</summary>
     public string InternalToken() => Tokens.Mint(RbsTokenKind.Internal, "orchestrator", "orchestrator", TimeSpan.FromMinutes(2));
 
-    /// <summary>An HttpClient for the gateway's internal API, authenticated as the orchestrator.</summary>
-    public HttpClient InternalClient()
+    /// <summary>The internal token as the orchestrator sends it to rbs.v1.GatewayRegistry.</summary>
+    public Metadata InternalHeaders(string? token = null) => new() { { "authorization", "Bearer " + (token ?? InternalToken()) } };
+
+    /// <summary>A client of rbs.v1.GatewayRegistry as the orchestrator reaches it: gRPC-Web over HTTP/1.1.</summary>
+    public GatewayRegistry.GatewayRegistryClient RegistryClient(string address)
     {
-        var http = new HttpClient { Timeout = TimeSpan.FromSeconds(30) };
-        http.DefaultRequestHeaders.Authorization = new("Bearer", Tokens.Mint(RbsTokenKind.Internal, "orchestrator", "orchestrator", TimeSpan.FromMinutes(5)));
+        var channel = GrpcChannel.ForAddress(address, new GrpcChannelOptions
+        {
+            HttpHandler = new Grpc.Net.Client.Web.GrpcWebHandler(Grpc.Net.Client.Web.GrpcWebMode.GrpcWeb, new SocketsHttpHandler()),
+            HttpVersion = System.Net.HttpVersion.Version11,
+            HttpVersionPolicy = HttpVersionPolicy.RequestVersionExact,
+        });
         _disposables.Add(new AsyncDisposable(() =>
         {
-            http.Dispose();
+            channel.Dispose();
             return ValueTask.CompletedTask;
         }));
-        return http;
+        return new GatewayRegistry.GatewayRegistryClient(channel);
     }
 
     public async Task<GatewayHost> StartGatewayAsync(string publicListen = "127.0.0.1:0", string agentListen = "127.0.0.1:0", string? orchestrator = null, string? certificatePath = null, int keepAliveSeconds = 5, IReadOnlyDictionary<string, string?>? settings = null, TimeProvider? timeProvider = null)

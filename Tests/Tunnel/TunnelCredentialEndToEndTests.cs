@@ -108,9 +108,9 @@ public sealed class TunnelCredentialEndToEndTests(ITestOutputHelper output) : ID
             repoHash: Rbs.JBazel.Workspace.RepoHash.Compute(System.Net.Dns.GetHostName(), _alice.Root));
         Assert.Equal(alice.AgentId, response.AgentId);
         Assert.True(response.Warm);
-        using (var http = new HttpClient())
+        using (var registration = stack.RegistrationClient())
         {
-            Assert.True(await stack.RegistrationClient(http).IsRegisteredAsync(alice.AgentId, TimeSpan.Zero, CancellationToken.None),
+            Assert.True(await registration.IsRegisteredAsync(alice.AgentId, TimeSpan.Zero, CancellationToken.None),
                 "GetServer returned an agent that is not registered at the gateway");
         }
 

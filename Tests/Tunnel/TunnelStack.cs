@@ -149,9 +149,9 @@ public sealed class TunnelStack : IAsyncDisposable
     }
 
     /// <summary>The orchestrator-side client of the gateway's registration API (what a tunnel GetServer asks).</summary>
-    internal AgentRegistrationClient RegistrationClient(HttpClient http) =>
-        new(http, new Uri(AgentAddress + "/"), () => new RbsTokenService(RbsTokenKeyRing.ReadKeyFile(KeyFile), TimeProvider.System)
-            .Mint(RbsTokenKind.Internal, "orchestrator", "orchestrator", TimeSpan.FromMinutes(2)));
+    internal AgentRegistrationClient RegistrationClient() =>
+        new(new Uri(AgentAddress + "/"), () => new RbsTokenService(RbsTokenKeyRing.ReadKeyFile(KeyFile), TimeProvider.System)
+            .Mint(RbsTokenKind.Internal, "orchestrator", "orchestrator", TimeSpan.FromMinutes(2)), new SocketsHttpHandler());
 
     /// <summary>GetServer straight to <paramref name="address"/> (the gateway's public endpoint by default).</summary>
     /// <param name="repoHash">The repo hash to ask for; default a test-only hash of the path (jbazel's differs).</param>
