@@ -187,5 +187,5 @@ internal sealed partial class AgentTunnelRegistry : IDisposable
     }
 }
 
-/// <summary>What the internal registration API reports for one agent.</summary>
+/// <summary>One agent's registration: what rbs.v1.GatewayRegistry reports for it (Registration/GatewayRegistryService.cs).</summary>
 internal sealed record AgentTunnelSnapshot(string AgentId, string UserId, bool Online, int LiveTunnels, int IdleTunnels);
