@@ -15,7 +15,7 @@ namespace Rbs.Tests.Gateway;
 /// A stand-in orchestrator for the gateway tests: real Kestrel serving the real <c>rbs.v1.AgentDirectory</c> contract.
 /// It answers "live" for the agents the test put in <see cref="Live"/> (as agent id → user) and "not live" for every
 /// other, and it checks the gateway's internal token with the test's key, as the real orchestrator does. The real
-/// orchestrator's answers (state store, compute probe) are tested with real processes in Tests/Tunnel.
+/// orchestrator's answers (state store, compute probe) are tested with real processes in Tests/Stacks/Tunnel.
 /// </summary>
 internal sealed class StandInAgentDirectory : IAsyncDisposable
 {

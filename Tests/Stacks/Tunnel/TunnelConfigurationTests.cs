@@ -6,7 +6,7 @@ using Rbs.Orchestrator.Security;
 using Rbs.Shared.Tokens;
 using Rbs.V1;
 
-namespace Rbs.Tests.Tunnel;
+namespace Rbs.Tests.Stacks.Tunnel;
 
 /// <summary>API keys and the gateway options: what a misconfigured orchestrator or a wrong client is told.</summary>
 public sealed class TunnelConfigurationTests : IDisposable

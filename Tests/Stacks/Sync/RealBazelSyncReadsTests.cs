@@ -4,7 +4,7 @@ using Rbs.Shared.Hosting;
 using Rbs.Tests.Infrastructure;
 using Rbs.Tests.JBazel;
 
-namespace Rbs.Tests.Sync;
+namespace Rbs.Tests.Stacks.Sync;
 
 /// <summary>
 /// Real bazel 4.2.3, the real jbazel, a real rbs-orchestrator in local mode and the rbs-agent it spawns with its own

@@ -4,7 +4,7 @@ using Rbs.Tests.Infrastructure;
 using Rbs.Tests.JBazel;
 using Rbs.V1;
 
-namespace Rbs.Tests.Tunnel;
+namespace Rbs.Tests.Stacks.Tunnel;
 
 /// <summary>The orchestrator is configured for a gateway that is not running.</summary>
 public sealed class GatewayDownTests(ITestOutputHelper output)

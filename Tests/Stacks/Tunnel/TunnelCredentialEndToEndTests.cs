@@ -12,7 +12,7 @@ using Rbs.Tests.Infrastructure;
 using Rbs.Tests.JBazel;
 using Rbs.V1;
 
-namespace Rbs.Tests.Tunnel;
+namespace Rbs.Tests.Stacks.Tunnel;
 
 /// <summary>
 /// Issue 10 defects 1 and 3 with real processes: rbs-gateway, rbs-orchestrator, real rbs-agents and the real jbazel.

@@ -13,7 +13,7 @@ using Rbs.Tests.Infrastructure;
 using Rbs.Tests.JBazel;
 using Rbs.V1;
 
-namespace Rbs.Tests.Tunnel;
+namespace Rbs.Tests.Stacks.Tunnel;
 
 /// <summary>Starts one <see cref="TunnelStack"/> for all tests of the class (each test uses its own workspaces).</summary>
 public sealed class TunnelStackFixture : IAsyncLifetime

@@ -11,7 +11,7 @@ using Rbs.Shared.Tokens;
 using Rbs.Tests.Agent;
 using Rbs.V1;
 
-namespace Rbs.Tests.Tunnel;
+namespace Rbs.Tests.Stacks.Tunnel;
 
 /// <summary>
 /// The whole tunnel stack as real processes on 127.0.0.1: rbs-gateway (ephemeral ports, generated key file) and

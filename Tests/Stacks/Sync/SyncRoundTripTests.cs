@@ -6,7 +6,7 @@ using Rbs.Tests.Agent.Sync;
 using Rbs.Tests.Infrastructure;
 using Rbs.V1;
 
-namespace Rbs.Tests.Sync;
+namespace Rbs.Tests.Stacks.Sync;
 
 /// <summary>jbazel's sync client against a real agent (AgentHost on 127.0.0.1:0): the agent's tree ends up exactly the client's.</summary>
 [System.Runtime.Versioning.UnsupportedOSPlatform("windows")]

@@ -4,7 +4,7 @@ using Rbs.Tests.Infrastructure;
 using Rbs.Tests.JBazel;
 using Rbs.Tests.Orchestrator.Infrastructure;
 
-namespace Rbs.Tests.Sync;
+namespace Rbs.Tests.Stacks.Sync;
 
 /// <summary>
 /// The real jbazel binary with <c>--rbs_sync</c> against a real local stack: an in-process orchestrator in local
