@@ -251,11 +251,11 @@ fresh remote
 run_on remote "stty -g > ../second.before; b run //tools:stubborn; echo RC:\$?; stty -g > ../second.after"
 wait_for remote '^STUBBORN' 120 || true
 agent_log() { cat "$E2E_TMP"/state/agents/*.log 2>/dev/null; }
-interrupts="$(agent_log | grep -c 'SIGINT to its process group' || true)"
+interrupts="$(agent_log | grep -c 'SIGINT sent to its process group' || true)"
 tm send-keys -t remote C-c
 # The second Ctrl-C once the first has reached the agent (it SIGINTs the program, which ignores it).
 tries=300
-until [ "$(agent_log | grep -c 'SIGINT to its process group' || true)" -gt "$interrupts" ]; do
+until [ "$(agent_log | grep -c 'SIGINT sent to its process group' || true)" -gt "$interrupts" ]; do
     tries=$((tries - 1)); [ "$tries" -gt 0 ] || { log "the agent never logged the first interrupt"; break; }
     sleep 0.1
 done

@@ -59,9 +59,12 @@ internal sealed partial class AgentTunnels : IDisposable
     public GatewayTunnel Add(WebSocketTunnelStream stream)
     {
         var tunnel = new GatewayTunnel(this, stream);
+        // The idle watch's receive starts before anyone can take the tunnel: the stream allows one receive at a time,
+        // and whoever takes it (the probe, then the HTTP/2 connection) awaits this same pending receive.
+        var pending = stream.WaitForDataAsync();
         _tunnels.Add(tunnel);
         OfflineSince = null;
-        _ = WatchIdleAsync(tunnel);
+        _ = WatchIdleAsync(tunnel, pending);
         return tunnel;
     }
 
@@ -191,9 +194,9 @@ internal sealed partial class AgentTunnels : IDisposable
     /// tunnel closed, died (keepalive timeout) or broke protocol; in all cases it is evicted before a
     /// request could pick it (the stale-tunnel 502 race).
     /// </summary>
-    private async Task WatchIdleAsync(GatewayTunnel tunnel)
+    private async Task WatchIdleAsync(GatewayTunnel tunnel, Task<int> pending)
     {
-        var received = await tunnel.Stream.WaitForDataAsync();
+        var received = await pending;
         if (_tunnels.TryEvictIdle(tunnel))
         {
             Evict(tunnel, received);

@@ -47,7 +47,9 @@ internal sealed class WebSocketTunnelStream(WebSocket webSocket) : Stream
 
     /// <summary>
     /// Starts (or returns) the pending receive. Completes with the byte count now buffered: &gt; 0 when
-    /// the peer sent data (which the next read returns), 0 when the tunnel closed or failed.
+    /// the peer sent data (which the next read returns), 0 when the tunnel closed or failed. Not thread-safe, like
+    /// the reads: concurrent first calls could start two receives, so a second party (the gateway's idle watch) must
+    /// make its call before it hands the stream on.
     /// </summary>
     public Task<int> WaitForDataAsync()
     {
