@@ -3,8 +3,10 @@
 # never asserts times). Every compared set of commands runs interleaved (A B A B ...) and is reported as medians
 # with the interquartile range; the machine's load at the start is printed first.
 #   warm no-op build:  local bazel (as a user types it: Debian's /usr/bin/bazel wrapper) vs jbazel direct vs jbazel
-#                      through the gateway vs ssh localhost bazel
-#   1 GiB stdout:      `bazel run` of a 1 GiB writer: local piped, jbazel direct, jbazel via gateway, ssh localhost;
+#                      through the gateway vs jbazel through nginx (the ingress, as the chart configures it) + the gateway
+#                      vs ssh localhost bazel
+#   1 GiB stdout:      `bazel run` of a 1 GiB writer: local piped, jbazel direct, jbazel via gateway, via nginx +
+#                      gateway, ssh localhost;
 #                      raw baselines: a local pipe, ssh cat, an `ssh -R` reverse tunnel
 #   streams:           N streams x 5 MB through one gateway (errors, gateway peak RSS, aggregate throughput)
 #   GetServer:         warm p50/p99 and cold (agent spawn) p50
@@ -53,18 +55,28 @@ start_bench_gateway "$GW_PUBLIC_PORT" "$GW_AGENT_PORT" "$RBS_ORCHESTRATOR"
 wait_ready_file "$E2E_TMP/gateway.json" publicAddress "$GW_PID" >/dev/null
 log "gateway pid $GW_PID: public $GW_PUBLIC, agents $GW_AGENT"
 JBAZEL_GW="$RBS_BIN --rbs_connect=tunnel --rbs_orchestrator=$GW_PUBLIC"
+# The same gateway behind nginx, configured as the chart's ingress (e2e/lib.sh write_nginx_conf): the clients' side
+# only (the agents keep dialling the gateway itself). Same workspace, so the same agent and bazel server as "gateway".
+NGX_PORT="$(free_port)"
+write_nginx_conf "$E2E_TMP/nginx" "127.0.0.1:$NGX_PORT" "127.0.0.1:$(free_port)" "127.0.0.1:$GW_PUBLIC_PORT" "127.0.0.1:$GW_AGENT_PORT"
+nginx -p "$E2E_TMP/nginx" -c "$E2E_TMP/nginx/nginx.conf" >>"$E2E_TMP/nginx/stdout.log" 2>&1 &
+CLEANUP_PIDS+=("$!")
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$NGX_PORT") 2>/dev/null && break; sleep 0.1; done
+JBAZEL_NGX="$RBS_BIN --rbs_connect=tunnel --rbs_orchestrator=http://127.0.0.1:$NGX_PORT"
 
 # Warm everything once (bazel servers, agents, ssh host key).
 (cd "$E2E_TMP/ws-local" && bazel build "$NOOP_TARGET" >/dev/null 2>&1)
 $SSH "cd '$E2E_TMP/ws-ssh' && bazel build $NOOP_TARGET" >/dev/null 2>&1
 (cd "$E2E_TMP/ws-jbazel" && "$RBS_BIN" build "$NOOP_TARGET" >/dev/null 2>&1)
 (cd "$E2E_TMP/ws-gw" && $JBAZEL_GW build "$NOOP_TARGET" >/dev/null 2>&1)
+(cd "$E2E_TMP/ws-gw" && $JBAZEL_NGX build "$NOOP_TARGET" >/dev/null 2>&1)
 
 log "warm no-op build ($RUNS interleaved runs each)"
 noop="$(interleave noop "$RUNS" 3 \
     "local=cd $E2E_TMP/ws-local && bazel build $NOOP_TARGET" \
     "direct=cd $E2E_TMP/ws-jbazel && $RBS_BIN build $NOOP_TARGET" \
     "gateway=cd $E2E_TMP/ws-gw && $JBAZEL_GW build $NOOP_TARGET" \
+    "nginx=cd $E2E_TMP/ws-gw && $JBAZEL_NGX build $NOOP_TARGET" \
     "ssh=$SSH 'cd $E2E_TMP/ws-ssh && bazel build $NOOP_TARGET'")"
 
 log "1 GiB stdout ($BIG_RUNS interleaved runs each)"
@@ -88,6 +100,7 @@ gib="$(interleave gib "$BIG_RUNS" 1 \
     "local=cd $E2E_TMP/ws-local && bazel run $BLAST_TARGET 2>/dev/null | cat >/dev/null" \
     "direct=cd $E2E_TMP/ws-jbazel && $RBS_BIN run $BLAST_TARGET 2>/dev/null >/dev/null" \
     "gateway=cd $E2E_TMP/ws-gw && $JBAZEL_GW run $BLAST_TARGET 2>/dev/null >/dev/null" \
+    "nginx=cd $E2E_TMP/ws-gw && $JBAZEL_NGX run $BLAST_TARGET 2>/dev/null >/dev/null" \
     "ssh=$SSH 'cd $E2E_TMP/ws-ssh && bazel run $BLAST_TARGET 2>/dev/null' >/dev/null" \
     "pipe=head -c 1073741824 /dev/zero | cat >/dev/null" \
     "sshcat=$SSH 'head -c 1073741824 /dev/zero' >/dev/null" \
@@ -134,10 +147,12 @@ echo "|---|---|---|---|---|"
 echo "| warm no-op build, local bazel | $(noop_cell local) | 1.00x | | |"
 echo "| warm no-op build, jbazel (direct) | $(noop_cell direct) | $(ratio "$(m direct)" "$(m local)") of local | <= 1.00x | $(verdict "$noop_direct" "<=" 1.00) |"
 echo "| warm no-op build, jbazel via gateway (tunnel) | $(noop_cell gateway) | $(ratio "$(m gateway)" "$(m local)") of local | <= 1.05x | $(verdict "$noop_gw" "<=" 1.05) |"
+echo "| warm no-op build, jbazel via nginx + gateway | $(noop_cell nginx) | $(ratio "$(m nginx)" "$(m local)") of local, $(ratio "$(m nginx)" "$(m gateway)") of gateway | | |"
 echo "| warm no-op build, ssh localhost bazel | $(noop_cell ssh) | $(ratio "$(m ssh)" "$(m local)") of local | | |"
 echo "| 1 GiB stdout, local bazel run piped | $(gib_cell local) | 1.00x | | |"
 echo "| 1 GiB stdout, jbazel run (direct) | $(gib_cell direct) | $(ratio "$(g ssh)" "$(g direct)") of ssh, $(ratio "$(g local)" "$(g direct)") of local | >= 2.00x of ssh | $(verdict "$gib_direct_ssh" ">=" 2.00) |"
 echo "| 1 GiB stdout, jbazel run via gateway (tunnel) | $(gib_cell gateway) | $(ratio "$(g direct)" "$(g gateway)") of direct, $(ratio "$(g ssh)" "$(g gateway)") of ssh | >= 0.90x of direct | $(verdict "$gib_gw_direct" ">=" 0.90) |"
+echo "| 1 GiB stdout, jbazel run via nginx + gateway | $(gib_cell nginx) | $(ratio "$(g gateway)" "$(g nginx)") of gateway, $(ratio "$(g direct)" "$(g nginx)") of direct | | |"
 echo "| 1 GiB stdout, ssh localhost bazel run | $(gib_cell ssh) | $(ratio "$(g local)" "$(g ssh)") of local | | |"
 echo "| 1 GiB raw, local pipe (head \| cat) | $(gib_cell pipe) | | | |"
 echo "| 1 GiB raw, ssh localhost cat | $(gib_cell sshcat) | $(ratio "$(g pipe)" "$(g sshcat)") of pipe | | |"

@@ -157,6 +157,36 @@ stop_orchestrator() {
     wait "$ORCH_PID" 2>/dev/null || true
 }
 
+# write_nginx_conf DIR CLIENT_LISTEN AGENT_LISTEN "PUBLIC HOST:PORT..." "AGENT HOST:PORT...": DIR/nginx.conf for an nginx
+# in front of gateway replicas, configured as helm/rbs/templates/ingress.yaml configures ingress-nginx: clients' gRPC
+# over cleartext HTTP/2 (grpc_pass), agents' tunnels as HTTP/1.1 WebSocket upgrades, no body size limit or request
+# buffering (sync uploads), hour-long timeouts (a build is one long stream). Run it in the foreground with
+# `nginx -p DIR -c DIR/nginx.conf`: the pid started is nginx's master.
+write_nginx_conf() {
+    local dir="$1" client_listen="$2" agent_listen="$3" publics="$4" agents="$5" s
+    mkdir -p "$dir/tmp"
+    {
+        printf 'daemon off;\nworker_processes 1;\nuser root;\npid %s/nginx.pid;\nerror_log %s/error.log info;\n' "$dir" "$dir"
+        printf 'events { worker_connections 4096; }\nhttp {\n    access_log off;\n'
+        for s in client_body proxy fastcgi uwsgi scgi; do printf '    %s_temp_path %s/tmp/%s;\n' "$s" "$dir" "$s"; done
+        printf '    client_max_body_size 0;\n'
+        printf '    map $http_upgrade $connection_upgrade { default upgrade; %s close; }\n' "''"
+        printf '    upstream gateway_public {\n'
+        for s in $publics; do printf '        server %s max_fails=1 fail_timeout=5s;\n' "$s"; done
+        printf '        keepalive 16;\n    }\n    upstream gateway_agents {\n'
+        for s in $agents; do printf '        server %s max_fails=1 fail_timeout=5s;\n' "$s"; done
+        printf '    }\n'
+        printf '    server {\n        listen %s http2;\n        http2_idle_timeout 1h;\n        client_body_timeout 1h;\n' "$client_listen"
+        printf '        location / {\n            grpc_pass grpc://gateway_public;\n            grpc_read_timeout 1h;\n'
+        printf '            grpc_send_timeout 1h;\n            grpc_next_upstream error timeout;\n        }\n    }\n'
+        printf '    server {\n        listen %s;\n        location / {\n            proxy_pass http://gateway_agents;\n' "$agent_listen"
+        printf '            proxy_http_version 1.1;\n            proxy_set_header Upgrade $http_upgrade;\n'
+        printf '            proxy_set_header Connection $connection_upgrade;\n            proxy_set_header Host $host;\n'
+        printf '            proxy_read_timeout 1h;\n            proxy_send_timeout 1h;\n            proxy_buffering off;\n'
+        printf '            proxy_request_buffering off;\n        }\n    }\n}\n'
+    } >"$dir/nginx.conf"
+}
+
 # Agents this run started (their ready files carry the pids), in every state dir of the run
 # ($E2E_TMP/state, and $E2E_TMP/state-* of extra orchestrators, e.g. replicas on one database).
 agent_pids() {

@@ -12,6 +12,8 @@
 #   tmux             e2e/terminal_test.sh: a real terminal, local bazel and jbazel side by side
 #   util-linux       setpriv: the agent's commands die with it (PR_SET_PDEATHSIG)
 #   bsdutils         script(1): a pseudo-terminal for jbazel's terminal tests
+#   nginx            e2e/ingress_test.sh: the real ingress in front of the gateway replicas (started by the test on its
+#                    own config and ports; the package's own service is not started)
 set -euo pipefail
 
 need=()
@@ -28,12 +30,21 @@ command -v git >/dev/null 2>&1 || need+=(git)
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 command -v script >/dev/null 2>&1 || need+=(bsdutils)
+command -v nginx >/dev/null 2>&1 || need+=(nginx)
 
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     echo "install-prereqs: installing ${need[*]}"
     $sudo apt-get update -qq
+    # Packages with a service (nginx, postgresql) must not start it: the tests start their own servers on their own
+    # ports. Debian's policy-rc.d hook says so, when the machine has none of its own (containers usually do).
+    policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        policy=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null && $sudo chmod 755 "$policy"
+    fi
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+    [ -z "$policy" ] || $sudo rm -f "$policy"
 fi
 command -v dotnet >/dev/null 2>&1 || { echo "install-prereqs: the .NET 10 SDK (dotnet) is required" >&2; exit 1; }
