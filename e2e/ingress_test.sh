@@ -76,6 +76,7 @@ start_replica() {
     rm -f "$ready"
     ip netns exec "$NS_C" "$RBS_ARTIFACTS/rbs-gateway/rbs-gateway" \
         --public-listen "127.0.0.1:818$n" --agent-listen "127.0.0.1:828$n" \
+        --advertise-agent-address "http://127.0.0.1:828$n" --replica-id "replica-$n" \
         --orchestrator "$ORCH_DIRECT" --token-key-file "$KEY_FILE" --ready-file "$ready" \
         >>"$E2E_TMP/gateway-$n.log" 2>&1 &
     REPLICA_PID[$n]=$!
@@ -211,6 +212,39 @@ faulted kill9 "kill -9 of the replica carrying the stream" kill_carrier
 faulted link "laptop link down for 10 s" cut_link
 faulted nginx "nginx restarted mid-build" restart_nginx
 faulted rolling "rolling restart of both replicas" rolling_restart
+
+# --- 20 builds running continuously through a rolling restart of every replica: none fails -----------------------
+# Twenty loops, each running `jbazel build //...` again and again until the restart is over (one agent, one bazel
+# server: bazel runs them one at a time, the others wait for its lock, as they would locally).
+STOP="$E2E_TMP/builders.stop"
+builder() {
+    local n="$1" i=0 rc
+    while [ ! -e "$STOP" ]; do
+        i=$((i + 1))
+        (cd "$WS" && ip netns exec "$NS_L" "$RBS_ARTIFACTS/jbazel/jbazel" "${JB[@]}" build //... \
+            >/dev/null 2>"$E2E_TMP/builder-$n-$i.err" </dev/null)
+        rc=$?
+        echo "$rc" >>"$E2E_TMP/builder-$n.rcs"
+        [ "$rc" = 0 ] && rm -f "$E2E_TMP/builder-$n-$i.err"
+    done
+}
+BUILDERS=()
+for n in $(seq 20); do builder "$n" & BUILDERS+=("$!"); done
+# The restart starts once twenty builds have finished: every loop is running by then.
+for _ in $(seq 600); do
+    [ "$(cat "$E2E_TMP"/builder-*.rcs 2>/dev/null | wc -l)" -ge 20 ] && break
+    sleep 0.5
+done
+ROLL_START=$(date +%s)
+rolling_restart
+touch "$STOP"
+wait "${BUILDERS[@]}"
+BUILDS=$(cat "$E2E_TMP"/builder-*.rcs | wc -l)
+FAILED_BUILDS=$(grep -vc '^0$' "$E2E_TMP"/builder-*.rcs | awk -F: '{s += $2} END {print s + 0}')
+log "rolling restart under load: $BUILDS builds, $FAILED_BUILDS failed, restart took $(( $(date +%s) - ROLL_START )) s"
+[ "$FAILED_BUILDS" = 0 ] || { log "first failed build's stderr:"; head -5 "$(ls "$E2E_TMP"/builder-*-*.err | head -n1)" >&2; }
+check "rolling restart while 20 builds run continuously: 0 of $BUILDS builds failed" test "$FAILED_BUILDS" = 0
+FAULT_ROWS+=("| rolling restart of both replicas, 20 builds running continuously | 0 expected, $FAILED_BUILDS failed | $BUILDS builds | | |")
 
 # --- a replica killed for good leaves no agent unreachable -----------------------------------------------------
 stop_replica 2 KILL
