@@ -27,9 +27,19 @@ internal sealed record Allocation(GetServerResponse Response, Uri AgentAddress, 
         $"rbs: agent {Response.AgentId} ({Response.Backend} {Response.BackendRef}) {(Response.Warm ? "warm" : "cold")} in {ElapsedMilliseconds} ms";
 }
 
-/// <summary>Calls the orchestrator's GetServer and turns its failures into actionable <see cref="RemoteFailure"/>s.</summary>
+/// <summary>
+/// Calls the orchestrator's GetServer and turns its failures into actionable <see cref="RemoteFailure"/>s. GetServer
+/// is idempotent (find or start the one agent of user and repository), so a call that an intermediary failed is
+/// repeated: during a rolling restart of the gateway replicas, a load balancer answers 502/503/504 for a call that
+/// reached a replica as it stopped, and the next call reaches another one.
+/// </summary>
 internal sealed class GetServerClient(ChannelPool channels, RbsSettings settings)
 {
+    /// <summary>Calls in all when an intermediary keeps failing them; the waits between them double from 100 ms (3.1 s in all).</summary>
+    internal const int MaxAttempts = 6;
+
+    private static readonly TimeSpan s_firstRetryDelay = TimeSpan.FromMilliseconds(100);
+
     public async Task<Allocation> AllocateAsync(GetServerRequest request, CancellationToken cancellationToken)
     {
         var client = new V1.Orchestrator.OrchestratorClient(channels.Get(settings.Orchestrator));
@@ -40,27 +50,49 @@ internal sealed class GetServerClient(ChannelPool channels, RbsSettings settings
         }
 
         var stopwatch = Stopwatch.StartNew();
+        // One deadline for all attempts: --rbs_timeout bounds the whole allocation.
+        var deadline = DateTime.UtcNow.Add(settings.Timeout);
+        var delay = s_firstRetryDelay;
         GetServerResponse response;
-        try
+        for (var attempt = 1; ; attempt++)
         {
-            response = await client.GetServerAsync(
-                request,
-                headers,
-                deadline: DateTime.UtcNow.Add(settings.Timeout),
-                cancellationToken: cancellationToken);
-        }
-        catch (RpcException) when (cancellationToken.IsCancellationRequested)
-        {
-            throw new OperationCanceledException(cancellationToken);
-        }
-        catch (RpcException ex)
-        {
-            throw Failure(ex);
+            try
+            {
+                response = await client.GetServerAsync(request, headers, deadline: deadline, cancellationToken: cancellationToken);
+                break;
+            }
+            catch (RpcException) when (cancellationToken.IsCancellationRequested)
+            {
+                throw new OperationCanceledException(cancellationToken);
+            }
+            catch (RpcException ex) when (attempt < MaxAttempts && IsIntermediaryFailure(ex) && DateTime.UtcNow + delay < deadline)
+            {
+                await Task.Delay(delay, cancellationToken);
+                delay *= 2;
+            }
+            catch (RpcException ex)
+            {
+                throw Failure(ex);
+            }
         }
 
         stopwatch.Stop();
         return new Allocation(response, AgentAddress(response), AgentHeaders(response), stopwatch.ElapsedMilliseconds);
     }
+
+    /// <summary>
+    /// A proxy in front of the orchestrator (a load balancer, or the gateway's own proxy) answered for an upstream that
+    /// failed: HTTP 502, 503 or 504 without a gRPC status. gRPC answers of the orchestrator or the gateway (Unavailable
+    /// with their reason) and a refused connection (nothing listens: the user's address is wrong) are not repeated.
+    /// </summary>
+    internal static bool IsIntermediaryFailure(RpcException ex) =>
+        ex.StatusCode == StatusCode.Unavailable && ex.Status.DebugException is null
+        && ex.Status.Detail is { } detail
+        && detail.StartsWith(BadResponsePrefix, StringComparison.Ordinal)
+        && detail.AsSpan(BadResponsePrefix.Length) is "502" or "503" or "504";
+
+    /// <summary>How Grpc.Net.Client words a response that is not gRPC: "Bad gRPC response. HTTP status code: 502".</summary>
+    private const string BadResponsePrefix = "Bad gRPC response. HTTP status code: ";
 
     private RemoteFailure Failure(RpcException ex)
     {

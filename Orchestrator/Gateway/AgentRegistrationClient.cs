@@ -25,6 +25,15 @@ internal sealed class AgentRegistrationClient : IDisposable
     /// </summary>
     private static readonly TimeSpan s_answerSlack = TimeSpan.FromSeconds(30);
 
+    /// <summary>
+    /// Queries in all when a load balancer in front of the gateway replicas answers for an upstream that failed (HTTP
+    /// 502/503/504: a replica stopping during a rolling restart); the next query reaches another replica. The waits
+    /// between them double from 50 ms.
+    /// </summary>
+    internal const int MaxAttempts = 4;
+
+    private static readonly TimeSpan s_firstRetryDelay = TimeSpan.FromMilliseconds(50);
+
     private readonly Uri _gatewayAgentEndpoint;
     private readonly Func<string> _internalToken;
     private readonly GrpcChannel _channel;
@@ -76,18 +85,32 @@ internal sealed class AgentRegistrationClient : IDisposable
     public async Task<bool> IsRegisteredAsync(string agentId, TimeSpan wait, CancellationToken cancellationToken)
     {
         var request = new GetAgentRequest { AgentId = agentId, Wait = Duration.FromTimeSpan(wait < TimeSpan.Zero ? TimeSpan.Zero : wait) };
-        var headers = new Metadata { { "authorization", "Bearer " + _internalToken() } };
-        try
+        var delay = s_firstRetryDelay;
+        for (var attempt = 1; ; attempt++)
         {
-            var registration = await _client.GetAgentAsync(request, headers, DateTime.UtcNow + wait + s_answerSlack, cancellationToken);
-            return registration.Online;
-        }
-        catch (RpcException e) when (e.StatusCode is StatusCode.Unauthenticated or StatusCode.PermissionDenied)
-        {
-            throw new InvalidOperationException(
-                $"the gateway at {_gatewayAgentEndpoint} rejected the orchestrator's internal token: the two must share the same token key ({e.Status.Detail})", e);
+            var headers = new Metadata { { "authorization", "Bearer " + _internalToken() } };
+            try
+            {
+                var registration = await _client.GetAgentAsync(request, headers, DateTime.UtcNow + wait + s_answerSlack, cancellationToken);
+                return registration.Online;
+            }
+            catch (RpcException e) when (e.StatusCode is StatusCode.Unauthenticated or StatusCode.PermissionDenied)
+            {
+                throw new InvalidOperationException(
+                    $"the gateway at {_gatewayAgentEndpoint} rejected the orchestrator's internal token: the two must share the same token key ({e.Status.Detail})", e);
+            }
+            catch (RpcException e) when (attempt < MaxAttempts && IsIntermediaryFailure(e))
+            {
+                await Task.Delay(delay, cancellationToken);
+                delay *= 2;
+            }
         }
     }
+
+    /// <summary>HTTP 502, 503 or 504 without a gRPC status: a proxy's answer for an upstream that failed, not the gateway's.</summary>
+    internal static bool IsIntermediaryFailure(RpcException e) =>
+        e.StatusCode == StatusCode.Unavailable && e.Status.DebugException is null
+        && e.Status.Detail is "Bad gRPC response. HTTP status code: 502" or "Bad gRPC response. HTTP status code: 503" or "Bad gRPC response. HTTP status code: 504";
 
     public void Dispose() => _channel.Dispose();
 }

@@ -27,6 +27,8 @@ public sealed class FakeRemote : IAsyncDisposable
 
     private readonly Holder _holder;
 
+    private int _proxyFailuresServed;
+
     private FakeRemote(WebApplication app, Uri address, Holder holder)
     {
         _app = app;
@@ -45,6 +47,12 @@ public sealed class FakeRemote : IAsyncDisposable
     public Func<AgentCall, Task> Execute { get; set; }
 
     public ConcurrentQueue<(GetServerRequest Request, Metadata Headers)> GetServerCalls { get; } = new();
+
+    /// <summary>HTTP status codes the next orchestrator calls get instead of a gRPC answer, as from a proxy (each used once).</summary>
+    public ConcurrentQueue<int> ProxyFailures { get; } = new();
+
+    /// <summary>Orchestrator calls answered from <see cref="ProxyFailures"/>.</summary>
+    public int ProxyFailuresServed => Volatile.Read(ref _proxyFailuresServed);
 
     public ConcurrentQueue<AgentCall> AgentCalls { get; } = new();
 
@@ -75,6 +83,18 @@ public sealed class FakeRemote : IAsyncDisposable
         builder.Services.AddGrpc(options => options.MaxReceiveMessageSize = 64 * 1024 * 1024);
         builder.Services.AddSingleton(holder);
         var app = builder.Build();
+        // A load balancer whose upstream failed: plain HTTP errors in place of gRPC answers (ProxyFailures).
+        app.Use(async (context, next) =>
+        {
+            if (context.Request.Path.StartsWithSegments("/rbs.v1.Orchestrator") && holder.Remote!.ProxyFailures.TryDequeue(out var status))
+            {
+                Interlocked.Increment(ref holder.Remote._proxyFailuresServed);
+                context.Response.StatusCode = status;
+                return;
+            }
+
+            await next(context);
+        });
         app.MapGrpcService<FakeOrchestratorService>();
         app.MapGrpcService<FakeAgentService>();
         await app.StartAsync().WaitAsync(TimeSpan.FromSeconds(30));

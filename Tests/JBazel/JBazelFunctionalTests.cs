@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Text.RegularExpressions;
 using Grpc.Core;
+using Rbs.JBazel.Remote;
 using Rbs.JBazel.Workspace;
 using Rbs.Shared.Protocol;
 using Rbs.Tests.Infrastructure;
@@ -249,6 +250,50 @@ public sealed class JBazelFunctionalTests(ITestOutputHelper output) : IAsyncLife
         await using var jbazel = Start(_workspace.Root, ["build", "//..."]);
         Assert.Equal(50, await jbazel.WaitForExitAsync(s_timeout));
         Assert.Contains("refused to start another agent: user 'local' already has 4 agents", jbazel.StderrText, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task GetServerFailedByAProxyIsRepeatedAndTheCommandRuns()
+    {
+        // A load balancer in front of gateway replicas during a rolling restart: its upstream stopped mid-call.
+        _remote.ProxyFailures.Enqueue(502);
+        _remote.ProxyFailures.Enqueue(503);
+        _remote.ProxyFailures.Enqueue(504);
+
+        await using var jbazel = Start(_workspace.Root, ["--rbs_status=never", "build", "//..."]);
+        Assert.Equal(0, await jbazel.WaitForExitAsync(s_timeout));
+        Assert.Equal("", jbazel.StderrText);
+        Assert.Equal(3, _remote.ProxyFailuresServed);
+        Assert.Single(_remote.GetServerCalls);
+        Assert.Single(_remote.AgentCalls);
+    }
+
+    [Fact]
+    public async Task GetServerAProxyKeepsFailingExits38AfterABoundedNumberOfCalls()
+    {
+        for (var i = 0; i < 20; i++)
+        {
+            _remote.ProxyFailures.Enqueue(502);
+        }
+
+        await using var jbazel = Start(_workspace.Root, ["build", "//..."]);
+        Assert.Equal(38, await jbazel.WaitForExitAsync(s_timeout));
+        var line = Assert.Single(jbazel.StderrText.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.Contains("could not provide an agent (Unavailable): Bad gRPC response. HTTP status code: 502", line, StringComparison.Ordinal);
+        Assert.Equal(GetServerClient.MaxAttempts, _remote.ProxyFailuresServed);
+        Assert.Empty(_remote.AgentCalls);
+    }
+
+    [Fact]
+    public async Task GetServerUnavailableFromTheOrchestratorItselfIsNotRepeated()
+    {
+        // A gRPC answer with a reason (e.g. the agent did not register) is the server's verdict: jbazel says it at once.
+        _remote.GetServer = (_, _) => throw new RpcException(new Status(StatusCode.Unavailable, "agent a1 did not register at the gateway"));
+
+        await using var jbazel = Start(_workspace.Root, ["build", "//..."]);
+        Assert.Equal(38, await jbazel.WaitForExitAsync(s_timeout));
+        Assert.Contains("could not provide an agent (Unavailable): agent a1 did not register at the gateway", jbazel.StderrText, StringComparison.Ordinal);
+        Assert.Single(_remote.GetServerCalls);
     }
 
     [Theory]
