@@ -48,6 +48,7 @@ E2E_SCRIPTS=(
     e2e/compare_test.sh
     e2e/vpc_test.sh
     e2e/terminal_test.sh
+    e2e/ingress_test.sh
 )
 for script in "${E2E_SCRIPTS[@]}"; do
     [ -f "$script" ] || continue
