@@ -25,6 +25,7 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
     private static readonly TimeSpan s_interruptWriteTimeout = TimeSpan.FromSeconds(5);
     private static readonly TimeSpan s_forceWriteTimeout = TimeSpan.FromSeconds(1);
     private static readonly TimeSpan s_resizeWriteTimeout = TimeSpan.FromSeconds(5);
+    private static readonly TimeSpan s_confirmTimeout = TimeSpan.FromSeconds(2);
     private static readonly TimeSpan s_firstRetryDelay = TimeSpan.FromMilliseconds(100);
     private static readonly TimeSpan s_maxRetryDelay = TimeSpan.FromSeconds(1);
 
@@ -248,6 +249,11 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
                         Acknowledge(writer);
                         break;
                     case ServerFrame.FrameOneofCase.Exit:
+                        if (_attachToken is not null)
+                        {
+                            await ConfirmExitAsync(call, writer, abort.Token);
+                        }
+
                         return new CallOutcome(frame.Frame!.Exit.Code, null, true, receivedAttached);
                     default:
                         break;
@@ -280,6 +286,33 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
             onFirst.Dispose();
             onSecond.Dispose();
             CancelQuietly(abort);
+        }
+    }
+
+    /// <summary>
+    /// Tells a reattachable command's agent that everything arrived (a last ack, then the end of the request stream),
+    /// and waits briefly for the call's end: until then the agent keeps the output for a reattach.
+    /// </summary>
+    private async Task ConfirmExitAsync(AsyncDuplexStreamingCall<ClientFrame, ReceivedFrame> call, FrameWriter writer, CancellationToken cancellationToken)
+    {
+        var ack = new OutputAck { StdoutOffset = Volatile.Read(ref _stdoutWritten), StderrOffset = Volatile.Read(ref _stderrWritten) };
+        if (!await writer.TryWriteAsync(new ClientFrame { Ack = ack }, s_confirmTimeout) || !await writer.TryCompleteAsync(s_confirmTimeout))
+        {
+            return;
+        }
+
+        try
+        {
+            using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            timeout.CancelAfter(s_confirmTimeout);
+            while (await call.ResponseStream.MoveNext(timeout.Token))
+            {
+                call.ResponseStream.Current.Dispose();
+            }
+        }
+        catch (Exception ex) when (ex is RpcException or OperationCanceledException or InvalidOperationException or IOException)
+        {
+            // The exit status is what counts; the agent forgets the command after its grace time anyway.
         }
     }
 

@@ -151,7 +151,8 @@ internal sealed partial class ResumableCommand(
     {
         var token = attachment.Cancel.Token;
         var violation = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
-        var reader = ReadClientFramesAsync(requests, violation, token);
+        var confirmed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var reader = ReadClientFramesAsync(requests, violation, confirmed, token);
         try
         {
             await responses.WriteAsync(first, token);
@@ -167,9 +168,21 @@ internal sealed partial class ResumableCommand(
                 if (_exit.Task.IsCompleted)
                 {
                     await responses.WriteAsync(new ServerFrame { Exit = _exit.Task.Result }, token);
-                    lock (_lock)
+
+                    // Written is not received: the output is kept until the client confirms it has everything (an
+                    // ack of all of it, or ending its request stream after the exit). A call lost before that
+                    // leaves the command waiting for a reattach, as for a call lost earlier.
+                    await Task.WhenAny(confirmed.Task, reader).WaitAsync(token);
+                    if (confirmed.Task.IsCompleted)
                     {
-                        _delivered = true;
+                        lock (_lock)
+                        {
+                            _delivered = true;
+                        }
+                    }
+                    else
+                    {
+                        Log.CallLost(logger, InvocationId, Grace, "no confirmation of the exit status");
                     }
 
                     return;
@@ -191,7 +204,11 @@ internal sealed partial class ResumableCommand(
         }
     }
 
-    private async Task ReadClientFramesAsync(IAsyncStreamReader<ClientFrame> requests, TaskCompletionSource<string> violation, CancellationToken cancellationToken)
+    private async Task ReadClientFramesAsync(
+        IAsyncStreamReader<ClientFrame> requests,
+        TaskCompletionSource<string> violation,
+        TaskCompletionSource confirmed,
+        CancellationToken cancellationToken)
     {
         try
         {
@@ -202,6 +219,11 @@ internal sealed partial class ResumableCommand(
                 {
                     case ClientFrame.FrameOneofCase.Ack:
                         Journal.Acknowledge(frame.Ack.StdoutOffset, frame.Ack.StderrOffset);
+                        if (_exit.Task.IsCompleted && frame.Ack.StdoutOffset >= Journal.StdoutEnd && frame.Ack.StderrOffset >= Journal.StderrEnd)
+                        {
+                            confirmed.TrySetResult();
+                        }
+
                         break;
                     case ClientFrame.FrameOneofCase.Start or ClientFrame.FrameOneofCase.Attach:
                         violation.TrySetResult($"a second '{frame.FrameCase}' frame arrived on a running ExecuteCommand call; send one per call.");
@@ -217,7 +239,13 @@ internal sealed partial class ResumableCommand(
                 }
             }
 
-            // Half-close: the client will send nothing more, so the tool's stdin ends (like `bazel < /dev/null`).
+            // Half-close: the client will send nothing more, so the tool's stdin ends (like `bazel < /dev/null`);
+            // after the exit status, it is the client's confirmation that it has it.
+            if (_exit.Task.IsCompleted)
+            {
+                confirmed.TrySetResult();
+            }
+
             if (_input is { } close)
             {
                 await close(new ClientFrame { StdinEof = new StdinEof() });
