@@ -89,12 +89,12 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
 
                 lostAt ??= Stopwatch.GetTimestamp();
                 var away = Stopwatch.GetElapsedTime(lostAt.Value);
-                if (away >= _grace)
+                // Direct mode: nothing listening on the agent's own port any more means the agent (and the command
+                // with it) is gone; waiting out the grace time would not bring it back.
+                var agentGone = !allocation.ThroughGateway && error is not null && IsRefused(error);
+                if (away >= _grace || agentGone)
                 {
-                    throw new RemoteFailure(ExitCodes.TransientRemoteError,
-                        $"lost the connection to {allocation.Description} mid-command ({(error is null ? "the stream ended" : RemoteFailure.Describe(error))}) " +
-                        $"and could not reattach to invocation {start.InvocationId} within the agent's grace time of {_grace.TotalSeconds:0.#} s; " +
-                        "the agent stops the command. Run the command again once the agent answers.");
+                    throw GaveUp(error, start.InvocationId, agentGone);
                 }
 
                 // Capped exponential backoff with jitter; a second Ctrl-C leaves at once, as it does while attached.
@@ -502,6 +502,44 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
                 $"lost the connection to agent {agent} at {allocation.Response.Address} mid-command ({reason}). " +
                 "Run the command again; GetServer starts a new agent if this one died.",
         });
+    }
+
+    /// <summary>
+    /// The connection was lost and no reattach succeeded within the agent's grace time: which hop failed decides the
+    /// next step, as in <see cref="Lost"/>; <paramref name="error"/> is the last attempt's failure.
+    /// </summary>
+    private RemoteFailure GaveUp(RpcException? error, string invocationId, bool agentGone)
+    {
+        var reason = error is null ? "the stream ended without an exit status" : RemoteFailure.Describe(error);
+        var fromGateway = allocation.ThroughGateway && error is not null && error.Status.DebugException is null;
+        var gateway = allocation.Response.Address;
+        var agent = allocation.AgentId;
+        var within = agentGone ? $"({reason}: the agent is gone)" : $"within the agent's grace time of {_grace.TotalSeconds:0.#} s ({reason})";
+        return new(ExitCodes.TransientRemoteError, (allocation.ThroughGateway, fromGateway) switch
+        {
+            (true, true) =>
+                $"the gateway at {gateway} lost its tunnel to agent {agent} mid-command and jbazel could not reattach to invocation {invocationId} {within}; " +
+                "the agent stops the command. Run the command again; GetServer starts a new agent if this one died.",
+            (true, false) =>
+                $"lost the connection to the gateway at {gateway} mid-command and could not reattach to invocation {invocationId} {within}; agent {agent} stops the command. " +
+                "Run the command again once the gateway answers; the same agent serves it.",
+            _ =>
+                $"lost the connection to agent {agent} at {allocation.Response.Address} mid-command and could not reattach to invocation {invocationId} {within}; " +
+                "the agent stops the command. Run the command again; GetServer starts a new agent if this one died.",
+        });
+    }
+
+    private static bool IsRefused(RpcException ex)
+    {
+        for (Exception? inner = ex.Status.DebugException; inner is not null; inner = inner.InnerException)
+        {
+            if (inner is SocketException { SocketErrorCode: SocketError.ConnectionRefused })
+            {
+                return true;
+            }
+        }
+
+        return false;
     }
 
     private static bool IsConnectFailure(RpcException ex)
