@@ -3,6 +3,7 @@ using System.Text.RegularExpressions;
 using Rbs.Tests.Agent;
 using Rbs.Tests.Infrastructure;
 using Rbs.Tests.JBazel;
+using Rbs.Tests.Shared.Hosting;
 
 namespace Rbs.Tests.Stacks.Reattach;
 
@@ -89,6 +90,37 @@ public sealed class ReattachStackTests(ITestOutputHelper output) : IAsyncLifetim
     }
 
     [Fact]
+    public async Task ThroughTheGatewayACommandSurvivesAGatewayRestartAndFinishes()
+    {
+        // Real gateway, orchestrator and agent processes in tunnel mode; the gateway is replaced mid-command by another
+        // process on the same addresses, as a replica behind a load balancer would take over.
+        await using var stack = await LocalStack.StartAsync(output);
+        var stdout = new List<byte[]>();
+        for (var k = 1; k <= 3; k++)
+        {
+            stdout.Add(ReattachTests.RandomBytes(512 * 1024, 20 + k));
+            File.WriteAllBytes(Stage($"out{k}"), stdout[^1]);
+            File.WriteAllText(Stage($"err{k}"), $"stderr part {k}\n");
+        }
+
+        File.WriteAllText(Stage("go1"), "");
+        await using var jbazel = JBazelProcess.Start(output, _workspace.Root, _workspace.Home, new Dictionary<string, string?>(),
+            [$"--rbs_orchestrator={stack.PublicAddress}", "--rbs_connect=tunnel", "staged", _files.FullName]);
+        jbazel.StandardInput.Close();
+        await TestWait.EventuallyAsync(() => File.Exists(Stage("done1")) && jbazel.Stdout.Length == stdout[0].Length, "part 1 arrived", s_timeout);
+
+        await stack.RestartGatewayAsync();
+        File.WriteAllText(Stage("go2"), "");
+        File.WriteAllText(Stage("go3"), "");
+
+        Assert.Equal(3, await jbazel.WaitForExitAsync(s_timeout));
+        Assert.Equal(stdout.SelectMany(b => b).ToArray(), jbazel.Stdout);
+        var line = Assert.Single(ReattachLines(jbazel));
+        Assert.Contains("through the gateway at " + stack.PublicAddress, line, StringComparison.Ordinal);
+        Assert.Equal("stderr part 1\nstderr part 2\nstderr part 3\n", jbazel.StderrText.Replace(line, "", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task AfterTheGraceTimeJBazelExits38AndTheAgentStopsTheTool()
     {
         await using var agent = await TestAgent.StartAsync(output, "--reattach-grace", "00:00:02");
@@ -151,7 +183,7 @@ public sealed class ReattachStackTests(ITestOutputHelper output) : IAsyncLifetim
     }
 
     private static List<string> ReattachLines(JBazelProcess jbazel) =>
-        Regex.Matches(Encoding.ASCII.GetString(jbazel.Stderr), @"rbs: connection to agent \S+ at \S+ lost; reattached to invocation [0-9a-f-]+ after [0-9]+\.[0-9] s\n")
+        Regex.Matches(Encoding.ASCII.GetString(jbazel.Stderr), @"rbs: connection to agent \S+ (at|through the gateway at) \S+ lost; reattached to invocation [0-9a-f-]+ after [0-9]+\.[0-9] s\n")
             .Select(match => match.Value)
             .ToList();
 
