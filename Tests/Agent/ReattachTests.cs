@@ -136,6 +136,43 @@ public sealed class ReattachTests(ITestOutputHelper output)
         first.Dispose();
     }
 
+    [Fact]
+    public async Task OutputBeyondTheSpillLimitWhileDetachedStopsTheCommandAndALaterAttachIsToldItIsIncomplete()
+    {
+        var spill = Directory.CreateTempSubdirectory("rbs-reattach-spill-");
+        try
+        {
+            await using var agent = await TestAgent.StartAsync(
+                output, "--reattach-memory-bytes", "65536", "--reattach-spill-bytes", "131072", "--reattach-spill-dir", spill.FullName);
+            using var cts = new CancellationTokenSource(s_timeout);
+            var marker = Path.Combine(spill.FullName, "..", $"flood-done-{Guid.NewGuid():N}");
+            var start = Start("flood", (64L * 1024 * 1024).ToString(System.Globalization.CultureInfo.InvariantCulture), marker);
+            start.Reattachable = true;
+            CommandStarted started;
+            using (var callCts = CancellationTokenSource.CreateLinkedTokenSource(cts.Token))
+            {
+                var first = agent.Client.ExecuteCommand(cancellationToken: callCts.Token);
+                await first.RequestStream.WriteAsync(new ClientFrame { Start = start }, cts.Token);
+                Assert.True(await first.ResponseStream.MoveNext(cts.Token));
+                started = first.ResponseStream.Current.Started;
+                await callCts.CancelAsync();
+                first.Dispose();
+            }
+
+            // The agent stops the tool (SIGINT) once 192 KiB are held for nobody; 64 MiB are never all written.
+            await TestWait.EventuallyAsync(() => agent.Logs.Count(145) == 1 && agent.Logs.Count(101) == 1, "the command was stopped at the spill limit");
+            Assert.False(File.Exists(marker), "the tool wrote all its output although the agent stopped it");
+
+            var refused = await Assert.ThrowsAsync<RpcException>(() => AttachAsync(agent, start.InvocationId, started.AttachToken, cts.Token));
+            Assert.Equal(StatusCode.FailedPrecondition, refused.StatusCode);
+            Assert.Contains("its output is incomplete", refused.Status.Detail, StringComparison.Ordinal);
+        }
+        finally
+        {
+            spill.Delete(recursive: true);
+        }
+    }
+
     private static async Task AttachAsync(TestAgent agent, string invocationId, string token, CancellationToken cancellationToken)
     {
         using var call = agent.Client.ExecuteCommand(cancellationToken: cancellationToken);

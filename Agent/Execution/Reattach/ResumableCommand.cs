@@ -123,10 +123,13 @@ internal sealed partial class ResumableCommand(
                 await previous.Ended.Task.WaitAsync(callToken);
             }
 
+            if (Journal.Overflowed)
+            {
+                throw Overflowed();
+            }
+
             var cursor = Journal.BeginRead(stdoutOffset, stderrOffset) ?? throw new RpcException(new Status(StatusCode.FailedPrecondition,
-                Journal.Overflowed
-                    ? $"invocation {InvocationId} wrote more output than the agent keeps while its client is away; it was stopped and its output is incomplete. Run the command again."
-                    : $"invocation {InvocationId} cannot resume at stdout byte {stdoutOffset}, stderr byte {stderrOffset}: the agent has stdout up to {Journal.StdoutEnd} and stderr up to {Journal.StderrEnd}, and forgets what the client acknowledged."));
+                $"invocation {InvocationId} cannot resume at stdout byte {stdoutOffset}, stderr byte {stderrOffset}: the agent has stdout up to {Journal.StdoutEnd} and stderr up to {Journal.StderrEnd}, and forgets what the client acknowledged."));
             try
             {
                 await ServeAttachedAsync(attachment, cursor, first(), requests, responses);
@@ -163,6 +166,12 @@ internal sealed partial class ResumableCommand(
                     var data = Google.Protobuf.UnsafeByteOperations.UnsafeWrap(bytes);
                     await responses.WriteAsync(stdout ? new ServerFrame { Stdout = data } : new ServerFrame { Stderr = data }, token);
                     continue;
+                }
+
+                if (Journal.Overflowed)
+                {
+                    // Output was dropped after what was just sent: never an exit status as if it were complete.
+                    throw Overflowed();
                 }
 
                 if (_exit.Task.IsCompleted)
@@ -311,6 +320,10 @@ internal sealed partial class ResumableCommand(
             Journal.Dispose();
         }
     }
+
+    private RpcException Overflowed() => new(new Status(StatusCode.FailedPrecondition,
+        $"invocation {InvocationId} wrote more output than the agent keeps for a client that is away or does not keep up " +
+        "(Agent:Execution:ReattachSpillBytes); it was stopped and its output is incomplete. Run the command again."));
 
     private RpcException Expired() => new(new Status(StatusCode.NotFound,
         $"invocation {InvocationId} is gone: nobody reattached within {Grace.TotalSeconds:0.#} s, so the agent stopped it. Run the command again."));
