@@ -1,3 +1,4 @@
+using System.Text;
 using Grpc.Core;
 using Rbs.Tests.Infrastructure;
 using Rbs.V1;
@@ -170,6 +171,70 @@ public sealed class ReattachTests(ITestOutputHelper output)
         finally
         {
             spill.Delete(recursive: true);
+        }
+    }
+
+    [Fact]
+    public async Task OnATerminalTheMergedStreamResumesAtItsStderrOffset()
+    {
+        var files = Directory.CreateTempSubdirectory("rbs-reattach-files-");
+        try
+        {
+            var text = Encoding.ASCII.GetBytes(Convert.ToBase64String(RandomBytes(1024 * 1024, 7), Base64FormattingOptions.InsertLineBreaks));
+            File.WriteAllBytes(Path.Combine(files.FullName, "out"), text);
+            File.WriteAllBytes(Path.Combine(files.FullName, "err"), []);
+            await using var agent = await TestAgent.StartAsync(output);
+            using var cts = new CancellationTokenSource(s_timeout);
+            // stdout and stderr on the pseudo-terminal: one stream, sent as stderr frames.
+            var start = TerminalTests.OnTerminal(Start("two-files", Path.Combine(files.FullName, "out"), Path.Combine(files.FullName, "err")), stdin: false, stdout: true);
+            start.Reattachable = true;
+            var received = new MemoryStream();
+            CommandStarted? started = null;
+            using (var callCts = CancellationTokenSource.CreateLinkedTokenSource(cts.Token))
+            {
+                var first = agent.Client.ExecuteCommand(cancellationToken: callCts.Token);
+                await first.RequestStream.WriteAsync(new ClientFrame { Start = start }, cts.Token);
+                while (received.Length < 64 * 1024 && await first.ResponseStream.MoveNext(cts.Token))
+                {
+                    var frame = first.ResponseStream.Current;
+                    started ??= frame.Started;
+                    Assert.NotEqual(ServerFrame.FrameOneofCase.Stdout, frame.FrameCase);
+                    if (frame.FrameCase == ServerFrame.FrameOneofCase.Stderr)
+                    {
+                        received.Write(frame.Stderr.Span);
+                    }
+                }
+
+                await callCts.CancelAsync();
+                first.Dispose();
+            }
+
+            using var attach = agent.Client.ExecuteCommand(cancellationToken: cts.Token);
+            await attach.RequestStream.WriteAsync(new ClientFrame
+            {
+                Attach = new AttachCommand { InvocationId = start.InvocationId, AttachToken = started!.AttachToken, StderrOffset = received.Length },
+            }, cts.Token);
+            ExitStatus? exit = null;
+            await foreach (var frame in attach.ResponseStream.ReadAllAsync(cts.Token))
+            {
+                Assert.NotEqual(ServerFrame.FrameOneofCase.Stdout, frame.FrameCase);
+                if (frame.FrameCase == ServerFrame.FrameOneofCase.Stderr)
+                {
+                    received.Write(frame.Stderr.Span);
+                }
+                else if (frame.FrameCase == ServerFrame.FrameOneofCase.Exit)
+                {
+                    exit = frame.Exit;
+                    await attach.RequestStream.CompleteAsync();
+                }
+            }
+
+            Assert.Equal(0, exit?.Code);
+            Assert.Equal(Encoding.ASCII.GetString(text), Encoding.ASCII.GetString(received.ToArray()));
+        }
+        finally
+        {
+            files.Delete(recursive: true);
         }
     }
 
