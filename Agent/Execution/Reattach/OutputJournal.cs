@@ -275,7 +275,15 @@ internal sealed class OutputJournal(long memoryLimit, long spillLimit, string sp
             _spill?.Dispose();
             if (_spillPath is not null)
             {
-                File.Delete(_spillPath);
+                try
+                {
+                    File.Delete(_spillPath);
+                }
+                catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+                {
+                    // Someone removed the directory already; nothing is left to delete.
+                }
+
                 _spillPath = null;
             }
 

@@ -10,9 +10,20 @@ namespace Rbs.Agent.Execution.Reattach;
 /// The reattachable commands of this agent by invocation id, while they run or wait for their client
 /// (docs/reattach.md).
 /// </summary>
-internal sealed class ResumableCommands
+internal sealed class ResumableCommands : IDisposable
 {
     private readonly ConcurrentDictionary<string, ResumableCommand> _commands = new(StringComparer.Ordinal);
+
+    /// <summary>The agent is stopping (its running commands were interrupted and awaited): output nobody fetched goes.</summary>
+    public void Dispose()
+    {
+        foreach (var command in _commands.Values)
+        {
+            command.Forget();
+        }
+
+        _commands.Clear();
+    }
 
     public bool TryAdd(ResumableCommand command) => _commands.TryAdd(command.InvocationId, command);
 
@@ -291,7 +302,33 @@ internal sealed partial class ResumableCommand(
         attachment.Cancel.Dispose();
     }
 
+    /// <summary>The agent is stopping: no more grace timer, and the journal (with its spill file) goes.</summary>
+    public void Forget()
+    {
+        lock (_lock)
+        {
+            _expired = true;
+            _graceTimer?.Dispose();
+            _graceTimer = null;
+        }
+
+        Journal.Dispose();
+    }
+
     private void OnGraceExpired()
+    {
+        try
+        {
+            ExpireGrace();
+        }
+        catch (Exception ex)
+        {
+            // A timer callback must never throw (it would end the process).
+            Log.GraceExpiryFailed(logger, InvocationId, ex);
+        }
+    }
+
+    private void ExpireGrace()
     {
         lock (_lock)
         {
@@ -345,6 +382,9 @@ internal sealed partial class ResumableCommand(
 
         [LoggerMessage(EventId = 142, Level = LogLevel.Warning, Message = "Command {InvocationId}: nobody reattached within {Grace}; stopping it")]
         public static partial void GraceExpired(ILogger logger, string invocationId, TimeSpan grace);
+
+        [LoggerMessage(EventId = 147, Level = LogLevel.Error, Message = "Command {InvocationId}: stopping it after its grace time failed")]
+        public static partial void GraceExpiryFailed(ILogger logger, string invocationId, Exception exception);
 
         [LoggerMessage(EventId = 143, Level = LogLevel.Warning, Message = "Reading client frames of command {InvocationId} failed")]
         public static partial void RequestStreamFailed(ILogger logger, string invocationId, Exception exception);
