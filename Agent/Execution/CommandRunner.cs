@@ -3,6 +3,7 @@ using System.Threading.Channels;
 using Grpc.Core;
 using Microsoft.Extensions.Options;
 using Rbs.Agent.Bazelrc;
+using Rbs.Agent.Execution.Reattach;
 using Rbs.Agent.Hosting;
 using Rbs.Agent.Lifetime;
 using Rbs.Agent.Outputs;
@@ -15,7 +16,9 @@ namespace Rbs.Agent.Execution;
 /// <summary>Runs one ExecuteCommand stream: validates the start frame, runs the build tool, pipes bytes both ways.</summary>
 internal sealed partial class CommandRunner(
     IOptions<AgentOptions> options,
+    IOptions<ReattachOptions> reattachOptions,
     CommandTracker tracker,
+    ResumableCommands resumable,
     OutputCollector outputs,
     ClientBazelrcStore clientBazelrc,
     WorkspaceSynchronizer workspaceSync,
@@ -41,6 +44,7 @@ internal sealed partial class CommandRunner(
     internal const int MaxInvocationIdLength = 128;
 
     private readonly AgentOptions _options = options.Value;
+    private readonly ReattachOptions _reattach = reattachOptions.Value;
     private readonly Lazy<string> _workspace = new(() => Native.RealPath(options.Value.Workspace) ?? options.Value.Workspace);
 
     /// <summary>The workspace root with symlinks resolved.</summary>
@@ -52,7 +56,14 @@ internal sealed partial class CommandRunner(
         ServerCallContext context)
     {
         var callToken = context.CancellationToken;
-        var start = await ReadStartAsync(requests, context.Peer, callToken);
+        var first = await ReadFirstAsync(requests, context.Peer, callToken);
+        if (first.FrameCase == ClientFrame.FrameOneofCase.Attach)
+        {
+            await AttachAsync(first.Attach, requests, responses, context);
+            return;
+        }
+
+        var start = first.Start;
 
         if (tracker.IsStopping)
         {
@@ -124,6 +135,11 @@ internal sealed partial class CommandRunner(
         // test: bazel's testlogs are read after the exit (Agent/Outputs/).
         var collection = outputs.Begin(invocationId, start, args, WorkspaceRealPath);
 
+        if (start.Reattachable && resumable.Find(invocationId) is not null)
+        {
+            throw Reject(StatusCode.AlreadyExists, $"invocation {invocationId} is already running on this agent; send a new invocation_id for a new command.", context.Peer);
+        }
+
         var arguments = collection?.Arguments ?? args;
         // Debian's bazel wrapper: what it would exec, without its ~145 ms of bash and forks (BazelWrapperShortcut).
         var launch = wrapperShortcut.Apply(new ToolStartInfo(toolPath, _options.BuildTool, arguments, workingDirectory, environment)
@@ -144,9 +160,229 @@ internal sealed partial class CommandRunner(
         // Its server is shut down when the agent stops (Agent/Lifetime/BuildToolServers.cs).
         servers.Record(arguments);
 
+        if (start.Reattachable && _reattach.ReattachGrace > TimeSpan.Zero)
+        {
+            await RunResumableAsync(process, invocationId, start, collection, requests, responses, callToken);
+            return;
+        }
+
         using (process)
         {
             await SuperviseAsync(process, invocationId, start, collection, requests, responses, callToken);
+        }
+    }
+
+    /// <summary>
+    /// A reattachable command (docs/reattach.md): the tool runs under <see cref="SuperviseDetachedAsync"/>, which
+    /// outlives this call; this call is only its first attachment.
+    /// </summary>
+    private async Task RunResumableAsync(
+        ToolProcess process,
+        string invocationId,
+        StartCommand start,
+        OutputCollection? collection,
+        IAsyncStreamReader<ClientFrame> requests,
+        IServerStreamWriter<ServerFrame> responses,
+        CancellationToken callToken)
+    {
+        var journal = new OutputJournal(_reattach.ReattachMemoryBytes, _reattach.ReattachSpillBytes, _reattach.ResolveSpillDirectory());
+        var command = new ResumableCommand(invocationId, _reattach.ReattachGrace, journal, resumable, time, logger);
+        if (!resumable.TryAdd(command))
+        {
+            process.KillTree();
+            process.Dispose();
+            journal.Dispose();
+            throw Reject(StatusCode.AlreadyExists, $"invocation {invocationId} is already running on this agent; send a new invocation_id for a new command.", "the client");
+        }
+
+        _ = SuperviseDetachedAsync(process, command, start, collection);
+        await command.ServeAsync(
+            () => new ServerFrame
+            {
+                Started = new CommandStarted
+                {
+                    InvocationId = invocationId,
+                    Pid = process.Pid,
+                    AgentId = _options.AgentId,
+                    AttachToken = command.AttachToken,
+                    ReattachGraceMillis = (long)command.Grace.TotalMilliseconds,
+                },
+            },
+            0,
+            0,
+            requests,
+            responses,
+            callToken);
+    }
+
+    /// <summary>A call whose first frame is <c>attach</c>: resumes a reattachable command of this agent.</summary>
+    private async Task AttachAsync(AttachCommand attach, IAsyncStreamReader<ClientFrame> requests, IServerStreamWriter<ServerFrame> responses, ServerCallContext context)
+    {
+        var command = resumable.Find(attach.InvocationId) ?? throw Reject(StatusCode.NotFound,
+            $"agent {_options.AgentId} has no invocation {attach.InvocationId}: it ended, was never started here, or nobody reattached " +
+            $"within the grace time ({_reattach.ReattachGrace.TotalSeconds:0.#} s) and it was stopped. Run the command again.", context.Peer);
+        if (!command.Accepts(attach.AttachToken))
+        {
+            throw Reject(StatusCode.PermissionDenied,
+                $"invocation {attach.InvocationId} belongs to another client: the attach token does not match. Only the jbazel that started a command can reattach to it.",
+                context.Peer);
+        }
+
+        if (attach.StdoutOffset < 0 || attach.StderrOffset < 0)
+        {
+            throw Reject(StatusCode.InvalidArgument, "attach offsets must not be negative.", context.Peer);
+        }
+
+        Log.Reattached(logger, attach.InvocationId, context.Peer, attach.StdoutOffset, attach.StderrOffset);
+        await command.ServeAsync(
+            () => new ServerFrame
+            {
+                Attached = new CommandAttached
+                {
+                    InvocationId = attach.InvocationId,
+                    StdoutOffset = attach.StdoutOffset,
+                    StderrOffset = attach.StderrOffset,
+                    StdinOffset = command.StdinReceived,
+                    StdinClosed = command.StdinClosed,
+                },
+            },
+            attach.StdoutOffset,
+            attach.StderrOffset,
+            requests,
+            responses,
+            context.CancellationToken);
+    }
+
+    /// <summary>
+    /// Runs a reattachable command to its end whatever its calls do: output goes to its journal (never blocking the
+    /// tool while nobody is attached), client frames come from whichever call is attached.
+    /// </summary>
+    private async Task SuperviseDetachedAsync(ToolProcess process, ResumableCommand command, StartCommand start, OutputCollection? collection)
+    {
+        var invocationId = command.InvocationId;
+        try
+        {
+            using (process)
+            {
+                var startedAt = time.GetTimestamp();
+                Log.CommandStarted(logger, invocationId, process.Pid, start.Args.Count, start.RelativeWorkingDirectory, process.Terminal is not null);
+                using var interrupter = new Interrupter(process, _options.InterruptGracePeriod, _options.TerminateGracePeriod, time, logger);
+                using var tracked = tracker.Begin(invocationId, () => interrupter.Interrupt(force: false, "agent stopping"));
+                var stdin = new ToolInput(process);
+                command.Bind(reason => interrupter.Interrupt(force: false, reason), frame => HandleInputAsync(frame, process, stdin, interrupter, command));
+
+                var frames = Channel.CreateBounded<OutgoingFrame>(new BoundedChannelOptions(FrameChannelCapacity)
+                {
+                    SingleReader = true,
+                    SingleWriter = false,
+                    FullMode = BoundedChannelFullMode.Wait,
+                });
+                var outputs = new List<OutputPump>(3);
+                if (process.StandardOutput is { } stdoutPipe)
+                {
+                    outputs.Add(new OutputPump(stdoutPipe.SafePipeHandle, isStdout: true, frames.Writer, CancellationToken.None));
+                }
+
+                if (process.StandardError is { } stderrPipe)
+                {
+                    outputs.Add(new OutputPump(stderrPipe.SafePipeHandle, isStdout: false, frames.Writer, CancellationToken.None));
+                }
+
+                if (process.Terminal is { } terminal)
+                {
+                    outputs.Add(new OutputPump(terminal, frames.Writer, CancellationToken.None));
+                }
+
+                using var disposeOutputs = new DisposeAll(outputs);
+                var feeder = FeedJournalAsync(frames.Reader, command, interrupter);
+                var pumps = Task.WhenAll(outputs.Select(pump => pump.RunAsync(time)));
+                var exit = await process.Exited;
+                if (process.SignalGroup(Native.SIGKILL))
+                {
+                    Log.KilledLeftovers(logger, invocationId, process.Pid);
+                }
+
+                interrupter.Dispose();
+                await DrainAsync(pumps, outputs, invocationId);
+                frames.Writer.TryComplete();
+                await feeder;
+                tracked.Dispose();
+                Log.CommandEnded(
+                    logger,
+                    invocationId,
+                    process.Pid,
+                    exit.Code,
+                    exit.Signal,
+                    time.GetElapsedTime(startedAt),
+                    outputs.Where(pump => pump.IsStdout).Sum(pump => pump.Bytes),
+                    outputs.Where(pump => !pump.IsStdout).Sum(pump => pump.Bytes),
+                    interrupter.WasInterrupted);
+                if (collection is not null)
+                {
+                    await collection.CompleteAsync(exit.Code);
+                }
+
+                command.Complete(new ExitStatus { Code = exit.Code, Signal = exit.Signal });
+            }
+        }
+        catch (Exception ex)
+        {
+            Log.DetachedCommandFailed(logger, invocationId, ex);
+            command.Complete(new ExitStatus { Code = 34 });
+        }
+    }
+
+    /// <summary>Moves the pumps' frames into the journal, waiting only for an attached reader that is far behind.</summary>
+    private async Task FeedJournalAsync(ChannelReader<OutgoingFrame> frames, ResumableCommand command, Interrupter interrupter)
+    {
+        var overflowed = false;
+        await foreach (var frame in frames.ReadAllAsync())
+        {
+            try
+            {
+                await command.Journal.WaitForReaderAsync(ResumableCommand.ReaderWindow, CancellationToken.None);
+                var isStdout = frame.Frame.FrameCase == ServerFrame.FrameOneofCase.Stdout;
+                var bytes = isStdout ? frame.Frame.Stdout : frame.Frame.Stderr;
+                if (!command.Journal.Append(isStdout, bytes.Span) && command.Journal.Overflowed && !overflowed)
+                {
+                    overflowed = true;
+                    Log.SpillLimitReached(logger, command.InvocationId, _reattach.ReattachSpillBytes);
+                    interrupter.Interrupt(force: false, "output beyond the spill limit while the client is away");
+                }
+            }
+            finally
+            {
+                frame.Written();
+            }
+        }
+    }
+
+    /// <summary>A client frame of the attached call other than start/attach/ack.</summary>
+    private async Task HandleInputAsync(ClientFrame frame, ToolProcess process, ToolInput stdin, Interrupter interrupter, ResumableCommand command)
+    {
+        switch (frame.FrameCase)
+        {
+            case ClientFrame.FrameOneofCase.Stdin:
+                // Counted whether or not the tool still reads, so a client that reattaches does not resend it.
+                if (stdin.IsOpen && !await stdin.WriteAsync(frame.Stdin.Memory))
+                {
+                    Log.StdinClosedByTool(logger, process.Pid);
+                }
+
+                command.StdinReceived += frame.Stdin.Length;
+                break;
+            case ClientFrame.FrameOneofCase.StdinEof:
+                command.StdinClosed = true;
+                await stdin.CloseAsync();
+                break;
+            case ClientFrame.FrameOneofCase.Interrupt:
+                interrupter.Interrupt(frame.Interrupt.Force, frame.Interrupt.Force ? "client forced interrupt" : "client interrupt");
+                break;
+            case ClientFrame.FrameOneofCase.Resize:
+                Resize(process, frame.Resize);
+                break;
+            default:
+                break;
         }
     }
 
@@ -270,7 +506,7 @@ internal sealed partial class CommandRunner(
         await reader;
     }
 
-    private async Task<StartCommand> ReadStartAsync(IAsyncStreamReader<ClientFrame> requests, string peer, CancellationToken cancellationToken)
+    private async Task<ClientFrame> ReadFirstAsync(IAsyncStreamReader<ClientFrame> requests, string peer, CancellationToken cancellationToken)
     {
         if (!await requests.MoveNext(cancellationToken))
         {
@@ -278,15 +514,15 @@ internal sealed partial class CommandRunner(
         }
 
         var first = requests.Current;
-        if (first.FrameCase != ClientFrame.FrameOneofCase.Start)
+        if (first.FrameCase is not (ClientFrame.FrameOneofCase.Start or ClientFrame.FrameOneofCase.Attach))
         {
             throw Reject(
                 StatusCode.InvalidArgument,
-                $"the first ClientFrame must be 'start' (args, working directory, env), but it was '{first.FrameCase}'.",
+                $"the first ClientFrame must be 'start' (args, working directory, env) or 'attach', but it was '{first.FrameCase}'.",
                 peer);
         }
 
-        return first.Start;
+        return first;
     }
 
     /// <summary>The only writer of the response stream (gRPC forbids concurrent writes).</summary>
@@ -474,6 +710,15 @@ internal sealed partial class CommandRunner(
 
         [LoggerMessage(EventId = 109, Level = LogLevel.Information, Message = "Command {InvocationId}: the client was gone before the exit frame")]
         public static partial void ClientGoneBeforeExit(ILogger logger, string invocationId);
+
+        [LoggerMessage(EventId = 144, Level = LogLevel.Information, Message = "Command {InvocationId}: reattached from {Peer} at stdout byte {StdoutOffset}, stderr byte {StderrOffset}")]
+        public static partial void Reattached(ILogger logger, string invocationId, string peer, long stdoutOffset, long stderrOffset);
+
+        [LoggerMessage(EventId = 145, Level = LogLevel.Warning, Message = "Command {InvocationId}: its client is away and its output passed the spill limit of {Limit} bytes; stopping it")]
+        public static partial void SpillLimitReached(ILogger logger, string invocationId, long limit);
+
+        [LoggerMessage(EventId = 146, Level = LogLevel.Error, Message = "Command {InvocationId}: supervising the reattachable command failed")]
+        public static partial void DetachedCommandFailed(ILogger logger, string invocationId, Exception exception);
 
         [LoggerMessage(EventId = 130, Level = LogLevel.Debug, Message = "Ignored a resize to {Columns}x{Rows} for tool pid {Pid} (no terminal, or not a window size)")]
         public static partial void IgnoredResize(ILogger logger, int pid, int columns, int rows);

@@ -1,3 +1,4 @@
+using Rbs.Agent.Execution.Reattach;
 using Rbs.Agent.Sync;
 using Rbs.Agent.Tunnel;
 using Rbs.Shared.Hosting;
@@ -36,8 +37,13 @@ internal static class AgentHost
                 Mapped(WorkspaceSyncOptions.SwitchMappings, "--sync-max-total-bytes", "BYTES", "34359738368", "The largest sum of file sizes of a synced tree."),
                 Mapped(WorkspaceSyncOptions.SwitchMappings, "--sync-max-entries", "COUNT", "1000000", "The most entries a synced tree may hold."),
                 Mapped(WorkspaceSyncOptions.SwitchMappings, "--sync-case", "auto|sensitive|insensitive", "auto", "Whether names differing only in case collide."),
+                Mapped(ReattachOptions.SwitchMappings, "--reattach-grace", "DURATION", "00:01:00", "How long a command whose client is gone keeps running, waiting for it to reattach (0: stop it at once)."),
+                Mapped(ReattachOptions.SwitchMappings, "--reattach-memory-bytes", "BYTES", "8388608", "Output of one command kept in memory until its client has it; beyond, it spills to a file."),
+                Mapped(ReattachOptions.SwitchMappings, "--reattach-spill-bytes", "BYTES", "268435456", "The most output of one command in its spill file; beyond, a command whose client is away is stopped."),
+                Mapped(ReattachOptions.SwitchMappings, "--reattach-spill-dir", "DIR", "<temp>/rbs-agent-output-<pid>", "Where spill files go (deleted when their command is forgotten)."),
             ],
             AgentTunnelOptions.SwitchMappings,
+            ReattachOptions.SwitchMappings,
             WorkspaceSyncOptions.SwitchMappings),
         "--listen",
         ServerLimitsOptions.Describe(Section));

@@ -3,6 +3,7 @@ using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Options;
 using Rbs.Agent.Bazelrc;
 using Rbs.Agent.Execution;
+using Rbs.Agent.Execution.Reattach;
 using Rbs.Agent.Lifetime;
 using Rbs.Agent.Outputs;
 using Rbs.Agent.Sync;
@@ -24,6 +25,11 @@ internal static class AgentServiceCollectionExtensions
         services.TryAddSingleton(TimeProvider.System);
         services.AddSingleton<CommandTracker>();
         services.AddSingleton<CommandRunner>();
+        services.AddOptions<ReattachOptions>()
+            .BindConfiguration(ReattachOptions.SectionName)
+            .ValidateOnStart();
+        services.AddSingleton<IValidateOptions<ReattachOptions>, ReattachOptionsValidator>();
+        services.AddSingleton<ResumableCommands>();
         services.AddSingleton<BazelWrapperShortcut>();
         services.AddSingleton<BuildToolServers>();
         services.AddAgentOutputs();

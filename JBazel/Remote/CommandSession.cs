@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Net.Http;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
@@ -18,9 +19,25 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
 {
     public const int StdinChunkSize = 64 * 1024;
 
+    /// <summary>jbazel tells the agent what it has written every 1 MiB, so the agent can forget it (docs/reattach.md).</summary>
+    internal const long AckInterval = 1024 * 1024;
+
     private static readonly TimeSpan s_interruptWriteTimeout = TimeSpan.FromSeconds(5);
     private static readonly TimeSpan s_forceWriteTimeout = TimeSpan.FromSeconds(1);
     private static readonly TimeSpan s_resizeWriteTimeout = TimeSpan.FromSeconds(5);
+    private static readonly TimeSpan s_confirmTimeout = TimeSpan.FromSeconds(2);
+    private static readonly TimeSpan s_firstRetryDelay = TimeSpan.FromMilliseconds(100);
+    private static readonly TimeSpan s_maxRetryDelay = TimeSpan.FromSeconds(1);
+
+    private readonly StdinJournal _stdin = new();
+    private long _stdoutWritten;
+    private long _stderrWritten;
+    private long _acked;
+    private string? _attachToken;
+    private TimeSpan _grace;
+    private int _forced;
+    private int _interruptSent;
+    private bool _stdinStarted;
 
     public async Task<int> RunAsync(StartCommand start, CancellationToken cancellationToken)
     {
@@ -30,59 +47,160 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
             return ExitCodes.Interrupted;
         }
 
+        start.Reattachable = true;
+        RawMode? rawMode = null;
+        PosixSignalRegistration? onResize = null;
+        try
+        {
+            var first = new ClientFrame { Start = start };
+            long? lostAt = null;
+            var attempt = 0;
+            while (true)
+            {
+                var outcome = await RunCallAsync(first, lostAt, () =>
+                {
+                    // Once the command runs: the terminal in raw mode and window-size changes, for the whole session.
+                    if (start.Terminal is { StderrIsTty: true } && onResize is null)
+                    {
+                        onResize = ForwardWindowSizeChanges(this);
+                        if (start.Terminal.StdinIsTty)
+                        {
+                            // Keystrokes go to the agent's terminal as typed; its line discipline echoes and edits.
+                            rawMode = RawMode.Enter(0);
+                        }
+                    }
+                }, cancellationToken);
+                if (outcome.ExitCode is { } code)
+                {
+                    return code;
+                }
+
+                var error = outcome.Error;
+                if (_attachToken is null || _grace <= TimeSpan.Zero || (error is not null && !RemoteFailure.IsTransient(error)))
+                {
+                    if (lostAt is not null && error is { StatusCode: StatusCode.NotFound })
+                    {
+                        throw new RemoteFailure(ExitCodes.TransientRemoteError,
+                            $"lost the connection to {allocation.Description} and could not reattach to invocation {start.InvocationId}: {RemoteFailure.Describe(error)}");
+                    }
+
+                    throw error is null ? Lost("the stream ended without an exit status", fromGateway: allocation.ThroughGateway) : Failure(error, outcome.ReceivedFrame);
+                }
+
+                lostAt ??= Stopwatch.GetTimestamp();
+                var away = Stopwatch.GetElapsedTime(lostAt.Value);
+                // Direct mode: nothing listening on the agent's own port any more means the agent (and the command
+                // with it) is gone; waiting out the grace time would not bring it back.
+                var agentGone = !allocation.ThroughGateway && error is not null && IsRefused(error);
+                if (away >= _grace || agentGone)
+                {
+                    throw GaveUp(error, start.InvocationId, agentGone);
+                }
+
+                // Capped exponential backoff with jitter; a second Ctrl-C leaves at once, as it does while attached.
+                var delay = TimeSpan.FromMilliseconds(Math.Min(s_maxRetryDelay.TotalMilliseconds, s_firstRetryDelay.TotalMilliseconds * Math.Pow(2, attempt++)) * (0.75 + (Random.Shared.NextDouble() / 2)));
+                delay = TimeSpan.FromTicks(Math.Min(delay.Ticks, (_grace - away).Ticks));
+                using var waiting = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, interrupts.Second);
+                try
+                {
+                    await Task.Delay(delay, waiting.Token);
+                }
+                catch (OperationCanceledException) when (interrupts.Second.IsCancellationRequested)
+                {
+                    return ExitCodes.Interrupted;
+                }
+
+                first = new ClientFrame
+                {
+                    Attach = new AttachCommand
+                    {
+                        InvocationId = start.InvocationId,
+                        AttachToken = _attachToken,
+                        StdoutOffset = Volatile.Read(ref _stdoutWritten),
+                        StderrOffset = Volatile.Read(ref _stderrWritten),
+                    },
+                };
+                if (outcome.ReceivedAttached)
+                {
+                    attempt = 0;
+                }
+            }
+        }
+        finally
+        {
+            // The terminal before any `rbs:` line the caller prints.
+            onResize?.Dispose();
+            rawMode?.Dispose();
+        }
+    }
+
+    /// <summary>The end of one call: the exit code, or why it ended without one (null error: the stream just ended).</summary>
+    private sealed record CallOutcome(int? ExitCode, RpcException? Error, bool ReceivedFrame, bool ReceivedAttached);
+
+    private FrameWriter? _writer;
+
+    /// <summary>
+    /// One ExecuteCommand call: the start (or attach) frame, then output to jbazel's own streams until the exit
+    /// status or the call's end.
+    /// </summary>
+    private async Task<CallOutcome> RunCallAsync(ClientFrame first, long? lostAt, Action onRunning, CancellationToken cancellationToken)
+    {
         using var abort = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         using var call = ExecuteCommandCall.Start(channels.Get(allocation.AgentAddress).CreateCallInvoker(), allocation.Headers, abort.Token);
         using var writer = new FrameWriter(call.RequestStream);
-        var forced = 0;
         var receivedFrame = false;
-
+        var receivedAttached = false;
         CancellationTokenRegistration onFirst = default, onSecond = default;
-        PosixSignalRegistration? onResize = null;
-        RawMode? rawMode = null;
-
         try
         {
             try
             {
-                // Ctrl-C while the agent is still being dialled cancels the call (exit 8): nothing runs yet.
-                using (var starting = CancellationTokenSource.CreateLinkedTokenSource(abort.Token, interrupts.First))
+                if (first.FrameCase == ClientFrame.FrameOneofCase.Start)
                 {
-                    await writer.WriteAsync(new ClientFrame { Start = start }, starting.Token);
+                    // Ctrl-C while the agent is still being dialled cancels the call (exit 8): nothing runs yet.
+                    using var starting = CancellationTokenSource.CreateLinkedTokenSource(abort.Token, interrupts.First);
+                    await writer.WriteAsync(first, starting.Token);
+                }
+                else
+                {
+                    await writer.WriteAsync(first, abort.Token);
                 }
 
-                // Registered after the start frame so an interrupt never precedes it.
-                // First Ctrl-C: ask the agent to SIGINT bazel and keep streaming until bazel's own exit status.
-                onFirst = interrupts.First.Register(() =>
-                    _ = writer.TryWriteAsync(new ClientFrame { Interrupt = new Interrupt() }, s_interruptWriteTimeout));
+                Volatile.Write(ref _writer, writer);
 
-                // Second Ctrl-C: a forced interrupt, best effort, then leave at once. Dropping the call also
-                // tells the agent the client is gone.
+                // Registered after the first frame so an interrupt never precedes it.
+                // First Ctrl-C: ask the agent to SIGINT bazel and keep streaming until bazel's own exit status. Pressed
+                // while reconnecting, it goes out on the call that reattaches (once: the agent may have had it already).
+                onFirst = interrupts.First.Register(() => _ = Task.Run(async () =>
+                {
+                    if (Volatile.Read(ref _interruptSent) == 0 && await writer.TryWriteAsync(new ClientFrame { Interrupt = new Interrupt() }, s_interruptWriteTimeout))
+                    {
+                        Interlocked.Exchange(ref _interruptSent, 1);
+                    }
+                }));
+
+                // Second Ctrl-C: a forced interrupt, best effort, then leave at once.
                 onSecond = interrupts.Second.Register(() =>
                 {
-                    Interlocked.Exchange(ref forced, 1);
+                    Interlocked.Exchange(ref _forced, 1);
                     _ = Task.Run(async () =>
                     {
                         await writer.TryWriteAsync(new ClientFrame { Interrupt = new Interrupt { Force = true } }, s_forceWriteTimeout);
                         CancelQuietly(abort);
                     });
                 });
-                if (start.Terminal is { StderrIsTty: true })
+                if (first.FrameCase == ClientFrame.FrameOneofCase.Start)
                 {
-                    onResize = ForwardWindowSizeChanges(writer);
-                    if (start.Terminal.StdinIsTty)
-                    {
-                        // Keystrokes go to the agent's terminal as typed; its line discipline echoes and edits.
-                        rawMode = RawMode.Enter(0);
-                    }
+                    onRunning();
+                    StartStdinPump(cancellationToken);
+                    _ = SendStdinAsync(writer, 0, stdinClosed: false, abort.Token);
                 }
-
-                StartStdinPump(writer, abort.Token);
             }
             catch (Exception ex) when (ex is RpcException or InvalidOperationException or IOException or OperationCanceledException)
             {
-                if (interrupts.First.IsCancellationRequested)
+                if (first.FrameCase == ClientFrame.FrameOneofCase.Start && interrupts.First.IsCancellationRequested)
                 {
-                    return ExitCodes.Interrupted;
+                    return new CallOutcome(ExitCodes.Interrupted, null, false, false);
                 }
 
                 // The call failed before it started (agent unreachable): reading the response below
@@ -95,37 +213,63 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
                 receivedFrame = true;
                 switch (frame.FrameCase)
                 {
+                    case ServerFrame.FrameOneofCase.Started:
+                        if (frame.Frame!.Started.AttachToken is { Length: > 0 } token)
+                        {
+                            _attachToken = token;
+                            _grace = TimeSpan.FromMilliseconds(frame.Frame.Started.ReattachGraceMillis);
+                        }
+
+                        break;
+                    case ServerFrame.FrameOneofCase.Attached:
+                        receivedAttached = true;
+                        var attached = frame.Frame!.Attached;
+                        var after = lostAt is { } since ? Stopwatch.GetElapsedTime(since) : TimeSpan.Zero;
+                        streams.WriteErrorLine(
+                            $"rbs: connection to {allocation.Description} lost; reattached to invocation {attached.InvocationId} after {after.TotalSeconds:0.0} s");
+                        _stdin.ResetSent(attached.StdinOffset);
+                        _ = SendStdinAsync(writer, attached.StdinOffset, attached.StdinClosed, abort.Token);
+                        break;
                     case ServerFrame.FrameOneofCase.Stdout:
                         if (!TryWrite(streams.Output, Output(frame)))
                         {
-                            // stdout's reader is gone (`jbazel ... | head`): stop quietly; dropping the call
-                            // interrupts the remote command.
+                            // stdout's reader is gone (`jbazel ... | head`): stop quietly, and the remote command too.
+                            await writer.TryWriteAsync(new ClientFrame { Interrupt = new Interrupt() }, s_forceWriteTimeout);
                             CancelQuietly(abort);
-                            return ExitCodes.BrokenPipe;
+                            return new CallOutcome(ExitCodes.BrokenPipe, null, true, receivedAttached);
                         }
 
+                        Interlocked.Add(ref _stdoutWritten, Output(frame).Length);
+                        Acknowledge(writer);
                         break;
                     case ServerFrame.FrameOneofCase.Stderr:
                         // A closed stderr is not a reason to abandon the build; its bytes are dropped.
                         TryWrite(streams.Error, Output(frame));
+                        Interlocked.Add(ref _stderrWritten, Output(frame).Length);
+                        Acknowledge(writer);
                         break;
                     case ServerFrame.FrameOneofCase.Exit:
-                        return frame.Frame!.Exit.Code;
+                        if (_attachToken is not null)
+                        {
+                            await ConfirmExitAsync(call, writer, abort.Token);
+                        }
+
+                        return new CallOutcome(frame.Frame!.Exit.Code, null, true, receivedAttached);
                     default:
                         break;
                 }
             }
 
-            if (Volatile.Read(ref forced) == 1)
+            if (Volatile.Read(ref _forced) == 1)
             {
-                return ExitCodes.Interrupted;
+                return new CallOutcome(ExitCodes.Interrupted, null, receivedFrame, receivedAttached);
             }
 
-            throw Lost("the stream ended without an exit status", fromGateway: allocation.ThroughGateway);
+            return new CallOutcome(null, null, receivedFrame, receivedAttached);
         }
-        catch (Exception ex) when (ex is RpcException or OperationCanceledException && Volatile.Read(ref forced) == 1)
+        catch (Exception ex) when (ex is RpcException or OperationCanceledException && Volatile.Read(ref _forced) == 1)
         {
-            return ExitCodes.Interrupted;
+            return new CallOutcome(ExitCodes.Interrupted, null, receivedFrame, receivedAttached);
         }
         catch (RpcException) when (cancellationToken.IsCancellationRequested)
         {
@@ -133,21 +277,61 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
         }
         catch (RpcException ex)
         {
-            throw Failure(ex, receivedFrame);
+            return new CallOutcome(null, ex, receivedFrame, receivedAttached);
         }
         finally
         {
-            // Before the writer and the call go away, so no late interrupt touches them; the terminal before any
-            // `rbs:` line the caller prints.
+            // Before the writer and the call go away, so no late interrupt touches them.
+            Interlocked.CompareExchange(ref _writer, null, writer);
             onFirst.Dispose();
             onSecond.Dispose();
-            onResize?.Dispose();
-            rawMode?.Dispose();
+            CancelQuietly(abort);
         }
     }
 
+    /// <summary>
+    /// Tells a reattachable command's agent that everything arrived (a last ack, then the end of the request stream),
+    /// and waits briefly for the call's end: until then the agent keeps the output for a reattach.
+    /// </summary>
+    private async Task ConfirmExitAsync(AsyncDuplexStreamingCall<ClientFrame, ReceivedFrame> call, FrameWriter writer, CancellationToken cancellationToken)
+    {
+        var ack = new OutputAck { StdoutOffset = Volatile.Read(ref _stdoutWritten), StderrOffset = Volatile.Read(ref _stderrWritten) };
+        if (!await writer.TryWriteAsync(new ClientFrame { Ack = ack }, s_confirmTimeout) || !await writer.TryCompleteAsync(s_confirmTimeout))
+        {
+            return;
+        }
+
+        try
+        {
+            using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            timeout.CancelAfter(s_confirmTimeout);
+            while (await call.ResponseStream.MoveNext(timeout.Token))
+            {
+                call.ResponseStream.Current.Dispose();
+            }
+        }
+        catch (Exception ex) when (ex is RpcException or OperationCanceledException or InvalidOperationException or IOException)
+        {
+            // The exit status is what counts; the agent forgets the command after its grace time anyway.
+        }
+    }
+
+    /// <summary>Every <see cref="AckInterval"/> bytes written: the agent may forget them.</summary>
+    private void Acknowledge(FrameWriter writer)
+    {
+        var stdout = Volatile.Read(ref _stdoutWritten);
+        var stderr = Volatile.Read(ref _stderrWritten);
+        if (_attachToken is null || stdout + stderr - _acked < AckInterval)
+        {
+            return;
+        }
+
+        _acked = stdout + stderr;
+        _ = writer.TryWriteAsync(new ClientFrame { Ack = new OutputAck { StdoutOffset = stdout, StderrOffset = stderr } }, s_interruptWriteTimeout);
+    }
+
     /// <summary>SIGWINCH: the terminal the remote one stands for (stderr's) changed size; tell the agent.</summary>
-    private static PosixSignalRegistration? ForwardWindowSizeChanges(FrameWriter writer)
+    private static PosixSignalRegistration? ForwardWindowSizeChanges(CommandSession session)
     {
         if (!(OperatingSystem.IsLinux() || OperatingSystem.IsMacOS()))
         {
@@ -156,18 +340,25 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
 
         return PosixSignalRegistration.Create(PosixSignal.SIGWINCH, context =>
         {
-            if (TerminalProbe.TryGetWindowSize(2, out var columns, out var rows))
+            if (TerminalProbe.TryGetWindowSize(2, out var columns, out var rows) && Volatile.Read(ref session._writer) is { } writer)
             {
                 _ = writer.TryWriteAsync(new ClientFrame { Resize = new Resize { Columns = columns, Rows = rows } }, s_resizeWriteTimeout);
             }
         });
     }
 
-    private void StartStdinPump(FrameWriter writer, CancellationToken cancellationToken)
+    private void StartStdinPump(CancellationToken cancellationToken)
     {
+        if (_stdinStarted)
+        {
+            return;
+        }
+
+        _stdinStarted = true;
+
         // A dedicated background thread: a read from a terminal or an idle pipe cannot be cancelled, and
         // it must not hold up jbazel's exit once bazel has finished.
-        var thread = new Thread(() => PumpStdin(writer, cancellationToken))
+        var thread = new Thread(() => PumpStdin(cancellationToken))
         {
             IsBackground = true,
             Name = "jbazel stdin",
@@ -175,38 +366,65 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
         thread.Start();
     }
 
-    private void PumpStdin(FrameWriter writer, CancellationToken cancellationToken)
+    /// <summary>Reads jbazel's stdin into <see cref="_stdin"/>, from where each call's sender sends it.</summary>
+    private void PumpStdin(CancellationToken cancellationToken)
     {
         var buffer = new byte[StdinChunkSize];
-        try
+
+        // A background job must not touch its terminal: the tool gets an empty stdin instead.
+        while (TerminalProbe.MayReadStdin() && !cancellationToken.IsCancellationRequested)
         {
-            // A background job must not touch its terminal: the tool gets an empty stdin instead.
-            while (TerminalProbe.MayReadStdin() && !cancellationToken.IsCancellationRequested)
+            int read;
+            try
             {
-                int read;
-                try
-                {
-                    read = streams.Input.Read(buffer, 0, buffer.Length);
-                }
-                catch (IOException)
-                {
-                    read = 0;
-                }
-
-                if (read == 0)
-                {
-                    break;
-                }
-
-                writer.WriteAsync(new ClientFrame { Stdin = ByteString.CopyFrom(buffer, 0, read) }, cancellationToken)
-                    .GetAwaiter().GetResult();
+                read = streams.Input.Read(buffer, 0, buffer.Length);
+            }
+            catch (IOException)
+            {
+                read = 0;
             }
 
-            writer.WriteAsync(new ClientFrame { StdinEof = new StdinEof() }, cancellationToken).GetAwaiter().GetResult();
+            if (read == 0 || !_stdin.Append(buffer.AsSpan(0, read).ToArray(), cancellationToken))
+            {
+                break;
+            }
+        }
+
+        _stdin.AppendEof();
+    }
+
+    /// <summary>Sends stdin to one call, from the agent's offset, until end of input or the call's end.</summary>
+    private async Task SendStdinAsync(FrameWriter writer, long offset, bool stdinClosed, CancellationToken cancellationToken)
+    {
+        if (stdinClosed)
+        {
+            return;
+        }
+
+        try
+        {
+            while (true)
+            {
+                if (!_stdin.TryNext(offset, out var bytes, out var eof, out var changed))
+                {
+                    await changed.WaitAsync(cancellationToken);
+                    continue;
+                }
+
+                if (eof)
+                {
+                    await writer.WriteAsync(new ClientFrame { StdinEof = new StdinEof() }, cancellationToken);
+                    return;
+                }
+
+                await writer.WriteAsync(new ClientFrame { Stdin = UnsafeByteOperations.UnsafeWrap(bytes) }, cancellationToken);
+                offset += bytes.Length;
+                _stdin.Sent(offset);
+            }
         }
         catch (Exception ex) when (ex is RpcException or OperationCanceledException or InvalidOperationException or ObjectDisposedException or IOException)
         {
-            // The call is over; there is nobody left to feed.
+            // The call is over; the next one (if any) resends from the agent's offset.
         }
     }
 
@@ -284,6 +502,44 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
                 $"lost the connection to agent {agent} at {allocation.Response.Address} mid-command ({reason}). " +
                 "Run the command again; GetServer starts a new agent if this one died.",
         });
+    }
+
+    /// <summary>
+    /// The connection was lost and no reattach succeeded within the agent's grace time: which hop failed decides the
+    /// next step, as in <see cref="Lost"/>; <paramref name="error"/> is the last attempt's failure.
+    /// </summary>
+    private RemoteFailure GaveUp(RpcException? error, string invocationId, bool agentGone)
+    {
+        var reason = error is null ? "the stream ended without an exit status" : RemoteFailure.Describe(error);
+        var fromGateway = allocation.ThroughGateway && error is not null && error.Status.DebugException is null;
+        var gateway = allocation.Response.Address;
+        var agent = allocation.AgentId;
+        var within = agentGone ? $"({reason}: the agent is gone)" : $"within the agent's grace time of {_grace.TotalSeconds:0.#} s ({reason})";
+        return new(ExitCodes.TransientRemoteError, (allocation.ThroughGateway, fromGateway) switch
+        {
+            (true, true) =>
+                $"the gateway at {gateway} lost its tunnel to agent {agent} mid-command and jbazel could not reattach to invocation {invocationId} {within}; " +
+                "the agent stops the command. Run the command again; GetServer starts a new agent if this one died.",
+            (true, false) =>
+                $"lost the connection to the gateway at {gateway} mid-command and could not reattach to invocation {invocationId} {within}; agent {agent} stops the command. " +
+                "Run the command again once the gateway answers; the same agent serves it.",
+            _ =>
+                $"lost the connection to agent {agent} at {allocation.Response.Address} mid-command and could not reattach to invocation {invocationId} {within}; " +
+                "the agent stops the command. Run the command again; GetServer starts a new agent if this one died.",
+        });
+    }
+
+    private static bool IsRefused(RpcException ex)
+    {
+        for (Exception? inner = ex.Status.DebugException; inner is not null; inner = inner.InnerException)
+        {
+            if (inner is SocketException { SocketErrorCode: SocketError.ConnectionRefused })
+            {
+                return true;
+            }
+        }
+
+        return false;
     }
 
     private static bool IsConnectFailure(RpcException ex)

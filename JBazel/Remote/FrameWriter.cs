@@ -39,5 +39,28 @@ internal sealed class FrameWriter(IClientStreamWriter<ClientFrame> stream) : IDi
         }
     }
 
+    /// <summary>Ends the request stream (half-close), best effort within <paramref name="timeout"/>.</summary>
+    public async Task<bool> TryCompleteAsync(TimeSpan timeout)
+    {
+        try
+        {
+            using var timeoutSource = new CancellationTokenSource(timeout);
+            await _gate.WaitAsync(timeoutSource.Token);
+            try
+            {
+                await stream.CompleteAsync().WaitAsync(timeoutSource.Token);
+                return true;
+            }
+            finally
+            {
+                _gate.Release();
+            }
+        }
+        catch (Exception ex) when (ex is RpcException or OperationCanceledException or InvalidOperationException or ObjectDisposedException or IOException)
+        {
+            return false;
+        }
+    }
+
     public void Dispose() => _gate.Dispose();
 }

@@ -82,7 +82,9 @@ public sealed class ErrorMessageTests(ITestOutputHelper output) : IDisposable
     [Fact]
     public async Task AGatewayKilledMidStreamIsNamedAndTheLiveAgentIsNotDeclaredDead()
     {
-        await using var stack = await LocalStack.StartAsync(output);
+        // The agent keeps the command for its reattach grace time (docs/reattach.md), and jbazel tries to reattach
+        // through the gateway that long: 3 s here.
+        await using var stack = await LocalStack.StartAsync(output, environment: new Dictionary<string, string?> { ["Agent__Execution__ReattachGrace"] = "00:00:03" });
         await using var jbazel = JBazelProcess.Start(output, _workspace.Root, _workspace.Home, new Dictionary<string, string?>(),
             [$"--rbs_orchestrator={stack.PublicAddress}", "--rbs_connect=tunnel", "trap-int"]);
         await jbazel.WaitForStdoutAsync("ready", LocalStack.Timeout);
@@ -92,8 +94,9 @@ public sealed class ErrorMessageTests(ITestOutputHelper output) : IDisposable
 
         Assert.Equal(38, await jbazel.WaitForExitAsync(LocalStack.Timeout));
         var line = Assert.Single(jbazel.StderrText.Split('\n', StringSplitOptions.RemoveEmptyEntries));
-        Assert.StartsWith($"rbs: lost the connection to the gateway at {stack.PublicAddress} mid-command (", line, StringComparison.Ordinal);
-        Assert.EndsWith($"agent {agent.AgentId} stops the command when its stream ends. Run the command again once the gateway answers; the same agent serves it.", line, StringComparison.Ordinal);
+        Assert.StartsWith($"rbs: lost the connection to the gateway at {stack.PublicAddress} mid-command and could not reattach to invocation ", line, StringComparison.Ordinal);
+        Assert.Contains("within the agent's grace time of 3 s", line, StringComparison.Ordinal);
+        Assert.EndsWith($"agent {agent.AgentId} stops the command. Run the command again once the gateway answers; the same agent serves it.", line, StringComparison.Ordinal);
         Assert.DoesNotContain("allocated", line, StringComparison.Ordinal);
         // The agent is alive indeed.
         Assert.Contains(agent.Pid, UnixProcesses.FindAgentProcesses(agent.AgentId));

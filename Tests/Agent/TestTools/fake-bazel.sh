@@ -75,6 +75,18 @@ case "$mode" in
   read-line)       # reads one line from stdin and reports it
     IFS= read -r line
     printf 'got [%s]\n' "$line" ;;
+  staged)          # for k in 1 2 3: wait for $1/go$k, then $1/out$k to stdout and $1/err$k to stderr, then $1/done$k; exit 3
+    for k in 1 2 3; do
+      while [ ! -e "$1/go$k" ]; do sleep 0.02; done
+      cat "$1/out$k" &
+      out=$!
+      cat "$1/err$k" >&2 &
+      err=$!
+      wait "$out" || exit 1
+      wait "$err" || exit 1
+      : > "$1/done$k"
+    done
+    exit 3 ;;
   sleep)           # a tool that only waits (for the parent-death tests)
     echo ready
     exec sleep 600 ;;

@@ -74,11 +74,8 @@ public sealed class LocalStack : IAsyncDisposable
         ];
         if (withGateway)
         {
-            var ready = Path.Combine(Root, "gateway.json");
-            Gateway = ServerProcess.Start(_output, "rbs-gateway",
-                ["--public-listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0", "--orchestrator", OrchestratorAddress, "--token-key-file", keyFile, "--ready-file", ready],
-                environment);
-            var addresses = await Gateway.ReadyFileAsync<GatewayReadyFile>(ready, Timeout);
+            _environment = environment;
+            var addresses = await StartGatewayAsync("127.0.0.1:0", "127.0.0.1:0");
             PublicAddress = addresses.PublicAddress;
             GatewayAgentAddress = addresses.AgentAddress;
             args.AddRange(["--gateway-public-address", PublicAddress, "--gateway-agent-address", GatewayAgentAddress, "--token-key-file", keyFile]);
@@ -86,6 +83,30 @@ public sealed class LocalStack : IAsyncDisposable
 
         Orchestrator = ServerProcess.Start(_output, "rbs-orchestrator", args, environment);
         await Orchestrator.ReadyFileAsync<OrchestratorReadyFile>(Path.Combine(Root, "orchestrator.json"), Timeout);
+    }
+
+    /// <summary>
+    /// Kills the gateway and starts another on the same two addresses (a gateway replica taking over): agents dial
+    /// their tunnels in again, clients reach it where they reached the first.
+    /// </summary>
+    public async Task RestartGatewayAsync()
+    {
+        Gateway!.Kill();
+        await Gateway.WaitForExitAsync(Timeout);
+        await Gateway.DisposeAsync();
+        await StartGatewayAsync(new Uri(PublicAddress).Authority, new Uri(GatewayAgentAddress).Authority);
+    }
+
+    private IReadOnlyDictionary<string, string?>? _environment;
+
+    private async Task<GatewayReadyFile> StartGatewayAsync(string publicListen, string agentListen)
+    {
+        var ready = Path.Combine(Root, "gateway.json");
+        File.Delete(ready);
+        Gateway = ServerProcess.Start(_output, "rbs-gateway",
+            ["--public-listen", publicListen, "--agent-listen", agentListen, "--orchestrator", OrchestratorAddress, "--token-key-file", Path.Combine(Root, "token.key"), "--ready-file", ready],
+            _environment);
+        return await Gateway.ReadyFileAsync<GatewayReadyFile>(ready, Timeout);
     }
 
     /// <summary>Pid and direct address of every live agent, from their ready files.</summary>

@@ -38,13 +38,17 @@ public sealed class TunnelStackFixture : IAsyncLifetime
         }
     }
 
-    public async Task InitializeAsync() => Stack = await TunnelStack.StartAsync(line =>
-    {
-        lock (_early)
+    // A command whose stream is lost waits for a reattach (docs/reattach.md) 5 s here instead of a minute, so a test of
+    // a lost agent sees jbazel give up within its timeout.
+    public async Task InitializeAsync() => Stack = await TunnelStack.StartAsync(
+        line =>
         {
-            _early.Add(line);
-        }
-    });
+            lock (_early)
+            {
+                _early.Add(line);
+            }
+        },
+        environment: new Dictionary<string, string> { ["Agent__Execution__ReattachGrace"] = "00:00:05" });
 
     public async Task DisposeAsync() => await Stack.DisposeAsync();
 }
