@@ -22,6 +22,9 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
     /// <summary>jbazel tells the agent what it has written every 1 MiB, so the agent can forget it (docs/reattach.md).</summary>
     internal const long AckInterval = 1024 * 1024;
 
+    /// <summary>Calls a start gets in all while a proxy fails it before the agent answers (waits 200 ms, 400, 800, 1.6 s).</summary>
+    internal const int MaxStartAttempts = 5;
+
     private static readonly TimeSpan s_interruptWriteTimeout = TimeSpan.FromSeconds(5);
     private static readonly TimeSpan s_forceWriteTimeout = TimeSpan.FromSeconds(1);
     private static readonly TimeSpan s_resizeWriteTimeout = TimeSpan.FromSeconds(5);
@@ -55,6 +58,7 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
             var first = new ClientFrame { Start = start };
             long? lostAt = null;
             var attempt = 0;
+            var startRetries = 0;
             while (true)
             {
                 var outcome = await RunCallAsync(first, lostAt, () =>
@@ -76,6 +80,23 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
                 }
 
                 var error = outcome.Error;
+                // A proxy failed the start before the agent answered (a replica stopping in a rolling restart): the same
+                // start (same invocation id) again. An agent that did get the first one refuses the second
+                // (AlreadyExists): the command never runs twice.
+                if (_attachToken is null && first.FrameCase == ClientFrame.FrameOneofCase.Start && !outcome.ReceivedFrame
+                    && error is not null && RemoteFailure.IsIntermediaryFailure(error) && ++startRetries < MaxStartAttempts)
+                {
+                    await Task.Delay(s_firstRetryDelay * (1 << startRetries), cancellationToken);
+                    continue;
+                }
+
+                if (startRetries > 0 && error is { StatusCode: StatusCode.AlreadyExists })
+                {
+                    throw new RemoteFailure(ExitCodes.TransientRemoteError,
+                        $"a proxy failed the call that started invocation {start.InvocationId} on {allocation.Description} after it arrived: " +
+                        "the command runs there without this client, and stops within the agent's reattach grace time. Run the command again.");
+                }
+
                 if (_attachToken is null || _grace <= TimeSpan.Zero || (error is not null && !RemoteFailure.IsTransient(error)))
                 {
                     if (lostAt is not null && error is { StatusCode: StatusCode.NotFound })

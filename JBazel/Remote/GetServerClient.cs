@@ -65,7 +65,7 @@ internal sealed class GetServerClient(ChannelPool channels, RbsSettings settings
             {
                 throw new OperationCanceledException(cancellationToken);
             }
-            catch (RpcException ex) when (attempt < MaxAttempts && IsIntermediaryFailure(ex) && DateTime.UtcNow + delay < deadline)
+            catch (RpcException ex) when (attempt < MaxAttempts && RemoteFailure.IsIntermediaryFailure(ex) && DateTime.UtcNow + delay < deadline)
             {
                 await Task.Delay(delay, cancellationToken);
                 delay *= 2;
@@ -79,20 +79,6 @@ internal sealed class GetServerClient(ChannelPool channels, RbsSettings settings
         stopwatch.Stop();
         return new Allocation(response, AgentAddress(response), AgentHeaders(response), stopwatch.ElapsedMilliseconds);
     }
-
-    /// <summary>
-    /// A proxy in front of the orchestrator (a load balancer, or the gateway's own proxy) answered for an upstream that
-    /// failed: HTTP 502, 503 or 504 without a gRPC status. gRPC answers of the orchestrator or the gateway (Unavailable
-    /// with their reason) and a refused connection (nothing listens: the user's address is wrong) are not repeated.
-    /// </summary>
-    internal static bool IsIntermediaryFailure(RpcException ex) =>
-        ex.StatusCode == StatusCode.Unavailable && ex.Status.DebugException is null
-        && ex.Status.Detail is { } detail
-        && detail.StartsWith(BadResponsePrefix, StringComparison.Ordinal)
-        && detail.AsSpan(BadResponsePrefix.Length) is "502" or "503" or "504";
-
-    /// <summary>How Grpc.Net.Client words a response that is not gRPC: "Bad gRPC response. HTTP status code: 502".</summary>
-    private const string BadResponsePrefix = "Bad gRPC response. HTTP status code: ";
 
     private RemoteFailure Failure(RpcException ex)
     {

@@ -7,6 +7,9 @@ namespace Rbs.JBazel.Remote;
 /// <summary>An infrastructure failure: one actionable line (printed with the <c>rbs: </c> prefix) and its exit code.</summary>
 internal sealed class RemoteFailure(int exitCode, string message) : Exception(message)
 {
+    /// <summary>How Grpc.Net.Client words a response that is not gRPC: "Bad gRPC response. HTTP status code: 502".</summary>
+    private const string BadResponsePrefix = "Bad gRPC response. HTTP status code: ";
+
     public int ExitCode { get; } = exitCode;
 
     /// <summary>
@@ -17,6 +20,17 @@ internal sealed class RemoteFailure(int exitCode, string message) : Exception(me
         // A client-side exception means the transport failed (reset stream, closed socket, protocol
         // error), whatever status code it was mapped to; a server's own status arrives without one.
         ex.Status.DebugException is not null || IsTransient(ex.StatusCode);
+
+    /// <summary>
+    /// A proxy (a load balancer in front of gateway replicas, or the gateway's own proxy) answered for an upstream that
+    /// failed: HTTP 502, 503 or 504 without a gRPC status, e.g. a replica stopping during a rolling restart. gRPC answers
+    /// of the servers themselves (Unavailable with their reason) and a refused connection are not this.
+    /// </summary>
+    public static bool IsIntermediaryFailure(RpcException ex) =>
+        ex.StatusCode == StatusCode.Unavailable && ex.Status.DebugException is null
+        && ex.Status.Detail is { } detail
+        && detail.StartsWith(BadResponsePrefix, StringComparison.Ordinal)
+        && detail.AsSpan(BadResponsePrefix.Length) is "502" or "503" or "504";
 
     /// <summary>Whether a status code the server sent means "try again".</summary>
     public static bool IsTransient(StatusCode code) => code switch

@@ -51,7 +51,10 @@ public sealed class FakeRemote : IAsyncDisposable
     /// <summary>HTTP status codes the next orchestrator calls get instead of a gRPC answer, as from a proxy (each used once).</summary>
     public ConcurrentQueue<int> ProxyFailures { get; } = new();
 
-    /// <summary>Orchestrator calls answered from <see cref="ProxyFailures"/>.</summary>
+    /// <summary>The same for calls to the agent (<c>rbs.v1.Agent</c>): the call never reaches the fake agent.</summary>
+    public ConcurrentQueue<int> AgentProxyFailures { get; } = new();
+
+    /// <summary>Calls answered from <see cref="ProxyFailures"/> or <see cref="AgentProxyFailures"/>.</summary>
     public int ProxyFailuresServed => Volatile.Read(ref _proxyFailuresServed);
 
     public ConcurrentQueue<AgentCall> AgentCalls { get; } = new();
@@ -86,9 +89,12 @@ public sealed class FakeRemote : IAsyncDisposable
         // A load balancer whose upstream failed: plain HTTP errors in place of gRPC answers (ProxyFailures).
         app.Use(async (context, next) =>
         {
-            if (context.Request.Path.StartsWithSegments("/rbs.v1.Orchestrator") && holder.Remote!.ProxyFailures.TryDequeue(out var status))
+            var remote = holder.Remote!;
+            var failures = context.Request.Path.StartsWithSegments("/rbs.v1.Orchestrator") ? remote.ProxyFailures
+                : context.Request.Path.StartsWithSegments("/rbs.v1.Agent") ? remote.AgentProxyFailures : null;
+            if (failures is not null && failures.TryDequeue(out var status))
             {
-                Interlocked.Increment(ref holder.Remote._proxyFailuresServed);
+                Interlocked.Increment(ref remote._proxyFailuresServed);
                 context.Response.StatusCode = status;
                 return;
             }

@@ -285,6 +285,40 @@ public sealed class JBazelFunctionalTests(ITestOutputHelper output) : IAsyncLife
     }
 
     [Fact]
+    public async Task AStartFailedByAProxyIsSentAgainWithTheSameInvocation()
+    {
+        _remote.AgentProxyFailures.Enqueue(502);
+        _remote.AgentProxyFailures.Enqueue(503);
+        _remote.Execute = async call =>
+        {
+            await call.StdoutAsync("ran once\n");
+            await call.ExitAsync(3);
+        };
+
+        await using var jbazel = Start(_workspace.Root, ["--rbs_status=never", "build", "//..."]);
+        Assert.Equal(3, await jbazel.WaitForExitAsync(s_timeout));
+        Assert.Equal("ran once\n", jbazel.StdoutText);
+        Assert.Equal("", jbazel.StderrText);
+        Assert.Equal(2, _remote.ProxyFailuresServed);
+        Assert.Single(_remote.AgentCalls);
+    }
+
+    [Fact]
+    public async Task AStartAProxyKeepsFailingExits38AfterABoundedNumberOfCalls()
+    {
+        for (var i = 0; i < 20; i++)
+        {
+            _remote.AgentProxyFailures.Enqueue(502);
+        }
+
+        await using var jbazel = Start(_workspace.Root, ["build", "//..."]);
+        Assert.Equal(38, await jbazel.WaitForExitAsync(s_timeout));
+        Assert.Contains("HTTP status code: 502", jbazel.StderrText, StringComparison.Ordinal);
+        Assert.Equal(CommandSession.MaxStartAttempts, _remote.ProxyFailuresServed);
+        Assert.Empty(_remote.AgentCalls);
+    }
+
+    [Fact]
     public async Task GetServerUnavailableFromTheOrchestratorItselfIsNotRepeated()
     {
         // A gRPC answer with a reason (e.g. the agent did not register) is the server's verdict: jbazel says it at once.
