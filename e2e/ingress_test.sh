@@ -243,7 +243,7 @@ rolling_restart
 touch "$STOP"
 wait "${BUILDERS[@]}" || true
 BUILDS=$(cat "$E2E_TMP"/builder-*.rcs | wc -l)
-FAILED_BUILDS=$(grep -vc '^0$' "$E2E_TMP"/builder-*.rcs | awk -F: '{s += $2} END {print s + 0}')
+FAILED_BUILDS=$(cat "$E2E_TMP"/builder-*.rcs | awk '$1 != 0 {n++} END {print n + 0}')
 log "rolling restart under load: $BUILDS builds, $FAILED_BUILDS failed, restart took $(( $(date +%s) - ROLL_START )) s"
 [ "$FAILED_BUILDS" = 0 ] || { log "failed builds' rbs: lines, by count:"; cat "$E2E_TMP"/builder-*-*.err | grep "^rbs: " \
     | grep -v "^rbs: agent \|^rbs: workspace \|^rbs: synced " | sed 's/[0-9a-f]\{8\}-[0-9a-f-]\{27\}/<id>/g' | sort | uniq -c | sort -rn | head -8 >&2; }

@@ -160,7 +160,9 @@ stop_orchestrator() {
 # write_nginx_conf DIR CLIENT_LISTEN AGENT_LISTEN "PUBLIC HOST:PORT..." "AGENT HOST:PORT...": DIR/nginx.conf for an nginx
 # in front of gateway replicas, configured as helm/rbs/templates/ingress.yaml configures ingress-nginx: clients' gRPC
 # over cleartext HTTP/2 (grpc_pass), agents' tunnels as HTTP/1.1 WebSocket upgrades, no body size limit or request
-# buffering (sync uploads), hour-long timeouts (a build is one long stream). Run it in the foreground with
+# buffering (sync uploads), hour-long timeouts (a build is one long stream), and no passive health checks
+# (max_fails=0, ingress-nginx's upstream-max-fails default: with max_fails=1, one failed call while the other
+# replica restarted left nginx with "no live upstreams" for 5 s). Run it in the foreground with
 # `nginx -p DIR -c DIR/nginx.conf`: the pid started is nginx's master.
 write_nginx_conf() {
     local dir="$1" client_listen="$2" agent_listen="$3" publics="$4" agents="$5" s
@@ -172,9 +174,9 @@ write_nginx_conf() {
         printf '    client_max_body_size 0;\n'
         printf '    map $http_upgrade $connection_upgrade { default upgrade; %s close; }\n' "''"
         printf '    upstream gateway_public {\n'
-        for s in $publics; do printf '        server %s max_fails=1 fail_timeout=5s;\n' "$s"; done
+        for s in $publics; do printf '        server %s max_fails=0;\n' "$s"; done
         printf '        keepalive 16;\n    }\n    upstream gateway_agents {\n'
-        for s in $agents; do printf '        server %s max_fails=1 fail_timeout=5s;\n' "$s"; done
+        for s in $agents; do printf '        server %s max_fails=0;\n' "$s"; done
         printf '    }\n'
         printf '    server {\n        listen %s http2;\n        http2_idle_timeout 1h;\n        client_body_timeout 1h;\n' "$client_listen"
         printf '        location / {\n            grpc_pass grpc://gateway_public;\n            grpc_read_timeout 1h;\n'
