@@ -1,4 +1,8 @@
 using System.Diagnostics;
+using Grpc.Core;
+using Grpc.Net.Client;
+using Rbs.Shared.Protocol;
+using Rbs.V1;
 using Rbs.Tests.Agent;
 using Rbs.Tests.Infrastructure;
 using Rbs.Tests.JBazel;
@@ -85,6 +89,92 @@ public sealed class GatewayReplicaTests(ITestOutputHelper output) : IDisposable
         Assert.Equal(0, stack["r-a"].Process!.ExitCode);
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(15), $"r-a took {clock.Elapsed.TotalSeconds:0.0} s to drain");
         Assert.Equal(server.AgentId, (await stack.GetStatusThroughAsync("r-b", server)).AgentId);
+    }
+
+    [Fact]
+    public async Task RollingRestartOfEveryReplicaWhile20BuildsRunFailsNone()
+    {
+        string[] ids = ["r-a", "r-b", "r-c"];
+        await using var stack = await ReplicaStack.StartAsync(Log, withServices: true, ids);
+        var server = await stack.GetServerAsync(_workspace.Root);
+        foreach (var id in ids)
+        {
+            await TestWait.EventuallyAsync(() => stack.IsRegisteredAtAsync(id, server.AgentId), $"the agent's tunnels at {id}", s_repair);
+        }
+
+        // 20 clients build back to back through the public Service, each on its own connection (so on every replica).
+        using var stop = new CancellationTokenSource();
+        var counts = new BuildCounts();
+        var clients = Enumerable.Range(0, 20).Select(i => Task.Run(() => BuildContinuouslyAsync(stack, server, i, counts, stop.Token))).ToArray();
+        await TestWait.EventuallyAsync(() => counts.Succeeded >= 40, "builds running through every replica", ReplicaStack.Timeout);
+
+        foreach (var id in ids)
+        {
+            var before = counts.Succeeded;
+            stack.TerminateReplica(id);
+            await stack[id].Process!.WaitForExitAsync().WaitAsync(ReplicaStack.Timeout);
+            Assert.Equal(0, stack[id].Process!.ExitCode);
+            await stack.StartReplicaAsync(id);
+            await TestWait.EventuallyAsync(() => stack.IsRegisteredAtAsync(id, server.AgentId), $"the agent's tunnels at the restarted {id}", s_repair);
+            // Builds went on meanwhile.
+            await TestWait.EventuallyAsync(() => counts.Succeeded >= before + 20, $"builds after restarting {id}", ReplicaStack.Timeout);
+        }
+
+        await stop.CancelAsync();
+        await Task.WhenAll(clients).WaitAsync(ReplicaStack.Timeout);
+        output.WriteLine($"{counts.Succeeded} builds succeeded, {counts.Failures.Count} failed during a rolling restart of {ids.Length} replicas");
+        Assert.True(counts.Failures.IsEmpty, string.Join("\n", counts.Failures.Take(20)));
+    }
+
+    private static async Task BuildContinuouslyAsync(ReplicaStack stack, GetServerResponse server, int client, BuildCounts counts, CancellationToken stop)
+    {
+        using var channel = GrpcChannel.ForAddress(stack.PublicAddress);
+        var agent = new V1.Agent.AgentClient(channel);
+        var headers = new Metadata { { RbsHeaders.AgentRoute, server.Route }, { "authorization", "Bearer " + server.SessionToken } };
+        var input = $"build {client}\n";
+        while (!stop.IsCancellationRequested)
+        {
+            try
+            {
+                using var timeout = new CancellationTokenSource(ReplicaStack.Timeout);
+                using var call = agent.ExecuteCommand(headers, cancellationToken: timeout.Token);
+                await call.RequestStream.WriteAsync(new ClientFrame { Start = new StartCommand { Args = { "cat" } } }, timeout.Token);
+                await call.RequestStream.WriteAsync(new ClientFrame { Stdin = Google.Protobuf.ByteString.CopyFromUtf8(input) }, timeout.Token);
+                await call.RequestStream.WriteAsync(new ClientFrame { StdinEof = new StdinEof() }, timeout.Token);
+                await call.RequestStream.CompleteAsync();
+                var result = await CommandResult.ReadToEndAsync(call, timeout.Token);
+                if (result.Exit?.Code == 0 && result.StdoutText == input)
+                {
+                    counts.Success();
+                }
+                else
+                {
+                    counts.Failure($"client {client}: exit {result.Exit?.Code}, stdout '{result.StdoutText}', stderr '{result.StderrText}'");
+                }
+            }
+            catch (Exception e) when (!stop.IsCancellationRequested)
+            {
+                counts.Failure($"client {client}: {e.GetBaseException().Message}");
+            }
+            catch (Exception)
+            {
+                // Stopped while building: the test is over, not a failure.
+            }
+        }
+    }
+
+    /// <summary>The builds' outcomes, shared by the clients.</summary>
+    private sealed class BuildCounts
+    {
+        private int _succeeded;
+
+        public int Succeeded => Volatile.Read(ref _succeeded);
+
+        public System.Collections.Concurrent.ConcurrentQueue<string> Failures { get; } = new();
+
+        public void Success() => Interlocked.Increment(ref _succeeded);
+
+        public void Failure(string what) => Failures.Enqueue(what);
     }
 
     private void Log(string line) => TestLog.Write(output, line);

@@ -35,6 +35,8 @@ public sealed class ReplicaStack : IAsyncDisposable
     private readonly Dictionary<string, Replica> _replicas = new(StringComparer.Ordinal);
     private readonly List<Process> _processes = [];
     private readonly Action<string> _log;
+    private RoundRobinRelay? _publicService;
+    private RoundRobinRelay? _agentService;
 
     private ReplicaStack(string root, Action<string> log)
     {
@@ -50,22 +52,42 @@ public sealed class ReplicaStack : IAsyncDisposable
 
     public string OrchestratorAddress { get; private set; } = "";
 
-    /// <summary>The replica whose addresses the orchestrator hands out (the "Service").</summary>
+    /// <summary>The first replica; without a Service, the one whose addresses the orchestrator hands out.</summary>
     public Replica First { get; private set; } = null!;
+
+    /// <summary>What clients dial: the public Service (a round-robin relay over every replica) if any, else <see cref="First"/>'s public endpoint.</summary>
+    public string PublicAddress => _publicService?.Address ?? First.PublicAddress;
+
+    /// <summary>What agents and the orchestrator dial: the agent Service if any, else <see cref="First"/>'s agent endpoint.</summary>
+    public string AgentAddress => _agentService?.Address ?? First.AgentAddress;
 
     public Replica this[string id] => _replicas[id];
 
     /// <summary>Starts the orchestrator and replicas <paramref name="replicaIds"/> (the first is <see cref="First"/>).</summary>
-    public static async Task<ReplicaStack> StartAsync(Action<string> log, params string[] replicaIds)
+    public static Task<ReplicaStack> StartAsync(Action<string> log, params string[] replicaIds) => StartAsync(log, withServices: false, replicaIds);
+
+    /// <summary>
+    /// Like <see cref="StartAsync(Action{string}, string[])"/>; <paramref name="withServices"/> puts a round-robin relay (a
+    /// Service) in front of the replicas' public and of their agent endpoints, which clients, agents and the orchestrator dial.
+    /// </summary>
+    public static async Task<ReplicaStack> StartAsync(Action<string> log, bool withServices, params string[] replicaIds)
     {
         var stack = new ReplicaStack(Directory.CreateTempSubdirectory("rbs-replica-test-").FullName, log);
+        if (withServices)
+        {
+            stack._publicService = new RoundRobinRelay();
+            stack._agentService = new RoundRobinRelay();
+        }
+
         try
         {
             await File.WriteAllTextAsync(stack.KeyFile, RbsTokenKeyRing.GenerateKey() + "\n");
             stack.OrchestratorAddress = $"http://127.0.0.1:{FreePort()}";
             foreach (var id in replicaIds)
             {
-                stack._replicas[id] = new Replica(id, $"http://127.0.0.1:{FreePort()}", $"http://127.0.0.1:{FreePort()}");
+                var replica = stack._replicas[id] = new Replica(id, $"http://127.0.0.1:{FreePort()}", $"http://127.0.0.1:{FreePort()}");
+                stack._publicService?.AddBackend(replica.PublicAddress);
+                stack._agentService?.AddBackend(replica.AgentAddress);
             }
 
             stack.First = stack._replicas[replicaIds[0]];
@@ -90,6 +112,8 @@ public sealed class ReplicaStack : IAsyncDisposable
         if (!_replicas.TryGetValue(id, out var replica))
         {
             replica = _replicas[id] = new Replica(id, $"http://127.0.0.1:{FreePort()}", $"http://127.0.0.1:{FreePort()}");
+            _publicService?.AddBackend(replica.PublicAddress);
+            _agentService?.AddBackend(replica.AgentAddress);
         }
 
         if (replica.Process is { HasExited: false })
@@ -126,7 +150,7 @@ public sealed class ReplicaStack : IAsyncDisposable
 
     public async Task<GetServerResponse> GetServerAsync(string workspace)
     {
-        using var channel = GrpcChannel.ForAddress(First.PublicAddress);
+        using var channel = GrpcChannel.ForAddress(PublicAddress);
         var client = new V1.Orchestrator.OrchestratorClient(channel);
         return await client.GetServerAsync(
             new GetServerRequest { RepoHash = Tunnel.TunnelStack.RepoHashOf(workspace), SourcePath = workspace, ConnectMode = ConnectMode.Tunnel, SyncWorkspace = true },
@@ -192,6 +216,16 @@ public sealed class ReplicaStack : IAsyncDisposable
             process.Dispose();
         }
 
+        if (_publicService is not null)
+        {
+            await _publicService.DisposeAsync();
+        }
+
+        if (_agentService is not null)
+        {
+            await _agentService.DisposeAsync();
+        }
+
         if (Directory.Exists(AgentsDirectory))
         {
             foreach (var agentId in Directory.EnumerateFiles(AgentsDirectory, "*.log").Select(Path.GetFileNameWithoutExtension).OfType<string>())
@@ -227,7 +261,7 @@ public sealed class ReplicaStack : IAsyncDisposable
             "--local-mode", "--port", new Uri(OrchestratorAddress).Port.ToString(CultureInfo.InvariantCulture),
             "--state-path", Path.Combine(Root, "state", "orchestrator.db"), "--ready-file", ready,
             "--agent-path", Orchestrator.Isolation.ReachableBinaries.Agent, "--build-tool", Orchestrator.Isolation.ReachableBinaries.FakeBazel,
-            "--gateway-public-address", First.PublicAddress, "--gateway-agent-address", First.AgentAddress, "--token-key-file", KeyFile,
+            "--gateway-public-address", PublicAddress, "--gateway-agent-address", AgentAddress, "--token-key-file", KeyFile,
             "--api-keys-file", apiKeys);
         await ReadWhenPresentAsync<OrchestratorReadyFile>(ready);
     }
