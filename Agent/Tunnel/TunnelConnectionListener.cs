@@ -126,6 +126,14 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
     public async ValueTask DisposeAsync()
     {
         await UnbindAsync();
+        lock (_groups)
+        {
+            foreach (var group in _groups.Values.Concat(_retiredGroups))
+            {
+                group.Dispose();
+            }
+        }
+
         _stop.Dispose();
     }
 
@@ -379,7 +387,7 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
     private void StopGroup(SpareGroup group)
     {
         _groups.Remove(group.ReplicaId);
-        _retiredGroups.RemoveAll(g => g.Loops.All(t => t.IsCompleted));
+        // Kept (not disposed) until the listener is: an extra spare of the group may still be looking at its token.
         _retiredGroups.Add(group);
         group.Cancel();
     }
@@ -723,7 +731,7 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
     }
 
     /// <summary>The spare loops that dial one address: the configured one, or one gateway replica's agent endpoint.</summary>
-    private sealed class SpareGroup(string replicaId, Uri connectUri, CancellationTokenSource stop)
+    private sealed class SpareGroup(string replicaId, Uri connectUri, CancellationTokenSource stop) : IDisposable
     {
         /// <summary>The group of the configured gateway address (a single gateway, or before the replica set is known).</summary>
         public const string Configured = "";
@@ -738,6 +746,8 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
         public Task[] Loops { get; set; } = [];
 
         public void Cancel() => stop.Cancel();
+
+        public void Dispose() => stop.Dispose();
     }
 
     private sealed class TunnelRejectedException(HttpStatusCode statusCode) : Exception($"HTTP {(int)statusCode}")

@@ -12,12 +12,13 @@ namespace Rbs.Tests.Stacks.Replicas;
 /// <summary>
 /// Several gateway replicas with real processes (<see cref="ReplicaStack"/>): an agent that knows one replica's address
 /// keeps tunnels to every live replica, so any replica serves its streams; replicas that join, crash, come back or
-/// drain (SIGTERM) change its tunnels within seconds.
+/// drain (SIGTERM) change its tunnels within seconds. In the gateway's one-at-a-time collection: they are CPU-heavy.
 /// </summary>
+[Collection(Gateway.TunnelCollection.Name)]
 public sealed class GatewayReplicaTests(ITestOutputHelper output) : IDisposable
 {
     /// <summary>"Within seconds": what a replica joining or leaving may take to show in an agent's tunnels.</summary>
-    private static readonly TimeSpan s_repair = TimeSpan.FromSeconds(15);
+    private static readonly TimeSpan s_repair = TimeSpan.FromSeconds(20);
 
     private readonly TempWorkspace _workspace = new();
 

@@ -21,14 +21,14 @@ namespace Rbs.Tests.Stacks.Replicas;
 /// </summary>
 public sealed class ReplicaStack : IAsyncDisposable
 {
-    public static readonly TimeSpan Timeout = TimeSpan.FromSeconds(30);
+    public static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
 
     public const string AliceKey = "alice-key-0123456789";
 
-    /// <summary>Short heartbeats, so a killed replica's lease lapses in 1.5 s; a drain bound well below the test's patience.</summary>
+    /// <summary>Short heartbeats, so a killed replica's lease lapses in 3 s; a drain bound well below the test's patience.</summary>
     private static readonly Dictionary<string, string> s_gatewayEnvironment = new()
     {
-        ["Gateway__ReplicaHeartbeatInterval"] = "00:00:00.500",
+        ["Gateway__ReplicaHeartbeatInterval"] = "00:00:01",
         ["Gateway__DrainTimeout"] = "00:00:15",
     };
 
