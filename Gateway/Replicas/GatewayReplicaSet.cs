@@ -63,11 +63,11 @@ internal sealed class GatewayReplicaSet
     }
 
     /// <summary>The replicas the orchestrator knows (with or without this one).</summary>
-    public void Update(IEnumerable<GatewayReplicaEntry> replicas)
+    public void Update(IEnumerable<(string Id, string AgentAddress)> replicas)
     {
         lock (_lock)
         {
-            _others = [.. replicas.Where(r => r.Id != SelfId).DistinctBy(r => r.Id)];
+            _others = [.. replicas.Where(r => r.Id != SelfId).DistinctBy(r => r.Id).Select(r => new GatewayReplicaEntry(r.Id, r.AgentAddress))];
             Publish();
         }
     }

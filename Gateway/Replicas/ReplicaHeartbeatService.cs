@@ -39,7 +39,7 @@ internal sealed partial class ReplicaHeartbeatService(
 
             if (set is not null)
             {
-                replicas.Update(set);
+                replicas.Update(set.Select(r => (r.Id, r.AgentAddress)));
                 if (failing)
                 {
                     Log.Recovered(logger);
