@@ -73,9 +73,12 @@ internal sealed class AgentTunnelOptions
     };
 
     /// <summary>The WebSocket URI of the gateway's tunnel endpoint.</summary>
-    public Uri ConnectUri()
+    public Uri ConnectUri() =>
+        ConnectUriOf(GatewayAddress ?? throw new InvalidOperationException("Agent:Tunnel:GatewayAddress is not set."));
+
+    /// <summary>The tunnel WebSocket address of a gateway (or replica) agent endpoint given as http(s):// or ws(s)://.</summary>
+    public static Uri ConnectUriOf(string address)
     {
-        var address = GatewayAddress ?? throw new InvalidOperationException("Agent:Tunnel:GatewayAddress is not set.");
         var builder = new UriBuilder(address.Contains("://", StringComparison.Ordinal) ? address : "http://" + address);
         builder.Scheme = builder.Scheme switch
         {

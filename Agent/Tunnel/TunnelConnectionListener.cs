@@ -27,6 +27,9 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
 {
     private static readonly TimeSpan s_stableConnection = TimeSpan.FromSeconds(5);
 
+    /// <summary>How long a replica seen draining is ignored in the other replicas' (possibly older) answers.</summary>
+    private static readonly TimeSpan s_drainedMemory = TimeSpan.FromSeconds(10);
+
     private readonly TunnelEndPoint _endPoint;
     private readonly AgentTunnelOptions _options;
     private readonly JoinCredentials _credentials;
@@ -39,6 +42,9 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
     private readonly HashSet<WebSocketTunnelStream> _live = [];
     private readonly List<IdleSpare> _idle = [];
     private readonly List<Task> _extraLoops = [];
+    private readonly Dictionary<string, SpareGroup> _groups = new(StringComparer.Ordinal);
+    private readonly TaskCompletionSource _replicated = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly List<SpareGroup> _retiredGroups = [];
     private Task[] _loops = [];
     private int _extraSpares;
 
@@ -68,17 +74,28 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
                 extras = [.. _extraLoops];
             }
 
-            return Task.WhenAll([.. _loops, .. extras]);
+            Task[] groups;
+            lock (_groups)
+            {
+                groups = [.. _groups.Values.Concat(_retiredGroups).SelectMany(g => g.Loops)];
+            }
+
+            return Task.WhenAll([.. _loops, .. extras, .. groups]);
         }
     }
 
     public void Start()
     {
         _status.Attach(this);
+        lock (_groups)
+        {
+            StartGroup(SpareGroup.Configured, _endPoint.GatewayUri);
+        }
+
         _loops =
         [
-            .. Enumerable.Range(0, Math.Max(1, _options.SpareConnections)).Select(_ => Task.Run(() => RunSpareLoopAsync(_stop.Token))),
             Task.Run(() => RunRenewalLoopAsync(_stop.Token)),
+            Task.Run(() => RunReplicaWatchAsync(_stop.Token)),
         ];
     }
 
@@ -109,6 +126,14 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
     public async ValueTask DisposeAsync()
     {
         await UnbindAsync();
+        lock (_groups)
+        {
+            foreach (var group in _groups.Values.Concat(_retiredGroups))
+            {
+                group.Dispose();
+            }
+        }
+
         _stop.Dispose();
     }
 
@@ -131,15 +156,17 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
     /// Keeps one spare open: dial, wait for the gateway's first bytes, hand the tunnel to Kestrel, repeat.
     /// An <paramref name="extra"/> spare (dialled ahead of demand) does this once and gives up on failure.
     /// </summary>
-    private async Task RunSpareLoopAsync(CancellationToken stop, bool extra = false)
+    private async Task RunSpareLoopAsync(SpareGroup group, bool extra = false)
     {
+        var stop = group.Stop;
+        var gatewayUri = group.ConnectUri;
         var failures = 0;
         while (!stop.IsCancellationRequested)
         {
             WebSocketTunnelStream stream;
             try
             {
-                stream = await DialAsync(stop);
+                stream = await DialAsync(gatewayUri, stop);
             }
             catch (OperationCanceledException) when (stop.IsCancellationRequested)
             {
@@ -152,14 +179,14 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
             }
             catch (Exception ex) when (extra)
             {
-                Log.ExtraDialFailed(_logger, _endPoint.GatewayUri, ex.GetBaseException().Message);
+                Log.ExtraDialFailed(_logger, gatewayUri, ex.GetBaseException().Message);
                 return;
             }
             catch (Exception ex)
             {
                 failures++;
                 var delay = Backoff(failures);
-                Log.DialFailed(_logger, _endPoint.GatewayUri, failures, delay.TotalMilliseconds, ex.GetBaseException().Message);
+                Log.DialFailed(_logger, gatewayUri, failures, delay.TotalMilliseconds, ex.GetBaseException().Message);
                 if (!await DelayAsync(delay, stop))
                 {
                     return;
@@ -169,7 +196,7 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
             }
 
             var spare = new IdleSpare(Opened(stream), _timeProvider.GetTimestamp());
-            var outcome = await KeepIdleAsync(spare, stop);
+            var outcome = await KeepIdleAsync(spare, group);
             if (outcome == SpareOutcome.Stopped)
             {
                 await CloseAsync(spare.Stream);
@@ -180,7 +207,7 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
             {
                 // The gateway started an HTTP/2 connection on this spare: hand it to Kestrel, dial a replacement.
                 failures = 0;
-                HandToKestrel(spare.Stream);
+                HandToKestrel(spare.Stream, group);
                 if (extra)
                 {
                     return;
@@ -211,8 +238,9 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
     /// listener stops (Stopped). A rotation asked for meanwhile dials a fresh tunnel first, then retires the old one
     /// and goes on waiting on the fresh one; if that dial fails the old tunnel stays, so a rotation never costs a spare.
     /// </summary>
-    private async Task<SpareOutcome> KeepIdleAsync(IdleSpare spare, CancellationToken stop)
+    private async Task<SpareOutcome> KeepIdleAsync(IdleSpare spare, SpareGroup group)
     {
+        var stop = group.Stop;
         while (true)
         {
             var data = spare.Stream.WaitForDataAsync();
@@ -238,7 +266,7 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
             WebSocketTunnelStream fresh;
             try
             {
-                fresh = await DialAsync(stop);
+                fresh = await DialAsync(group.ConnectUri, stop);
             }
             catch (OperationCanceledException) when (stop.IsCancellationRequested)
             {
@@ -254,7 +282,7 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
             catch (Exception ex)
             {
                 // Keep the old tunnel: its token is still valid for the other half of its lifetime; the renewal loop retries.
-                Log.RotationDialFailed(_logger, _endPoint.GatewayUri, ex.GetBaseException().Message);
+                Log.RotationDialFailed(_logger, group.ConnectUri, ex.GetBaseException().Message);
                 spare.RotationFinished(replacement: null, 0);
                 continue;
             }
@@ -264,7 +292,7 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
             if (data.IsCompleted && data.Result > 0)
             {
                 // The gateway claimed the old one while the fresh one was dialled: it goes into use, the fresh one stays.
-                HandToKestrel(old);
+                HandToKestrel(old, group);
             }
             else
             {
@@ -347,12 +375,185 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
         }
     }
 
+    /// <summary>Starts <see cref="AgentTunnelOptions.SpareConnections"/> spare loops to <paramref name="connectUri"/>. Under the <see cref="_groups"/> lock.</summary>
+    private void StartGroup(string replicaId, Uri connectUri)
+    {
+        var group = new SpareGroup(replicaId, connectUri, CancellationTokenSource.CreateLinkedTokenSource(_stop.Token));
+        group.Loops = [.. Enumerable.Range(0, Math.Max(1, _options.SpareConnections)).Select(_ => Task.Run(() => RunSpareLoopAsync(group)))];
+        _groups[replicaId] = group;
+    }
+
+    /// <summary>Ends a group's loops: its idle spares close, tunnels in use keep their streams. Under the <see cref="_groups"/> lock.</summary>
+    private void StopGroup(SpareGroup group)
+    {
+        _groups.Remove(group.ReplicaId);
+        // Kept (not disposed) until the listener is: an extra spare of the group may still be looking at its token.
+        _retiredGroups.Add(group);
+        group.Cancel();
+    }
+
+    /// <summary>
+    /// Only once a 101 named a replica (<c>rbs-gateway-replica</c>): long-polls the live replica set
+    /// (<see cref="GatewayReplicaList"/>) from a replica it knows, else from the configured address, and keeps one group
+    /// of spares per replica — dialled at the replica's own agent address — adding groups for replicas that joined and
+    /// ending those of replicas that left (drained, or their lease lapsed after a crash). With an empty set (or before
+    /// the first answer) the spares go to the configured address, as with a single gateway.
+    /// </summary>
+    private async Task RunReplicaWatchAsync(CancellationToken stop)
+    {
+        try
+        {
+            await _replicated.Task.WaitAsync(stop);
+        }
+        catch (OperationCanceledException)
+        {
+            return;
+        }
+
+        using var http = new HttpClient(new SocketsHttpHandler
+        {
+            UseProxy = false,
+            ConnectTimeout = _options.ConnectTimeout,
+            PooledConnectionIdleTimeout = TimeSpan.FromSeconds(30),
+        })
+        {
+            Timeout = GatewayReplicaList.MaxWait + _options.ConnectTimeout,
+        };
+        string? version = null;
+        var failures = 0;
+        var drained = new Dictionary<string, long>(StringComparer.Ordinal);
+        IReadOnlyList<GatewayReplicaEntry>? applied = null;
+        while (!stop.IsCancellationRequested)
+        {
+            var (sourceId, source) = WatchSource(failures);
+            try
+            {
+                var list = await GetReplicasAsync(http, source, version, stop);
+                version = list.Version;
+                failures = 0;
+                var replicas = WithoutDrained(list.Replicas, sourceId, drained);
+                if (applied is null || !applied.SequenceEqual(replicas))
+                {
+                    Log.ReplicaSet(_logger, replicas.Count, string.Join(", ", replicas.Select(r => $"{r.Id}={r.AgentAddress}")));
+                    Reconcile(replicas);
+                    applied = replicas;
+                }
+            }
+            catch (OperationCanceledException) when (stop.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (Exception ex)
+            {
+                failures++;
+                var delay = Backoff(failures);
+                Log.ReplicaWatchFailed(_logger, source, delay.TotalMilliseconds, ex.GetBaseException().Message);
+                if (!await DelayAsync(delay, stop))
+                {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// <summary>Where to ask for the set: the replicas known, in turn after failures, then the configured address (id "").</summary>
+    private (string ReplicaId, Uri ConnectUri) WatchSource(int failures)
+    {
+        List<(string, Uri)> sources;
+        lock (_groups)
+        {
+            sources = [.. _groups.Values.Where(g => g.ReplicaId != SpareGroup.Configured).OrderBy(g => g.ReplicaId, StringComparer.Ordinal).Select(g => (g.ReplicaId, g.ConnectUri))];
+        }
+
+        sources.Add((SpareGroup.Configured, _endPoint.GatewayUri));
+        return sources[failures % sources.Count];
+    }
+
+    /// <summary>
+    /// The replicas to keep, given the answer of replica <paramref name="sourceId"/>. A replica that leaves out itself is
+    /// draining; the others learn that only at their next heartbeat, so it is ignored (else the agent would dial it
+    /// again in between) until another replica answers without it too, or <see cref="s_drainedMemory"/> has passed (a
+    /// replica that restarted under the same id is dialled again).
+    /// </summary>
+    private List<GatewayReplicaEntry> WithoutDrained(IReadOnlyList<GatewayReplicaEntry> answer, string sourceId, Dictionary<string, long> drained)
+    {
+        if (sourceId != SpareGroup.Configured && answer.All(r => r.Id != sourceId))
+        {
+            drained[sourceId] = _timeProvider.GetTimestamp();
+        }
+
+        foreach (var (id, since) in drained.ToList())
+        {
+            if ((id != sourceId && answer.All(r => r.Id != id)) || _timeProvider.GetElapsedTime(since) > s_drainedMemory)
+            {
+                drained.Remove(id);
+            }
+        }
+
+        return [.. answer.Where(r => !drained.ContainsKey(r.Id))];
+    }
+
+    private async Task<GatewayReplicaList> GetReplicasAsync(HttpClient http, Uri connectUri, string? version, CancellationToken stop)
+    {
+        var builder = new UriBuilder(connectUri)
+        {
+            Scheme = connectUri.Scheme == "wss" ? "https" : "http",
+            Path = connectUri.AbsolutePath[..(connectUri.AbsolutePath.Length - "/tunnel/v1/connect".Length)] + GatewayReplicaList.Path,
+            Query = version is null ? string.Empty : $"{GatewayReplicaList.VersionQuery}={Uri.EscapeDataString(version)}",
+        };
+        using var request = new HttpRequestMessage(HttpMethod.Get, builder.Uri);
+        request.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", _credentials.Token);
+        using var response = await http.SendAsync(request, stop);
+        response.EnsureSuccessStatusCode();
+        return await System.Net.Http.Json.HttpContentJsonExtensions.ReadFromJsonAsync(response.Content, GatewayReplicaJson.Default.GatewayReplicaList, stop)
+            ?? throw new InvalidDataException("empty replica set response");
+    }
+
+    /// <summary>One group of spares per replica in <paramref name="replicas"/>; the configured address's group only while the set is empty.</summary>
+    private void Reconcile(IReadOnlyList<GatewayReplicaEntry> replicas)
+    {
+        if (_stop.IsCancellationRequested)
+        {
+            return;
+        }
+
+        lock (_groups)
+        {
+            var wanted = replicas.ToDictionary(r => r.Id, r => AgentTunnelOptions.ConnectUriOf(r.AgentAddress), StringComparer.Ordinal);
+            foreach (var group in _groups.Values.ToList())
+            {
+                var keep = group.ReplicaId == SpareGroup.Configured
+                    ? wanted.Count == 0
+                    : wanted.TryGetValue(group.ReplicaId, out var uri) && uri == group.ConnectUri;
+                if (!keep)
+                {
+                    Log.ReplicaDropped(_logger, group.ReplicaId, group.ConnectUri);
+                    StopGroup(group);
+                }
+            }
+
+            foreach (var (id, uri) in wanted)
+            {
+                if (!_groups.ContainsKey(id))
+                {
+                    Log.ReplicaAdded(_logger, id, uri);
+                    StartGroup(id, uri);
+                }
+            }
+
+            if (_groups.Count == 0)
+            {
+                StartGroup(SpareGroup.Configured, _endPoint.GatewayUri);
+            }
+        }
+    }
+
     private int BusyThreshold => Math.Max(1, _options.MaxStreamsPerTunnel * 3 / 4);
 
     /// <summary>A tunnel reached 3/4 of its stream limit: dial one more spare now, before the gateway needs it.</summary>
-    private void OnTunnelBusy(TunnelConnection connection)
+    private void OnTunnelBusy(TunnelConnection connection, SpareGroup group)
     {
-        if (_stop.IsCancellationRequested || _options.MaxExtraSpares <= 0)
+        if (group.Stop.IsCancellationRequested || _options.MaxExtraSpares <= 0)
         {
             return;
         }
@@ -364,7 +565,6 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
         }
 
         Log.DialingExtraSpare(_logger, connection.ActiveStreams);
-        var stop = _stop.Token;
         lock (_extraLoops)
         {
             _extraLoops.RemoveAll(t => t.IsCompleted);
@@ -372,7 +572,7 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
             {
                 try
                 {
-                    await RunSpareLoopAsync(stop, extra: true);
+                    await RunSpareLoopAsync(group, extra: true);
                 }
                 finally
                 {
@@ -402,10 +602,10 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
         await stream.DisposeAsync();
     }
 
-    private void HandToKestrel(WebSocketTunnelStream stream)
+    private void HandToKestrel(WebSocketTunnelStream stream, SpareGroup group)
     {
         Log.TunnelInUse(_logger);
-        _accepted.Writer.TryWrite(new TunnelConnection(stream, _endPoint, OnConnectionDisposed, OnTunnelBusy, BusyThreshold));
+        _accepted.Writer.TryWrite(new TunnelConnection(stream, _endPoint, OnConnectionDisposed, connection => OnTunnelBusy(connection, group), BusyThreshold));
     }
 
     private void Track(WebSocketTunnelStream stream, bool add)
@@ -447,7 +647,7 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
     }
 
     /// <summary>One WebSocket connect with the current token; the renewed token of the 101 replaces it for later dials.</summary>
-    private async Task<WebSocketTunnelStream> DialAsync(CancellationToken stop)
+    private async Task<WebSocketTunnelStream> DialAsync(Uri gatewayUri, CancellationToken stop)
     {
         var webSocket = new ClientWebSocket();
         webSocket.Options.CollectHttpResponseDetails = true;
@@ -458,7 +658,7 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
         timeout.CancelAfter(_options.ConnectTimeout);
         try
         {
-            await webSocket.ConnectAsync(_endPoint.GatewayUri, timeout.Token);
+            await webSocket.ConnectAsync(gatewayUri, timeout.Token);
         }
         catch (WebSocketException) when (IsFinal(webSocket.HttpStatusCode))
         {
@@ -475,6 +675,12 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
         if (webSocket.HttpResponseHeaders?.TryGetValue(RbsHeaders.RenewedJoinToken, out var renewed) == true && renewed.FirstOrDefault() is { Length: > 0 } fresh)
         {
             _credentials.Renewed(fresh, AnnouncedLifetime(webSocket.HttpResponseHeaders));
+        }
+
+        if (webSocket.HttpResponseHeaders?.ContainsKey(RbsHeaders.GatewayReplica) == true)
+        {
+            // One of several replicas: from now on the replica set decides where the spares go (RunReplicaWatchAsync).
+            _replicated.TrySetResult();
         }
 
         webSocket.HttpResponseHeaders = null;
@@ -522,6 +728,26 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
         {
             return false;
         }
+    }
+
+    /// <summary>The spare loops that dial one address: the configured one, or one gateway replica's agent endpoint.</summary>
+    private sealed class SpareGroup(string replicaId, Uri connectUri, CancellationTokenSource stop) : IDisposable
+    {
+        /// <summary>The group of the configured gateway address (a single gateway, or before the replica set is known).</summary>
+        public const string Configured = "";
+
+        public string ReplicaId => replicaId;
+
+        public Uri ConnectUri => connectUri;
+
+        /// <summary>Cancelled when the group ends (the replica left the set) or the listener stops.</summary>
+        public CancellationToken Stop { get; } = stop.Token;
+
+        public Task[] Loops { get; set; } = [];
+
+        public void Cancel() => stop.Cancel();
+
+        public void Dispose() => stop.Dispose();
     }
 
     private sealed class TunnelRejectedException(HttpStatusCode statusCode) : Exception($"HTTP {(int)statusCode}")
@@ -630,6 +856,18 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
 
         [LoggerMessage(EventId = 303, Level = LogLevel.Critical, Message = "The gateway at {Gateway} refused this agent's credentials (HTTP {Status} {Reason}): the join token is invalid or for another key, or it expired and the orchestrator no longer knows this agent as live. Not dialling again; requests in flight keep running.")]
         public static partial void Rejected(ILogger logger, Uri gateway, int status, string reason);
+
+        [LoggerMessage(EventId = 314, Level = LogLevel.Information, Message = "Gateway replica set: {Count} replica(s): {Replicas}")]
+        public static partial void ReplicaSet(ILogger logger, int count, string replicas);
+
+        [LoggerMessage(EventId = 315, Level = LogLevel.Information, Message = "Keeping spare tunnels to gateway replica {ReplicaId} at {Gateway}")]
+        public static partial void ReplicaAdded(ILogger logger, string replicaId, Uri gateway);
+
+        [LoggerMessage(EventId = 316, Level = LogLevel.Information, Message = "Gateway replica '{ReplicaId}' ({Gateway}) left the set: closing its idle spares (tunnels in use finish their streams)")]
+        public static partial void ReplicaDropped(ILogger logger, string replicaId, Uri gateway);
+
+        [LoggerMessage(EventId = 317, Level = LogLevel.Warning, Message = "Could not read the gateway replica set from {Gateway}, retrying in {DelayMs:0} ms: {Reason}")]
+        public static partial void ReplicaWatchFailed(ILogger logger, Uri gateway, double delayMs, string reason);
 
         [LoggerMessage(EventId = 309, Level = LogLevel.Debug, Message = "The join token has used up half its lifetime: rotating the oldest idle tunnel to renew it")]
         public static partial void RenewingCredentials(ILogger logger);

@@ -18,6 +18,8 @@ internal static class GatewayHost
             new("--token-key-file", $"{Section}:{nameof(GatewayOptions.TokenKeyFile)}", "FILE", "none (or Gateway:TokenKey); one is required", "File holding the base64 token key shared with the orchestrator; it signs every token."),
             new("--accepted-token-keys-file", $"{Section}:{nameof(GatewayOptions.AcceptedTokenKeysFile)}", "FILE", "none", "Further base64 keys (one per line) tokens may be signed with during a key rotation."),
             new("--certificate", $"{Section}:{nameof(GatewayOptions.CertificatePath)}", "FILE", "none (h2c)", "PFX/PKCS#12 certificate for TLS on the public endpoint (password: Gateway:CertificatePassword)."),
+            new("--advertise-agent-address", $"{Section}:{nameof(GatewayOptions.AdvertiseAgentAddress)}", "URL", "none (a single gateway)", "This replica's agent endpoint as agents dial it directly (http://POD_IP:8081); makes the gateway one of several replicas."),
+            new("--replica-id", $"{Section}:{nameof(GatewayOptions.ReplicaId)}", "ID", "host name + random suffix", "This replica's id, unique among live replicas (the pod name)."),
             new("--ready-file", $"{Section}:{nameof(GatewayOptions.ReadyFile)}", "FILE", "none", "Written once both endpoints listen: {\"publicAddress\",\"agentAddress\",\"pid\"}."),
         ],
         "--public-listen, --agent-listen",

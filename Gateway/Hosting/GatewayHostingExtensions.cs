@@ -32,6 +32,10 @@ internal static class GatewayHostingExtensions
                 "A token key is required: set Gateway:TokenKey (base64, >= 32 bytes) or pass --token-key-file (the orchestrator's key).")
             .Validate(o => Uri.TryCreate(o.OrchestratorAddress, UriKind.Absolute, out var uri) && uri.Scheme is "http" or "https",
                 "Gateway:OrchestratorAddress must be an absolute http:// or https:// address.")
+            .Validate(o => !o.IsReplica || (Uri.TryCreate(o.AdvertiseAgentAddress, UriKind.Absolute, out var advertised) && advertised.Scheme is "http" or "https"),
+                "Gateway:AdvertiseAgentAddress (--advertise-agent-address) must be an absolute http:// or https:// address of this replica's agent endpoint, e.g. http://10.0.0.5:8081.")
+            .Validate(o => o.ReplicaHeartbeatInterval > TimeSpan.Zero && o.DrainTimeout > TimeSpan.FromSeconds(1),
+                "Gateway:ReplicaHeartbeatInterval must be positive and Gateway:DrainTimeout longer than 1 s.")
             .Validate(o => o.TunnelKeepAliveInterval > TimeSpan.Zero && o.TunnelKeepAliveTimeout > TimeSpan.Zero && o.TunnelAcquireTimeout > TimeSpan.Zero
                 && o.TunnelProbeTimeout > TimeSpan.Zero && o.AgentStreamIdleTimeout > TimeSpan.Zero && o.JoinTokenRenewalLifetime > TimeSpan.Zero && o.OrchestratorCallTimeout > TimeSpan.Zero,
                 "Gateway timeouts and intervals must be positive.")
@@ -50,6 +54,18 @@ internal static class GatewayHostingExtensions
         // gateway served gRPC itself: no catch-all "unimplemented" routes on either endpoint.
         services.AddGrpc(o => o.IgnoreUnknownServices = true);
         services.AddSingleton<GatewayEndpoints>();
+        // Several replicas (Gateway:AdvertiseAgentAddress): the replica set, its heartbeat and the drain (Replicas/).
+        services.AddSingleton<Replicas.GatewayReplicaSet>();
+        services.AddSingleton<Replicas.GatewayDrain>();
+        services.AddHostedService<Replicas.ReplicaHeartbeatService>();
+        // Kestrel's graceful stop must outlast the drain, so streams in flight can finish.
+        services.AddOptions<HostOptions>().Configure<IOptions<GatewayOptions>>((host, options) =>
+        {
+            if (options.Value.IsReplica && host.ShutdownTimeout < options.Value.DrainTimeout + TimeSpan.FromSeconds(2))
+            {
+                host.ShutdownTimeout = options.Value.DrainTimeout + TimeSpan.FromSeconds(2);
+            }
+        });
         services.AddHostedService<GatewayReadyAnnouncer>();
 
         services.AddOptions<KestrelServerOptions>()
@@ -82,8 +98,9 @@ internal static class GatewayHostingExtensions
 
     public static WebApplication MapGateway(this WebApplication app)
     {
-        var registry = app.Services.GetRequiredService<AgentTunnelRegistry>();
-        app.Lifetime.ApplicationStopping.Register(registry.AbortAll);
+        // A single gateway cuts its tunnels at once; a replica drains first (Replicas/GatewayDrain.cs).
+        var drain = app.Services.GetRequiredService<Replicas.GatewayDrain>();
+        app.Lifetime.ApplicationStopping.Register(drain.Begin);
 
         // Client routes only on the public endpoint; tunnels and the orchestrator's registry only on the agent endpoint.
         app.Use((context, next) =>

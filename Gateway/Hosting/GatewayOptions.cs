@@ -99,6 +99,31 @@ internal sealed class GatewayOptions
     /// <summary>Upper bound for a proxied orchestrator call (GetServer may wait for a cold agent). Default <c>00:10:00</c>.</summary>
     public TimeSpan OrchestratorCallTimeout { get; set; } = TimeSpan.FromMinutes(10);
 
+    /// <summary>
+    /// Where agents dial this replica's agent endpoint directly (e.g. <c>http://POD_IP:8081</c>; the chart passes the pod
+    /// IP from the downward API). Setting it makes this gateway one of several replicas: it holds a lease in the
+    /// orchestrator's state store (rbs.v1.AgentDirectory/HeartbeatReplica), announces itself on every tunnel's 101
+    /// (<c>rbs-gateway-replica</c>) and serves the live replica set to agents, which keep tunnels to every replica.
+    /// Flag <c>--advertise-agent-address</c>. Default none: a single gateway, as before.
+    /// </summary>
+    public string? AdvertiseAgentAddress { get; set; }
+
+    /// <summary>This replica's id, unique among live replicas (the pod name). Flag <c>--replica-id</c>. Default: the host name and a random suffix.</summary>
+    public string? ReplicaId { get; set; }
+
+    /// <summary>How often a replica renews its lease and refreshes the replica set; the lease lasts three intervals, so a killed replica leaves the set within that. Default <c>00:00:02</c>.</summary>
+    public TimeSpan ReplicaHeartbeatInterval { get; set; } = TimeSpan.FromSeconds(2);
+
+    /// <summary>
+    /// On SIGTERM a replica drains: it leaves the replica set, refuses new tunnels (503), and lets the streams in flight
+    /// finish for up to this long before it cuts its tunnels and exits (also the host's shutdown timeout; the chart's
+    /// <c>terminationGracePeriodSeconds</c> must exceed it). Default <c>00:00:25</c>.
+    /// </summary>
+    public TimeSpan DrainTimeout { get; set; } = TimeSpan.FromSeconds(25);
+
+    /// <summary>True when this gateway is one of several replicas (<see cref="AdvertiseAgentAddress"/> is set).</summary>
+    public bool IsReplica => !string.IsNullOrWhiteSpace(AdvertiseAgentAddress);
+
     /// <summary>Once both endpoints listen, <c>{"publicAddress":..,"agentAddress":..,"pid":..}</c> is written here (atomically). Flag <c>--ready-file</c>. Default none.</summary>
     public string? ReadyFile { get; set; }
 }

@@ -89,6 +89,44 @@ internal sealed partial class AgentDirectoryClient : IDisposable
         }
     }
 
+    /// <summary>
+    /// This replica's heartbeat (<see cref="Replicas.ReplicaHeartbeatService"/>) or, <paramref name="draining"/>, its
+    /// farewell: the live replica set, or null when the orchestrator could not be asked (logged). Never throws for a failed call.
+    /// </summary>
+    public async Task<IReadOnlyList<Rbs.Shared.Protocol.GatewayReplicaEntry>?> HeartbeatReplicaAsync(
+        string replicaId, string agentAddress, TimeSpan lease, bool draining, CancellationToken cancellationToken)
+    {
+        var client = new AgentDirectory.AgentDirectoryClient(_channel.Value);
+        var headers = new Metadata
+        {
+            { "authorization", "Bearer " + _tokens.Mint(RbsTokenKind.Internal, "gateway", "gateway", s_internalTokenLifetime) },
+        };
+        try
+        {
+            var response = await client.HeartbeatReplicaAsync(
+                new HeartbeatReplicaRequest
+                {
+                    ReplicaId = replicaId,
+                    AgentAddress = agentAddress,
+                    Lease = Google.Protobuf.WellKnownTypes.Duration.FromTimeSpan(lease),
+                    Draining = draining,
+                },
+                headers,
+                deadline: DateTime.UtcNow + CallTimeout,
+                cancellationToken: cancellationToken);
+            return [.. response.Replicas.Select(r => new Rbs.Shared.Protocol.GatewayReplicaEntry(r.ReplicaId, r.AgentAddress))];
+        }
+        catch (RpcException e) when (e.StatusCode != StatusCode.Cancelled || !cancellationToken.IsCancellationRequested)
+        {
+            Log.HeartbeatFailed(_logger, replicaId, _address, e.StatusCode, e.Status.Detail);
+            return null;
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            return null;
+        }
+    }
+
     public void Dispose()
     {
         if (_channel.IsValueCreated)
@@ -104,5 +142,8 @@ internal sealed partial class AgentDirectoryClient : IDisposable
 
         [LoggerMessage(EventId = 141, Level = LogLevel.Warning, Message = "Could not ask the orchestrator about agent {AgentId}: {Reason}")]
         public static partial void Unanswered(ILogger logger, string agentId, string reason);
+
+        [LoggerMessage(EventId = 142, Level = LogLevel.Warning, Message = "Replica {ReplicaId}: heartbeat to the orchestrator at {Address} failed ({Status}: {Detail}); keeping the last replica set")]
+        public static partial void HeartbeatFailed(ILogger logger, string replicaId, string address, StatusCode status, string detail);
     }
 }

@@ -10,7 +10,7 @@ namespace Rbs.Gateway.Registration;
 /// tunnel-mode GetServer returns the moment the agent is reachable. Served with gRPC-Web on the agent endpoint
 /// under the internal-token policy (<see cref="GatewayRegistryEndpoints"/>); reads <see cref="AgentTunnelRegistry"/>.
 /// </summary>
-internal sealed class GatewayRegistryService(AgentTunnelRegistry registry, TimeProvider timeProvider) : GatewayRegistry.GatewayRegistryBase
+internal sealed class GatewayRegistryService(AgentTunnelRegistry registry, TimeProvider timeProvider, IHostApplicationLifetime lifetime) : GatewayRegistry.GatewayRegistryBase
 {
     /// <summary>The longest a GetAgent waits, whatever it asks for: the orchestrator asks again if it wants longer.</summary>
     public static readonly TimeSpan MaxWait = TimeSpan.FromSeconds(120);
@@ -24,9 +24,20 @@ internal sealed class GatewayRegistryService(AgentTunnelRegistry registry, TimeP
 
         var wait = WaitOf(request.Wait);
         // The call's token ends the wait on cancellation and at its deadline (the caller then sees its own status).
-        var agent = wait > TimeSpan.Zero
-            ? await registry.WaitOnlineAsync(request.AgentId, wait, timeProvider, context.CancellationToken)
-            : registry.FindOnline(request.AgentId);
+        // A stopping gateway answers now: a long-poll must not hold its graceful stop (the orchestrator asks again).
+        AgentTunnels? agent;
+        using var stopping = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken, lifetime.ApplicationStopping);
+        try
+        {
+            agent = wait > TimeSpan.Zero && !registry.Stopping
+                ? await registry.WaitOnlineAsync(request.AgentId, wait, timeProvider, stopping.Token)
+                : registry.FindOnline(request.AgentId);
+        }
+        catch (OperationCanceledException) when (!context.CancellationToken.IsCancellationRequested)
+        {
+            agent = registry.FindOnline(request.AgentId);
+        }
+
         return agent is null ? new AgentRegistration { AgentId = request.AgentId } : ToMessage(agent.ToSnapshot());
     }
 

@@ -33,6 +33,9 @@ internal sealed partial class AgentStreamForwarder(
     // Gateway-wide: each forwarded stream owns bounded buffers (docs/limits.md), so their number bounds the memory.
     private readonly SemaphoreSlim _streamSlots = new(options.Value.MaxConcurrentStreams, options.Value.MaxConcurrentStreams);
 
+    /// <summary>Client streams being forwarded now (a draining replica waits for them).</summary>
+    public int ActiveStreams => options.Value.MaxConcurrentStreams - _streamSlots.CurrentCount;
+
     public async Task ForwardAsync(HttpContext context)
     {
         // The session policy admitted the stream: a valid session token whose agent is the route (GatewayAuthentication).
@@ -153,6 +156,14 @@ internal sealed partial class AgentStreamForwarder(
     /// </summary>
     private async Task<AgentTunnels?> WaitForAgentAsync(HttpContext context, string route, string userId)
     {
+        if (registry.Stopping)
+        {
+            // A draining replica takes no tunnels, so waiting is futile; the client's retry reaches another replica.
+            await GrpcResponses.WriteStatusAsync(context, StatusCode.Unavailable,
+                $"this gateway replica is draining and agent {route} has no tunnel to it any more; retry (a new connection reaches another replica)");
+            return null;
+        }
+
         var confirmation = await directory.ConfirmAsync(route, userId, context.RequestAborted);
         if (confirmation.Outcome == AgentConfirmation.NotLive)
         {

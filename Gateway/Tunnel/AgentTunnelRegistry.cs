@@ -150,6 +150,27 @@ internal sealed partial class AgentTunnelRegistry : IDisposable
         }
     }
 
+    /// <summary>True once the gateway takes no new tunnels (a draining replica, or stopping).</summary>
+    public bool Stopping
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _stopping;
+            }
+        }
+    }
+
+    /// <summary>A draining replica: refuse new tunnels, keep the existing ones for the streams they carry.</summary>
+    public void StopTakingTunnels()
+    {
+        lock (_lock)
+        {
+            _stopping = true;
+        }
+    }
+
     /// <summary>Gateway shutdown: refuse new tunnels and cut the existing ones so agents reconnect elsewhere at once.</summary>
     public void AbortAll()
     {

@@ -2,6 +2,7 @@ using System.Net.WebSockets;
 using Microsoft.Extensions.Options;
 using Rbs.Gateway.Hosting;
 using Rbs.Gateway.Registration;
+using Rbs.Gateway.Replicas;
 using Rbs.Gateway.Security;
 using Rbs.Shared.Protocol;
 using Rbs.Shared.Tokens;
@@ -21,10 +22,35 @@ internal static partial class TunnelEndpoints
     {
         // Authenticated before the upgrade: a rejected agent gets a plain 4xx it can treat as final.
         endpoints.Map(ConnectPath, AcceptTunnelAsync).RequireAuthorization(GatewayAuthentication.Join);
+        // The live replica set, for agents of a replicated gateway (404 on a single gateway).
+        endpoints.MapGet(GatewayReplicaList.Path, ServeReplicasAsync).RequireAuthorization(GatewayAuthentication.Join);
         return endpoints;
     }
 
-    private static async Task AcceptTunnelAsync(HttpContext context, RbsTokenService tokens, AgentTunnelRegistry registry, IOptions<GatewayOptions> options, ILoggerFactory loggerFactory)
+    private static async Task ServeReplicasAsync(HttpContext context, GatewayReplicaSet replicas, TimeProvider timeProvider)
+    {
+        if (!replicas.Enabled)
+        {
+            context.Response.StatusCode = StatusCodes.Status404NotFound;
+            return;
+        }
+
+        var version = context.Request.Query[GatewayReplicaList.VersionQuery].FirstOrDefault();
+        GatewayReplicaList current;
+        try
+        {
+            current = await replicas.WaitForChangeAsync(version, GatewayReplicaList.MaxWait, timeProvider, context.RequestAborted);
+        }
+        catch (OperationCanceledException)
+        {
+            return;
+        }
+
+        context.Response.Headers.CacheControl = "no-store";
+        await context.Response.WriteAsJsonAsync(current, GatewayReplicaJson.Default.GatewayReplicaList, cancellationToken: context.RequestAborted);
+    }
+
+    private static async Task AcceptTunnelAsync(HttpContext context, RbsTokenService tokens, AgentTunnelRegistry registry, GatewayReplicaSet replicas, IOptions<GatewayOptions> options, ILoggerFactory loggerFactory)
     {
         var logger = loggerFactory.CreateLogger(typeof(TunnelEndpoints).FullName!);
         // The join policy admitted the request: a valid join token, or an expired one the orchestrator confirmed.
@@ -34,6 +60,16 @@ internal static partial class TunnelEndpoints
         {
             context.Response.StatusCode = StatusCodes.Status400BadRequest;
             await context.Response.WriteAsync("expected a WebSocket upgrade\n", context.RequestAborted);
+            return;
+        }
+
+        if (registry.Stopping)
+        {
+            // Draining or stopping: not a verdict on the agent's credentials. The agent retries (5xx), and a replicated
+            // agent drops this replica once it leaves the set.
+            context.Response.StatusCode = StatusCodes.Status503ServiceUnavailable;
+            context.Response.Headers.RetryAfter = "1";
+            await context.Response.WriteAsync("this gateway is draining; dial another replica\n", context.RequestAborted);
             return;
         }
 
@@ -50,6 +86,11 @@ internal static partial class TunnelEndpoints
         context.Response.Headers[RbsHeaders.RenewedJoinToken] = tokens.Mint(RbsTokenKind.Join, claims.AgentId, claims.UserId, o.JoinTokenRenewalLifetime);
         context.Response.Headers[RbsHeaders.RenewedJoinTokenLifetime] =
             ((long)o.JoinTokenRenewalLifetime.TotalSeconds).ToString(System.Globalization.CultureInfo.InvariantCulture);
+        if (replicas.Enabled)
+        {
+            context.Response.Headers[RbsHeaders.GatewayReplica] = replicas.SelfId;
+        }
+
         var webSocket = await context.WebSockets.AcceptWebSocketAsync(new WebSocketAcceptContext
         {
             KeepAliveInterval = o.TunnelKeepAliveInterval,

@@ -48,6 +48,60 @@ internal sealed partial class AgentDirectoryService(
         return new ConfirmAgentResponse { Live = false, Reason = refusal };
     }
 
+    /// <summary>Name prefix of the gateway replicas' leases in the state store (owner: the replica's agent address).</summary>
+    public const string ReplicaLeasePrefix = "gateway-replica/";
+
+    private static readonly TimeSpan s_minReplicaLease = TimeSpan.FromSeconds(1);
+    private static readonly TimeSpan s_maxReplicaLease = TimeSpan.FromSeconds(60);
+
+    /// <summary>
+    /// A gateway replica renews its lease (or, draining, ends it) and learns the live replica set. The set lives in
+    /// the state store, so every orchestrator replica answers alike and nothing is lost when one restarts.
+    /// </summary>
+    public override async Task<HeartbeatReplicaResponse> HeartbeatReplica(HeartbeatReplicaRequest request, ServerCallContext context)
+    {
+        await gateway.AuthenticateGatewayAsync(context.RequestHeaders);
+        if (string.IsNullOrEmpty(request.ReplicaId) || string.IsNullOrEmpty(request.AgentAddress))
+        {
+            throw new RpcException(new Status(StatusCode.InvalidArgument, "replica_id and agent_address are required"));
+        }
+
+        var name = ReplicaLeasePrefix + request.ReplicaId;
+        try
+        {
+            if (request.Draining)
+            {
+                if (await store.ReleaseLeaseAsync(name, request.AgentAddress, context.CancellationToken))
+                {
+                    Log.ReplicaDraining(logger, request.ReplicaId, request.AgentAddress);
+                }
+            }
+            else
+            {
+                var asked = request.Lease?.ToTimeSpan() ?? TimeSpan.Zero;
+                var lease = asked < s_minReplicaLease ? s_minReplicaLease : asked > s_maxReplicaLease ? s_maxReplicaLease : asked;
+                if (!await store.TryAcquireLeaseAsync(name, request.AgentAddress, lease, context.CancellationToken))
+                {
+                    throw new RpcException(new Status(StatusCode.AlreadyExists,
+                        $"gateway replica id {request.ReplicaId} is held by another live replica at another agent address; give each replica its own --replica-id"));
+                }
+            }
+
+            var leases = await store.ListLeasesAsync(ReplicaLeasePrefix, context.CancellationToken);
+            return new HeartbeatReplicaResponse
+            {
+                Replicas =
+                {
+                    leases.Select(l => new GatewayReplica { ReplicaId = l.Name[ReplicaLeasePrefix.Length..], AgentAddress = l.Owner }),
+                },
+            };
+        }
+        catch (DbException e)
+        {
+            throw new RpcException(new Status(StatusCode.Unavailable, $"the orchestrator's state store is unavailable: {e.Message}"));
+        }
+    }
+
     /// <summary>Null when the agent is live and owned by the user; else why not.</summary>
     private async Task<string?> RefusalAsync(ConfirmAgentRequest request, CancellationToken cancellationToken)
     {
@@ -85,5 +139,8 @@ internal sealed partial class AgentDirectoryService(
 
         [LoggerMessage(EventId = 611, Level = LogLevel.Information, Message = "Gateway asked about agent {AgentId} of user {UserId}: not live, {Reason}")]
         public static partial void Refused(ILogger logger, string agentId, string userId, string reason);
+
+        [LoggerMessage(EventId = 612, Level = LogLevel.Information, Message = "Gateway replica {ReplicaId} ({AgentAddress}) is draining: it left the replica set")]
+        public static partial void ReplicaDraining(ILogger logger, string replicaId, string agentAddress);
     }
 }

@@ -44,4 +44,21 @@ internal interface IStateStore
     /// Returns true when <paramref name="owner"/> holds it until now + <paramref name="duration"/>.
     /// </summary>
     Task<bool> TryAcquireLeaseAsync(string name, string owner, TimeSpan duration, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// The leases not yet expired whose names start with <paramref name="prefix"/>, ordered by name (e.g. every live
+    /// gateway replica: name <c>gateway-replica/ID</c>, owner its agent address).
+    /// </summary>
+    Task<IReadOnlyList<LeaseRecord>> ListLeasesAsync(string prefix, CancellationToken cancellationToken);
+
+    /// <summary>Ends the lease now if <paramref name="owner"/> holds it. Returns whether it did.</summary>
+    Task<bool> ReleaseLeaseAsync(string name, string owner, CancellationToken cancellationToken);
+}
+
+/// <summary>A named lease and its holder, as <see cref="IStateStore.ListLeasesAsync"/> reads it.</summary>
+internal sealed record LeaseRecord(string Name, string Owner, DateTimeOffset ExpiresAt)
+{
+    /// <summary>The exclusive upper bound of names starting with <paramref name="prefix"/> (its last character plus one), for a range scan.</summary>
+    public static string PrefixEnd(string prefix) =>
+        prefix.Length == 0 ? "\uffff" : string.Concat(prefix.AsSpan(0, prefix.Length - 1), ((char)(prefix[^1] + 1)).ToString());
 }

@@ -213,6 +213,36 @@ internal sealed class SqliteStateStore(IOptions<OrchestratorOptions> options, Ti
         return await command.ExecuteNonQueryAsync(cancellationToken) == 1;
     }
 
+    public async Task<IReadOnlyList<LeaseRecord>> ListLeasesAsync(string prefix, CancellationToken cancellationToken)
+    {
+        await using var connection = await OpenAsync(cancellationToken);
+        await using var command = connection.CreateCommand();
+        // A range, not LIKE: a prefix may hold LIKE's wildcards.
+        command.CommandText =
+            "SELECT name, owner, expires_at_ms FROM leases WHERE name >= $prefix AND name < $end AND expires_at_ms > $now ORDER BY name;";
+        command.Parameters.AddWithValue("$prefix", prefix);
+        command.Parameters.AddWithValue("$end", LeaseRecord.PrefixEnd(prefix));
+        command.Parameters.AddWithValue("$now", timeProvider.GetUtcNow().ToUnixTimeMilliseconds());
+        var result = new List<LeaseRecord>();
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            result.Add(new LeaseRecord(reader.GetString(0), reader.GetString(1), DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(2))));
+        }
+
+        return result;
+    }
+
+    public async Task<bool> ReleaseLeaseAsync(string name, string owner, CancellationToken cancellationToken)
+    {
+        await using var connection = await OpenAsync(cancellationToken);
+        await using var command = connection.CreateCommand();
+        command.CommandText = "DELETE FROM leases WHERE name = $name AND owner = $owner;";
+        command.Parameters.AddWithValue("$name", name);
+        command.Parameters.AddWithValue("$owner", owner);
+        return await command.ExecuteNonQueryAsync(cancellationToken) == 1;
+    }
+
     private async Task<SqliteConnection> OpenAsync(CancellationToken cancellationToken)
     {
         var connection = new SqliteConnection(_connectionString);

@@ -20,4 +20,11 @@ internal static class RbsHeaders
     /// the agent times its renewal on its own clock, so clock skew between the hosts does not matter.
     /// </summary>
     public const string RenewedJoinTokenLifetime = "rbs-join-token-lifetime";
+
+    /// <summary>
+    /// On the tunnel handshake's 101 response of a gateway that runs as one of several replicas: the replica's id. Its
+    /// presence tells the agent to keep tunnels to every replica in <c>GatewayReplicaList</c>; a single gateway
+    /// (or an older one) sends none and the agent dials only its configured address.
+    /// </summary>
+    public const string GatewayReplica = "rbs-gateway-replica";
 }

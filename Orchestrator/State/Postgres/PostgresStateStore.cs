@@ -284,6 +284,37 @@ internal sealed partial class PostgresStateStore(
         }, cancellationToken);
     }
 
+    public Task<IReadOnlyList<LeaseRecord>> ListLeasesAsync(string prefix, CancellationToken cancellationToken) =>
+        RunAsync<IReadOnlyList<LeaseRecord>>("list leases", async (connection, _, ct) =>
+        {
+            // substr, not LIKE (a prefix may hold LIKE's wildcards) nor a range (the database's collation orders it).
+            await using var command = NewCommand(connection, """
+                SELECT lease_name, owner_id, expires_at FROM leases
+                WHERE substr(lease_name, 1, @length) = @prefix AND expires_at > @now
+                ORDER BY lease_name
+                """);
+            AddText(command, "prefix", prefix);
+            command.Parameters.Add(new NpgsqlParameter("length", NpgsqlDbType.Integer) { Value = prefix.Length });
+            AddTime(command, "now", timeProvider.GetUtcNow());
+            var rows = new List<LeaseRecord>();
+            await using var reader = await command.ExecuteReaderAsync(ct);
+            while (await reader.ReadAsync(ct))
+            {
+                rows.Add(new LeaseRecord(reader.GetString(0), reader.GetString(1), ReadTime(reader, 2)));
+            }
+
+            return rows;
+        }, cancellationToken);
+
+    public Task<bool> ReleaseLeaseAsync(string name, string owner, CancellationToken cancellationToken) =>
+        RunAsync("release a lease", async (connection, _, ct) =>
+        {
+            await using var command = NewCommand(connection, "DELETE FROM leases WHERE lease_name = @name AND owner_id = @owner");
+            AddText(command, "name", name);
+            AddText(command, "owner", owner);
+            return await command.ExecuteNonQueryAsync(ct) == 1;
+        }, cancellationToken);
+
     public ValueTask DisposeAsync() => _dataSource.DisposeAsync();
 
     public void Dispose() => _dataSource.Dispose();

@@ -371,6 +371,30 @@ public abstract class StateStoreContractTests(ITestOutputHelper output) : IAsync
     }
 
     [Fact]
+    public async Task Lease_ListByPrefixShowsOnlyLiveOnesAndReleaseEndsOnlyTheOwnersLease()
+    {
+        var store = await NewStoreAsync();
+        // A prefix of its own per test (the database may be shared), holding LIKE's wildcards to show they are literal.
+        var prefix = NewLeaseName() + "_%/";
+        Assert.True(await store.TryAcquireLeaseAsync(prefix + "b", "http://10.0.0.2:8081", TimeSpan.FromSeconds(6), CancellationToken.None).WaitAsync(Timeout));
+        Assert.True(await store.TryAcquireLeaseAsync(prefix + "a", "http://10.0.0.1:8081", TimeSpan.FromSeconds(60), CancellationToken.None).WaitAsync(Timeout));
+        Assert.True(await store.TryAcquireLeaseAsync(prefix[..^2] + "x/c", "http://10.0.0.3:8081", TimeSpan.FromSeconds(60), CancellationToken.None).WaitAsync(Timeout));
+
+        var listed = await store.ListLeasesAsync(prefix, CancellationToken.None).WaitAsync(Timeout);
+        Assert.Equal([(prefix + "a", "http://10.0.0.1:8081"), (prefix + "b", "http://10.0.0.2:8081")], listed.Select(l => (l.Name, l.Owner)));
+
+        // An expired lease is not listed (a replica that died without a word leaves the set).
+        Clock.Advance(TimeSpan.FromSeconds(7));
+        Assert.Equal([prefix + "a"], (await store.ListLeasesAsync(prefix, CancellationToken.None).WaitAsync(Timeout)).Select(l => l.Name));
+
+        // Only its owner ends a lease (a draining replica), and then it is gone at once.
+        Assert.False(await store.ReleaseLeaseAsync(prefix + "a", "http://10.0.0.9:8081", CancellationToken.None).WaitAsync(Timeout));
+        Assert.True(await store.ReleaseLeaseAsync(prefix + "a", "http://10.0.0.1:8081", CancellationToken.None).WaitAsync(Timeout));
+        Assert.Empty(await store.ListLeasesAsync(prefix, CancellationToken.None).WaitAsync(Timeout));
+        Assert.True(await store.TryAcquireLeaseAsync(prefix + "a", "http://10.0.0.7:8081", TimeSpan.FromSeconds(6), CancellationToken.None).WaitAsync(Timeout));
+    }
+
+    [Fact]
     public async Task Lease_ConcurrentContenders_ExactlyOneOwnerForAFreshAndForAnExpiredLease()
     {
         var stores = new[] { await NewStoreAsync(), await NewStoreAsync() };
