@@ -277,21 +277,7 @@ internal sealed partial class CommandRunner(
                     SingleWriter = false,
                     FullMode = BoundedChannelFullMode.Wait,
                 });
-                var outputs = new List<OutputPump>(3);
-                if (process.StandardOutput is { } stdoutPipe)
-                {
-                    outputs.Add(new OutputPump(stdoutPipe.SafePipeHandle, isStdout: true, frames.Writer, CancellationToken.None));
-                }
-
-                if (process.StandardError is { } stderrPipe)
-                {
-                    outputs.Add(new OutputPump(stderrPipe.SafePipeHandle, isStdout: false, frames.Writer, CancellationToken.None));
-                }
-
-                if (process.Terminal is { } terminal)
-                {
-                    outputs.Add(new OutputPump(terminal, frames.Writer, CancellationToken.None));
-                }
+                var outputs = CreatePumps(process, frames.Writer, CancellationToken.None);
 
                 using var disposeOutputs = new DisposeAll(outputs);
                 var feeder = FeedJournalAsync(frames.Reader, command, interrupter);
@@ -427,21 +413,7 @@ internal sealed partial class CommandRunner(
         }));
 
         var writer = WriteFramesAsync(frames.Reader, responses, delivery, interrupter);
-        var outputs = new List<OutputPump>(3);
-        if (process.StandardOutput is { } stdoutPipe)
-        {
-            outputs.Add(new OutputPump(stdoutPipe.SafePipeHandle, isStdout: true, frames.Writer, delivery.Token));
-        }
-
-        if (process.StandardError is { } stderrPipe)
-        {
-            outputs.Add(new OutputPump(stderrPipe.SafePipeHandle, isStdout: false, frames.Writer, delivery.Token));
-        }
-
-        if (process.Terminal is { } terminal)
-        {
-            outputs.Add(new OutputPump(terminal, frames.Writer, delivery.Token));
-        }
+        var outputs = CreatePumps(process, frames.Writer, delivery.Token);
 
         using var disposeOutputs = new DisposeAll(outputs);
         var pumps = Task.WhenAll(outputs.Select(pump => pump.RunAsync(time)));
@@ -674,6 +646,28 @@ internal sealed partial class CommandRunner(
     {
         Log.Rejected(logger, peer, code, message);
         return new RpcException(new Status(code, message));
+    }
+
+    /// <summary>One output pump per stream the tool has: its stdout and stderr pipes, or its pseudo-terminal.</summary>
+    private static List<OutputPump> CreatePumps(ToolProcess process, ChannelWriter<OutgoingFrame> frames, CancellationToken delivery)
+    {
+        var outputs = new List<OutputPump>(3);
+        if (process.StandardOutput is { } stdoutPipe)
+        {
+            outputs.Add(new OutputPump(stdoutPipe.SafePipeHandle, isStdout: true, frames, delivery));
+        }
+
+        if (process.StandardError is { } stderrPipe)
+        {
+            outputs.Add(new OutputPump(stderrPipe.SafePipeHandle, isStdout: false, frames, delivery));
+        }
+
+        if (process.Terminal is { } terminal)
+        {
+            outputs.Add(new OutputPump(terminal, frames, delivery));
+        }
+
+        return outputs;
     }
 
     private static partial class Log
