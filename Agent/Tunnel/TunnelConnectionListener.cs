@@ -423,25 +423,32 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
         var failures = 0;
         var drained = new Dictionary<string, long>(StringComparer.Ordinal);
         IReadOnlyList<GatewayReplicaEntry>? applied = null;
+        (string SourceId, IReadOnlyList<GatewayReplicaEntry> Replicas)? last = null;
         while (!stop.IsCancellationRequested)
         {
             var (sourceId, source) = WatchSource(failures);
+            // A replica in the last answer that is ignored as draining is dialled again once its memory lapses, even
+            // while the long poll waits for a change (up to GatewayReplicaList.MaxWait): a restarted replica is
+            // repaired within seconds, not at the next change of the set.
+            using var recheck = last is { } shown && UntilDrainedLapses(shown.Replicas, drained) is { } lapse
+                ? new CancellationTokenSource(lapse, _timeProvider)
+                : null;
+            using var poll = recheck is null ? null : CancellationTokenSource.CreateLinkedTokenSource(stop, recheck.Token);
             try
             {
-                var list = await GetReplicasAsync(http, source, version, stop);
+                var list = await GetReplicasAsync(http, source, version, poll?.Token ?? stop);
                 version = list.Version;
                 failures = 0;
-                var replicas = WithoutDrained(list.Replicas, sourceId, drained);
-                if (applied is null || !applied.SequenceEqual(replicas))
-                {
-                    Log.ReplicaSet(_logger, replicas.Count, string.Join(", ", replicas.Select(r => $"{r.Id}={r.AgentAddress}")));
-                    Reconcile(replicas);
-                    applied = replicas;
-                }
+                last = (sourceId, list.Replicas);
+                Apply(WithoutDrained(list.Replicas, sourceId, drained), ref applied);
             }
             catch (OperationCanceledException) when (stop.IsCancellationRequested)
             {
                 return;
+            }
+            catch (OperationCanceledException) when (recheck?.IsCancellationRequested == true && last is { } previous)
+            {
+                Apply(WithoutDrained(previous.Replicas, previous.SourceId, drained), ref applied);
             }
             catch (Exception ex)
             {
@@ -454,6 +461,34 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
                 }
             }
         }
+    }
+
+    private void Apply(List<GatewayReplicaEntry> replicas, ref IReadOnlyList<GatewayReplicaEntry>? applied)
+    {
+        if (applied is null || !applied.SequenceEqual(replicas))
+        {
+            Log.ReplicaSet(_logger, replicas.Count, string.Join(", ", replicas.Select(r => $"{r.Id}={r.AgentAddress}")));
+            Reconcile(replicas);
+            applied = replicas;
+        }
+    }
+
+    /// <summary>How long until the first replica of <paramref name="answer"/> that is ignored as draining may be dialled again; null when none is.</summary>
+    private TimeSpan? UntilDrainedLapses(IReadOnlyList<GatewayReplicaEntry> answer, Dictionary<string, long> drained)
+    {
+        TimeSpan? first = null;
+        foreach (var (id, since) in drained)
+        {
+            if (answer.Any(r => r.Id == id))
+            {
+                // Just past the memory, so that WithoutDrained lets the replica back in.
+                var left = s_drainedMemory - _timeProvider.GetElapsedTime(since) + TimeSpan.FromMilliseconds(50);
+                left = left > TimeSpan.Zero ? left : TimeSpan.FromMilliseconds(50);
+                first = first is { } f && f < left ? f : left;
+            }
+        }
+
+        return first;
     }
 
     /// <summary>Where to ask for the set: the replicas known, in turn after failures, then the configured address (id "").</summary>
