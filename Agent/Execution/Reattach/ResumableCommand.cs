@@ -176,6 +176,7 @@ internal sealed partial class ResumableCommand(
                 {
                     var data = Google.Protobuf.UnsafeByteOperations.UnsafeWrap(bytes);
                     await responses.WriteAsync(stdout ? new ServerFrame { Stdout = data } : new ServerFrame { Stderr = data }, token);
+                    Journal.Sent(cursor);
                     continue;
                 }
 
