@@ -42,15 +42,26 @@ internal sealed class WorkspaceSyncClient(
     /// <summary>Frames read ahead of the one being sent (bounds the reader's memory to a few MiB).</summary>
     public const int BlobBatchesInFlight = 4;
 
+    /// <summary>
+    /// Sync calls in all while the network or an intermediary fails them (a gateway replica restarting or draining, a
+    /// proxy's 502): a sync is idempotent, so it is simply sent again. The waits double from 100 ms (3.1 s in all).
+    /// </summary>
+    internal const int MaxTransientAttempts = 6;
+
+    private static readonly TimeSpan s_firstRetryDelay = TimeSpan.FromMilliseconds(100);
+
     public async Task<SyncReport> SyncAsync(CancellationToken cancellationToken)
     {
         var stopwatch = Stopwatch.StartNew();
-        for (var attempt = 1; ; attempt++)
+        var transientFailures = 0;
+        // attempt counts passes over the tree (a tree that changed while syncing gets a second one); a call the network
+        // failed is sent again within the same pass.
+        for (var attempt = 1; ; )
         {
             try
             {
                 var manifest = await Task.Run(() => buildManifest(cancellationToken), cancellationToken);
-                if (attempt == 1)
+                if (attempt == 1 && transientFailures == 0)
                 {
                     foreach (var warning in manifest.Warnings)
                     {
@@ -61,8 +72,18 @@ internal sealed class WorkspaceSyncClient(
                 var (done, blobs, bytes) = await SyncOnceAsync(manifest, cancellationToken);
                 return new SyncReport(manifest.Entries.Count, done.UpToDate, blobs, bytes, stopwatch.ElapsedMilliseconds, attempt, done);
             }
+            catch (TransientSyncFailure) when (++transientFailures < MaxTransientAttempts)
+            {
+                // Silent, as bazel would be: the next call goes through another replica, or the same once it is back.
+                await Task.Delay(s_firstRetryDelay * (1 << (transientFailures - 1)), cancellationToken);
+            }
+            catch (TransientSyncFailure ex)
+            {
+                throw ex.Failure;
+            }
             catch (WorkspaceChangedException ex) when (attempt == 1)
             {
+                attempt++;
                 warn($"rbs: {ex.Message} during the workspace sync; syncing again.");
             }
             catch (WorkspaceChangedException ex)
@@ -158,8 +179,15 @@ internal sealed class WorkspaceSyncClient(
         }
         catch (RpcException ex)
         {
-            throw Failure(ex, phase);
+            var failure = Failure(ex, phase);
+            throw failure.ExitCode == ExitCodes.TransientRemoteError ? new TransientSyncFailure(failure) : failure;
         }
+    }
+
+    /// <summary>A sync call the network or an intermediary failed: sent again (<see cref="MaxTransientAttempts"/>), then <see cref="Failure"/>.</summary>
+    private sealed class TransientSyncFailure(RemoteFailure failure) : Exception(failure.Message, failure)
+    {
+        public RemoteFailure Failure => failure;
     }
 
     private static async Task SendManifestAsync(AsyncDuplexStreamingCall<SyncClientFrame, SyncServerFrame> call, Manifest manifest, CancellationToken cancellationToken)

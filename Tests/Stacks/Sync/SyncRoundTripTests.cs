@@ -174,6 +174,42 @@ public sealed class SyncRoundTripTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task SyncCallsAProxyFailsAreSentAgainSilently()
+    {
+        using var dirs = new SyncDirs();
+        var source = new ClientTree(dirs.Source);
+        source.Write("a.txt", "through a restarting ingress"u8.ToArray());
+        await using var agent = await SyncTestAgent.StartAsync(output, dirs);
+
+        // A load balancer whose upstream replica is restarting: plain 502/503 in place of the first two calls.
+        var proxy = new FailingProxyHandler([502, 503]);
+        var warnings = new List<string>();
+        var report = await NewClient(agent, dirs, WalkOptions.Default, channel: ProxiedChannel(agent, proxy), warn: warnings.Add)
+            .SyncAsync(CancellationToken.None).WaitAsync(s_timeout);
+        Assert.False(report.UpToDate);
+        Assert.Equal(2, proxy.Failed);
+        Assert.Empty(warnings);
+        AssertAgentHasClientTree(dirs);
+    }
+
+    [Fact]
+    public async Task ASyncAProxyKeepsFailingIsExit38AfterABoundedNumberOfCalls()
+    {
+        using var dirs = new SyncDirs();
+        new ClientTree(dirs.Source).Write("a.txt", "x"u8.ToArray());
+        await using var agent = await SyncTestAgent.StartAsync(output, dirs);
+
+        var proxy = new FailingProxyHandler([.. Enumerable.Repeat(502, 20)]);
+        var failure = await Assert.ThrowsAsync<RemoteFailure>(() =>
+            NewClient(agent, dirs, WalkOptions.Default, channel: ProxiedChannel(agent, proxy)).SyncAsync(CancellationToken.None).WaitAsync(s_timeout));
+        TestLog.Write(output, failure.Message);
+        Assert.Equal(ExitCodes.TransientRemoteError, failure.ExitCode);
+        Assert.Contains("HTTP status code: 502", failure.Message, StringComparison.Ordinal);
+        Assert.Equal(WorkspaceSyncClient.MaxTransientAttempts, proxy.Failed);
+        Assert.False(File.Exists(Path.Combine(dirs.Workspace, "a.txt")));
+    }
+
+    [Fact]
     public async Task CancellingMidSyncLeavesTheOldTree()
     {
         using var dirs = new SyncDirs();
@@ -199,11 +235,20 @@ public sealed class SyncRoundTripTests(ITestOutputHelper output)
     private async Task<SyncReport> SyncAsync(SyncTestAgent agent, SyncDirs dirs, WalkOptions? options = null) =>
         await NewClient(agent, dirs, options ?? WalkOptions.Default).SyncAsync(CancellationToken.None).WaitAsync(s_timeout);
 
-    private WorkspaceSyncClient NewClient(SyncTestAgent agent, SyncDirs dirs, WalkOptions options, Action? manifestHook = null)
+    private static Grpc.Net.Client.GrpcChannel ProxiedChannel(SyncTestAgent agent, HttpMessageHandler proxy) =>
+        Grpc.Net.Client.GrpcChannel.ForAddress("http://" + agent.Channel.Target, new Grpc.Net.Client.GrpcChannelOptions { HttpHandler = proxy, DisposeHttpClient = true });
+
+    private WorkspaceSyncClient NewClient(
+        SyncTestAgent agent,
+        SyncDirs dirs,
+        WalkOptions options,
+        Action? manifestHook = null,
+        Grpc.Net.Client.GrpcChannel? channel = null,
+        Action<string>? warn = null)
     {
         var builder = new ClientManifestBuilder(dirs.Source, options, Path.Combine(dirs.Root, "client-cache", "c.cache"), TimeProvider.System);
         return new WorkspaceSyncClient(
-            agent.Client,
+            channel is null ? agent.Client : new WorkspaceSync.WorkspaceSyncClient(channel),
             new Metadata(),
             ct =>
             {
@@ -212,7 +257,27 @@ public sealed class SyncRoundTripTests(ITestOutputHelper output)
                 return manifest;
             },
             $"agent sync-test-agent at {agent.Channel.Target}",
-            line => TestLog.Write(output, line));
+            line =>
+            {
+                TestLog.Write(output, line);
+                warn?.Invoke(line);
+            });
+    }
+
+    /// <summary>What a load balancer answers while its upstream is down: the given HTTP statuses, then the real calls.</summary>
+    private sealed class FailingProxyHandler(int[] statuses) : DelegatingHandler(new SocketsHttpHandler())
+    {
+        private int _calls;
+
+        public int Failed => Math.Min(Volatile.Read(ref _calls), statuses.Length);
+
+        protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
+        {
+            var call = Interlocked.Increment(ref _calls) - 1;
+            return call < statuses.Length
+                ? Task.FromResult(new HttpResponseMessage((System.Net.HttpStatusCode)statuses[call]) { Version = request.Version, Content = new StringContent("upstream down") })
+                : base.SendAsync(request, cancellationToken);
+        }
     }
 
     /// <summary>The agent's workspace equals the client's tree minus <paramref name="exclude"/> (bytes, exec bits, symlinks, empty dirs).</summary>
