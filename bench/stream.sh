@@ -10,6 +10,7 @@ BENCH_DIR="$REPO_ROOT/bench"
 BASE="$(cd "${1:?usage: bench/stream.sh BASE_ARTIFACTS_DIR}" && pwd)"
 RUNS="${RBS_STREAM_RUNS:-5}"
 source "$BENCH_DIR/lib.sh"
+install_bench_tools
 machine_state
 build_artifacts
 bench_tool
