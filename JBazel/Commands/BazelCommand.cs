@@ -264,7 +264,8 @@ internal sealed class BazelCommand : RootCommand
         using var channels = new ChannelPool();
         using var allocating = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, interrupts.First);
         PhaseTrace.Mark("getserver");
-        var allocation = await new GetServerClient(channels, settings).AllocateAsync(request, allocating.Token);
+        var cache = AllocationCache.For(_environment.Get("XDG_CACHE_HOME"), _environment.HomeDirectory, settings.Orchestrator, settings.ApiKey, request, TimeProvider.System);
+        var allocation = await new GetServerClient(channels, settings).AllocateAsync(request, cache, allocating.Token);
         PhaseTrace.Mark("getserver-done");
         var showStatus = settings.Status == StatusMode.Always || (settings.Status == StatusMode.Auto && !Console.IsErrorRedirected);
         if (showStatus)

@@ -11,7 +11,8 @@ namespace Rbs.JBazel.Remote;
 /// <param name="AgentAddress">Where to send ExecuteCommand (the agent, or the gateway in tunnel mode).</param>
 /// <param name="Headers">Metadata for every agent call (tunnel route, session token).</param>
 /// <param name="ElapsedMilliseconds">GetServer's duration as the client measured it.</param>
-internal sealed record Allocation(GetServerResponse Response, Uri AgentAddress, Metadata Headers, long ElapsedMilliseconds)
+/// <param name="FromCache">True when GetServer was skipped: the answer came from <see cref="AllocationCache"/> and the agent confirmed it.</param>
+internal sealed record Allocation(GetServerResponse Response, Uri AgentAddress, Metadata Headers, long ElapsedMilliseconds, bool FromCache = false)
 {
     public string AgentId => Response.AgentId;
 
@@ -39,6 +40,64 @@ internal sealed class GetServerClient(ChannelPool channels, RbsSettings settings
     internal const int MaxAttempts = 6;
 
     private static readonly TimeSpan s_firstRetryDelay = TimeSpan.FromMilliseconds(100);
+
+    /// <summary>How long the agent a cached answer names has to say who it is before GetServer is asked instead.</summary>
+    private static readonly TimeSpan s_cachedCheckTimeout = TimeSpan.FromSeconds(5);
+
+    /// <summary>
+    /// The agent for <paramref name="request"/>: the cached answer when its agent still answers as that agent (one
+    /// GetStatus on the connection the command uses next, instead of a GetServer round trip to the orchestrator),
+    /// else GetServer's, which is then cached.
+    /// </summary>
+    public async Task<Allocation> AllocateAsync(GetServerRequest request, AllocationCache cache, CancellationToken cancellationToken)
+    {
+        var stopwatch = Stopwatch.StartNew();
+        if (cache.TryLoad() is { } cached)
+        {
+            if (await ConfirmedAsync(cached, cancellationToken) is { } confirmed)
+            {
+                return confirmed with { ElapsedMilliseconds = stopwatch.ElapsedMilliseconds };
+            }
+
+            cache.Forget();
+        }
+
+        var allocation = await AllocateAsync(request, cancellationToken);
+        cache.Save(allocation.Response);
+        return allocation;
+    }
+
+    /// <summary>The cached answer as an allocation, if its agent answers GetStatus with its id through the same address and headers.</summary>
+    private async Task<Allocation?> ConfirmedAsync(GetServerResponse cached, CancellationToken cancellationToken)
+    {
+        Allocation allocation;
+        try
+        {
+            // A command on an agent that answers is a warm one, whatever the agent was when GetServer first named it.
+            cached.Warm = true;
+            allocation = new Allocation(cached, AgentAddress(cached), AgentHeaders(cached), 0, FromCache: true);
+        }
+        catch (RemoteFailure)
+        {
+            return null;
+        }
+
+        try
+        {
+            var agent = new V1.Agent.AgentClient(channels.Get(allocation.AgentAddress));
+            var status = await agent.GetStatusAsync(new GetStatusRequest(), allocation.Headers, deadline: DateTime.UtcNow + s_cachedCheckTimeout, cancellationToken: cancellationToken);
+            return status.AgentId == cached.AgentId ? allocation : null;
+        }
+        catch (RpcException) when (cancellationToken.IsCancellationRequested)
+        {
+            throw new OperationCanceledException(cancellationToken);
+        }
+        catch (RpcException)
+        {
+            // Gone, replaced (another agent on its port), its token refused, or the gateway does not know it: GetServer decides.
+            return null;
+        }
+    }
 
     public async Task<Allocation> AllocateAsync(GetServerRequest request, CancellationToken cancellationToken)
     {

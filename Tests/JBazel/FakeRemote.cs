@@ -59,6 +59,14 @@ public sealed class FakeRemote : IAsyncDisposable
 
     public ConcurrentQueue<AgentCall> AgentCalls { get; } = new();
 
+    /// <summary>The id the fake agent answers rbs.v1.Agent/GetStatus with; null (the default): Unimplemented, like an agent that cannot confirm a cached allocation.</summary>
+    public string? StatusAgentId { get; set; }
+
+    /// <summary>GetStatus calls the fake agent answered or refused.</summary>
+    public int StatusCalls => Volatile.Read(ref _statusCalls);
+
+    private int _statusCalls;
+
     public static async Task<FakeRemote> StartAsync(ITestOutputHelper output)
     {
         var holder = new Holder();
@@ -155,6 +163,15 @@ public sealed class FakeRemote : IAsyncDisposable
 
     internal sealed class FakeAgentService(Holder holder) : V1.Agent.AgentBase
     {
+        public override Task<AgentStatus> GetStatus(GetStatusRequest request, ServerCallContext context)
+        {
+            var remote = holder.Remote!;
+            Interlocked.Increment(ref remote._statusCalls);
+            return remote.StatusAgentId is { } id
+                ? Task.FromResult(new AgentStatus { AgentId = id, Pid = 4242 })
+                : throw new RpcException(new Status(StatusCode.Unimplemented, "the fake agent has no GetStatus"));
+        }
+
         public override async Task ExecuteCommand(IAsyncStreamReader<ClientFrame> requestStream, IServerStreamWriter<ServerFrame> responseStream, ServerCallContext context)
         {
             if (!await requestStream.MoveNext(context.CancellationToken) || requestStream.Current.FrameCase != ClientFrame.FrameOneofCase.Start)

@@ -285,6 +285,51 @@ public sealed class JBazelFunctionalTests(ITestOutputHelper output) : IAsyncLife
     }
 
     [Fact]
+    public async Task AWarmCommandSkipsGetServerWhileTheCachedAgentSaysItIsThatAgent()
+    {
+        _remote.StatusAgentId = FakeRemote.AgentId;
+        await using (var first = Start(_workspace.Root, ["--rbs_status=never", "build", "//..."]))
+        {
+            Assert.Equal(0, await first.WaitForExitAsync(s_timeout));
+        }
+
+        Assert.Single(_remote.GetServerCalls);
+        var entry = Assert.Single(Directory.GetFiles(Path.Combine(_workspace.Home, ".cache", "jbazel", "allocations")));
+        // It holds the session token: only its owner may read it.
+        if (!OperatingSystem.IsWindows())
+        {
+            Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(entry));
+        }
+
+        await using var second = Start(_workspace.Root, ["--rbs_status=always", "build", "//..."]);
+        Assert.Equal(0, await second.WaitForExitAsync(s_timeout));
+        Assert.Single(_remote.GetServerCalls);
+        Assert.Equal(1, _remote.StatusCalls);
+        Assert.Equal(2, _remote.AgentCalls.Count);
+        Assert.Matches(@"^rbs: agent fake-agent-1 \(process 4242\) warm in \d+ ms$", second.StderrText.Split('\n')[0]);
+    }
+
+    [Theory]
+    [InlineData("another-agent")]
+    [InlineData(null)]
+    public async Task ACachedAgentThatIsNoLongerThatAgentFallsBackToGetServerSilently(string? nowAnswering)
+    {
+        _remote.StatusAgentId = FakeRemote.AgentId;
+        await using (var first = Start(_workspace.Root, ["build", "//..."]))
+        {
+            Assert.Equal(0, await first.WaitForExitAsync(s_timeout));
+        }
+
+        // Another agent on the cached address (a port reused), or none that can say who it is.
+        _remote.StatusAgentId = nowAnswering;
+        await using var second = Start(_workspace.Root, ["build", "//..."]);
+        Assert.Equal(0, await second.WaitForExitAsync(s_timeout));
+        Assert.Equal("", second.StderrText);
+        Assert.Equal(2, _remote.GetServerCalls.Count);
+        Assert.Equal(2, _remote.AgentCalls.Count);
+    }
+
+    [Fact]
     public async Task AStartFailedByAProxyIsSentAgainWithTheSameInvocation()
     {
         _remote.AgentProxyFailures.Enqueue(502);

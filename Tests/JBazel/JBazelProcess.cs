@@ -86,6 +86,8 @@ public sealed class JBazelProcess : IAsyncDisposable
         }
 
         info.Environment["HOME"] = home;
+        // jbazel's caches (sync digests, allocations) under that HOME too, never the test runner's.
+        info.Environment.Remove("XDG_CACHE_HOME");
         if (pseudoTerminal)
         {
             // script(1) runs the command with $SHELL -c. A Ctrl-C typed into the terminal reaches that shell too
