@@ -54,6 +54,13 @@ internal static partial class DashboardEndpoints
         {
             if (!context.Request.Path.StartsWithSegments(HubPath))
             {
+                if (context.Request.Path.Value == Prefix)
+                {
+                    // Routing matches /dashboard and /dashboard/ alike; the page's relative links want the slash.
+                    context.Response.Redirect(Prefix + "/");
+                    return;
+                }
+
                 await next(context);
                 return;
             }
@@ -84,7 +91,6 @@ internal static partial class DashboardEndpoints
             }
         });
 
-        app.MapGet(Prefix, () => Results.Redirect(Prefix + "/"));
         app.MapGet(Prefix + "/", () => Asset("index.html", "text/html; charset=utf-8"));
         app.MapGet(Prefix + "/invocations/{id}", (string id) => Asset("index.html", "text/html; charset=utf-8"));
         app.MapGet(Prefix + "/dashboard.js", () => Asset("dashboard.js", "text/javascript; charset=utf-8"));
