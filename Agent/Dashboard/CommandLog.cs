@@ -30,7 +30,7 @@ internal sealed class CommandLog(CommandTracker tracker, TimeProvider time)
     private readonly Lock _lock = new();
     private readonly List<WatchedEntry> _commands = [];
     private readonly List<Watcher> _watchers = [];
-    private int _commandsRun;
+    private int _commandsFinished;
 
     /// <summary>Records a command that just started; dispose it when the command has ended.</summary>
     public WatchedEntry Begin(string invocationId, IEnumerable<string> args, bool terminal)
@@ -45,7 +45,6 @@ internal sealed class CommandLog(CommandTracker tracker, TimeProvider time)
         }, time.GetTimestamp());
         lock (_lock)
         {
-            _commandsRun++;
             _commands.Add(entry);
             Broadcast(new CommandWatchEvent { Command = entry.Info.Clone() });
             Broadcast(new CommandWatchEvent { Activity = ActivityLocked() });
@@ -94,7 +93,7 @@ internal sealed class CommandLog(CommandTracker tracker, TimeProvider time)
     private AgentActivity ActivityLocked() => new()
     {
         RunningCommands = _commands.Count(c => c.Info.Running),
-        CommandsRun = _commandsRun,
+        CommandsFinished = _commandsFinished,
         StartedUnixMillis = tracker.StartedAt.ToUnixTimeMilliseconds(),
         LastActivityUnixMillis = tracker.LastActivity.ToUnixTimeMilliseconds(),
     };
@@ -122,6 +121,7 @@ internal sealed class CommandLog(CommandTracker tracker, TimeProvider time)
     {
         lock (_lock)
         {
+            _commandsFinished++;
             entry.Info.Running = false;
             entry.Info.ExitCode = exitCode;
             entry.Info.Signal = signal;

@@ -117,7 +117,7 @@ internal sealed partial class DashboardFeed(
             views.Add(new AgentView(
                 record.AgentId, record.RepoHash, record.SourcePath, record.Backend, record.BackendRef, record.State, record.LastUsedUnixMillis,
                 ours, ours ? tunnels!.LiveCount : 0, ours ? tunnels!.IdleCount : 0,
-                activity is null ? null : activity.CommandsRun > 0, activity?.RunningCommands, activity?.LastActivityUnixMillis));
+                activity is null ? null : activity.CommandsFinished > 0, activity?.RunningCommands, activity?.LastActivityUnixMillis));
             if (ours)
             {
                 watched.Add(record.AgentId);

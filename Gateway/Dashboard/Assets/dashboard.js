@@ -262,7 +262,7 @@ function key(agentId, invocationId) { return `${agentId}/${invocationId}`; }
 function handle(message) {
   switch (message.type) {
     case 'hello': $('user').textContent = `signed in as ${message.user}`; break;
-    case 'agents': state.agents = message.agents || []; renderAgents(); break;
+    case 'agents': state.agents = message.agents || []; state.agentsKnown = true; renderAgents(); break;
     case 'reset':
       for (const [k, c] of state.commands) { if (c.agentId === message.agentId) { c.element.remove(); state.commands.delete(k); } }
       break;
@@ -442,7 +442,8 @@ document.addEventListener('DOMContentLoaded', () => {
     signIn($('apikey').value).catch(e => showSignIn(e.message));
   });
   $('signout').addEventListener('click', () => { sessionStorage.removeItem(TOKEN_KEY); location.reload(); });
-  setInterval(renderAgents, 5000);
+  // Idle times move on between updates.
+  setInterval(() => { if (state.agentsKnown) { renderAgents(); } }, 5000);
   if (sessionStorage.getItem(TOKEN_KEY)) {
     $('signout').hidden = false;
     connect();

@@ -6,29 +6,100 @@ using Rbs.Tests.Stacks.Tunnel;
 
 namespace Rbs.Tests.Stacks.Dashboard;
 
+/// <summary>One stack and one browser for the dashboard tests (a chromium launch costs seconds on 2 cores).</summary>
+public sealed class DashboardStackFixture : IAsyncLifetime
+{
+    public const string Chromium = "/usr/bin/chromium";
+
+    private readonly List<string> _early = [];
+    private Action<string>? _sink;
+    private IPlaywright? _playwright;
+
+    public TunnelStack Stack { get; private set; } = null!;
+
+    /// <summary>Null when <see cref="Chromium"/> is not installed (the tests then skip, saying so).</summary>
+    public IBrowser? Browser { get; private set; }
+
+    public void Attach(ITestOutputHelper output)
+    {
+        _sink = line => TestLog.Write(output, line);
+        Stack.AttachLog(_sink);
+        lock (_early)
+        {
+            _early.ForEach(_sink);
+            _early.Clear();
+        }
+    }
+
+    public async Task InitializeAsync()
+    {
+        Stack = await TunnelStack.StartAsync(line =>
+        {
+            lock (_early)
+            {
+                _early.Add(line);
+            }
+        });
+        if (!File.Exists(Chromium))
+        {
+            return;
+        }
+
+        // Playwright's driver (node, shipped in the NuGet package and copied to the test output) drives Debian's
+        // chromium: no browser download, nothing from the network.
+        _playwright = await Playwright.CreateAsync();
+        Browser = await _playwright.Chromium.LaunchAsync(new BrowserTypeLaunchOptions
+        {
+            ExecutablePath = Chromium,
+            Headless = true,
+            // As root (CI), chromium needs --no-sandbox; /dev/shm may be small in containers.
+            Args = ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"],
+            Timeout = 60_000,
+        });
+    }
+
+    public async Task DisposeAsync()
+    {
+        if (Browser is not null)
+        {
+            await Browser.DisposeAsync();
+        }
+
+        _playwright?.Dispose();
+        await Stack.DisposeAsync();
+    }
+}
+
 /// <summary>
 /// The gateway's dashboard in a real browser (Debian's chromium, driven by Playwright; docs/dashboard.md): a real stack
 /// (gateway, orchestrator with API keys, a real agent in tunnel mode running fake-bazel's staged mode), the real jbazel
 /// printing the command's dashboard link, and the page following the command live over SignalR.
 /// </summary>
-public sealed partial class DashboardBrowserTests(ITestOutputHelper output) : IAsyncLifetime, IDisposable
+public sealed partial class DashboardBrowserTests : IClassFixture<DashboardStackFixture>, IDisposable
 {
-    private const string Chromium = "/usr/bin/chromium";
     private static readonly TimeSpan s_timeout = TimeSpan.FromSeconds(40);
 
+    private readonly ITestOutputHelper _output;
+    private readonly DashboardStackFixture _fixture;
+    private readonly TunnelStack _stack;
     private readonly TempWorkspace _workspace = new();
-    private TunnelStack _stack = null!;
 
-    public async Task InitializeAsync() => _stack = await TunnelStack.StartAsync(line => TestLog.Write(output, line));
-
-    public async Task DisposeAsync() => await _stack.DisposeAsync();
+    public DashboardBrowserTests(DashboardStackFixture fixture, ITestOutputHelper output)
+    {
+        _output = output;
+        _fixture = fixture;
+        fixture.Attach(output);
+        _stack = fixture.Stack;
+    }
 
     public void Dispose() => _workspace.Dispose();
+
+    private IBrowser Browser => _fixture.Browser ?? throw new InvalidOperationException("no browser");
 
     [SkippableFact]
     public async Task ThePageShowsABuildsLiveColouredLinesThenItsExitCodeAndAnotherUserSeesNoneOfIt()
     {
-        Skip.IfNot(File.Exists(Chromium), $"{Chromium} is not installed (scripts/install-prereqs.sh installs Debian's chromium)");
+        Skip.If(_fixture.Browser is null, $"{DashboardStackFixture.Chromium} is not installed (scripts/install-prereqs.sh installs Debian's chromium)");
 
         // fake-bazel's staged mode: each step waits for goN, then writes outN to stdout and errN to stderr; exit 3.
         // The agent runs under alice's uid (user isolation as root), so the directory is open to every uid.
@@ -45,7 +116,7 @@ public sealed partial class DashboardBrowserTests(ITestOutputHelper output) : IA
         await File.WriteAllTextAsync(Path.Combine(steps, "out3"), "");
         await File.WriteAllTextAsync(Path.Combine(steps, "err3"), "\u001b[31m\u001b[1mFAILED:\u001b[0m Build did NOT complete successfully\n");
 
-        await using var jbazel = JBazelProcess.Start(output, _workspace.Root, _workspace.Home, new Dictionary<string, string?>(),
+        await using var jbazel = JBazelProcess.Start(_output, _workspace.Root, _workspace.Home, new Dictionary<string, string?>(),
         [
             $"--rbs_orchestrator={_stack.PublicAddress}", "--rbs_connect=tunnel", "--rbs_status=always", "--rbs_timeout=60s",
             $"--rbs_api_key={TunnelStack.AliceKey}", "staged", steps,
@@ -55,21 +126,12 @@ public sealed partial class DashboardBrowserTests(ITestOutputHelper output) : IA
             "jbazel's 'rbs: dashboard' line", s_timeout);
         var agentId = TunnelEndToEndTests.StatusLine(jbazel.StderrText).AgentId;
         var invocationId = link[(link.LastIndexOf('/') + 1)..];
-        output.WriteLine($"dashboard link: {link} (agent {agentId}, invocation {invocationId})");
+        _output.WriteLine($"dashboard link: {link} (agent {agentId}, invocation {invocationId})");
         Assert.StartsWith(_stack.PublicAddress + "/dashboard/invocations/", link, StringComparison.Ordinal);
 
-        using var playwright = await Playwright.CreateAsync();
-        await using var browser = await playwright.Chromium.LaunchAsync(new BrowserTypeLaunchOptions
-        {
-            ExecutablePath = Chromium,
-            Headless = true,
-            // As root (CI), chromium needs --no-sandbox; /dev/shm may be small in containers.
-            Args = ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"],
-            Timeout = (float)s_timeout.TotalMilliseconds,
-        });
 
         // Alice opens the link jbazel printed while the command waits at its first step.
-        var alice = await OpenSignedInAsync(browser, link, TunnelStack.AliceKey);
+        var alice = await OpenSignedInAsync(Browser, link, TunnelStack.AliceKey);
         var command = $"article.command[data-invocation='{invocationId}']";
         await WaitAsync(alice, $"document.querySelector(\"{command} .status\")?.textContent === 'running'", "the running command");
         Assert.True(await alice.IsVisibleAsync($"{command}.focused"), "the linked command is highlighted");
@@ -83,11 +145,13 @@ public sealed partial class DashboardBrowserTests(ITestOutputHelper output) : IA
         Assert.Equal(0, await alice.Locator($"{command} pre.output b").CountAsync());
         Assert.True(await alice.IsVisibleAsync($"#agents tr[data-agent='{agentId}']"), "alice's agent is listed");
         Assert.Contains("tunnel", await alice.TextContentAsync($"#agents tr[data-agent='{agentId}']") ?? "", StringComparison.Ordinal);
+        // Its first command: the build tool's server is still cold.
+        await WaitAsync(alice, $"document.querySelector(\"#agents tr[data-agent='{agentId}']\").cells[4].textContent === 'cold'", "the agent shown cold");
 
         var screenshots = Directory.CreateTempSubdirectory("rbs-dashboard-screenshot-").FullName;
         var during = Path.Combine(screenshots, "dashboard-during-build.png");
         await alice.ScreenshotAsync(new PageScreenshotOptions { Path = during, FullPage = true });
-        output.WriteLine($"screenshot during the build: {during}");
+        _output.WriteLine($"screenshot during the build: {during}");
 
         // The rest of the build, then its exit code and duration.
         await File.WriteAllTextAsync(Path.Combine(steps, "go2"), "");
@@ -96,17 +160,18 @@ public sealed partial class DashboardBrowserTests(ITestOutputHelper output) : IA
         Assert.Equal(3, await jbazel.WaitForExitAsync(s_timeout));
         await WaitAsync(alice, $"document.querySelector(\"{command} .status\")?.dataset.exitCode === '3'", "the exit code");
         var status = await alice.TextContentAsync($"{command} .status") ?? "";
-        output.WriteLine($"status after the build: {status}");
+        _output.WriteLine($"status after the build: {status}");
         Assert.Matches(@"^exit code 3 · \d+(\.\d)? (ms|s)$", status);
         Assert.Contains("FAILED:", await alice.TextContentAsync($"{command} pre.output"), StringComparison.Ordinal);
-        // Ended: listed under "recent".
+        // Ended: listed under "recent", and the agent is warm for the next command.
         Assert.Equal(1, await alice.Locator($"#recent {command}").CountAsync());
+        await WaitAsync(alice, $"document.querySelector(\"#agents tr[data-agent='{agentId}']\").cells[4].textContent === 'warm'", "the agent shown warm");
         var after = Path.Combine(screenshots, "dashboard-after-build.png");
         await alice.ScreenshotAsync(new PageScreenshotOptions { Path = after, FullPage = true });
-        output.WriteLine($"screenshot after the build: {after}");
+        _output.WriteLine($"screenshot after the build: {after}");
 
         // Bob signs in with his own key: his feed has the agent list (none) and nothing of alice's.
-        var bob = await OpenSignedInAsync(browser, _stack.PublicAddress + "/dashboard/", TunnelStack.BobKey);
+        var bob = await OpenSignedInAsync(Browser, _stack.PublicAddress + "/dashboard/", TunnelStack.BobKey);
         await WaitAsync(bob, "!document.getElementById('no-agents').hidden", "bob's (empty) agent list");
         Assert.Equal("signed in as bob", await bob.TextContentAsync("#user"));
         Assert.Equal(0, await bob.Locator($"#agents tr[data-agent='{agentId}']").CountAsync());
@@ -116,21 +181,16 @@ public sealed partial class DashboardBrowserTests(ITestOutputHelper output) : IA
         await WaitAsync(bob, "!document.getElementById('no-agents').hidden", "bob's agent list on alice's link");
         Assert.Equal(0, await bob.Locator("article.command").CountAsync());
         Assert.DoesNotContain("dashboard-live-line", await bob.ContentAsync(), StringComparison.Ordinal);
+        await alice.Context.CloseAsync();
+        await bob.Context.CloseAsync();
     }
 
     [SkippableFact]
     public async Task AWrongKeyIsRefusedOnTheSignInFormAndTheHubRefusesAConnectionWithoutASession()
     {
-        Skip.IfNot(File.Exists(Chromium), $"{Chromium} is not installed (scripts/install-prereqs.sh installs Debian's chromium)");
-        using var playwright = await Playwright.CreateAsync();
-        await using var browser = await playwright.Chromium.LaunchAsync(new BrowserTypeLaunchOptions
-        {
-            ExecutablePath = Chromium,
-            Headless = true,
-            Args = ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"],
-            Timeout = (float)s_timeout.TotalMilliseconds,
-        });
-        var page = await (await browser.NewContextAsync(new BrowserNewContextOptions { BypassCSP = true })).NewPageAsync();
+        Skip.If(_fixture.Browser is null, $"{DashboardStackFixture.Chromium} is not installed (scripts/install-prereqs.sh installs Debian's chromium)");
+        await using var context = await Browser.NewContextAsync(new BrowserNewContextOptions { BypassCSP = true });
+        var page = await context.NewPageAsync();
         await page.GotoAsync(_stack.PublicAddress + "/dashboard/");
         await WaitAsync(page, "!document.getElementById('signin').hidden", "the sign-in form");
         await page.FillAsync("#apikey", "not-a-key");
@@ -149,7 +209,7 @@ public sealed partial class DashboardBrowserTests(ITestOutputHelper output) : IA
         // BypassCSP: Playwright's waits evaluate strings, which the page's policy (no eval) forbids.
         var context = await browser.NewContextAsync(new BrowserNewContextOptions { ViewportSize = new ViewportSize { Width = 1280, Height = 900 }, BypassCSP = true });
         var page = await context.NewPageAsync();
-        page.Console += (_, message) => output.WriteLine($"[browser] {message.Text}");
+        page.Console += (_, message) => _output.WriteLine($"[browser] {message.Text}");
         await page.GotoAsync(url);
         await WaitAsync(page, "!document.getElementById('signin').hidden", "the sign-in form");
         await page.FillAsync("#apikey", apiKey);
