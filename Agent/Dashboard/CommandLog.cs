@@ -66,7 +66,13 @@ internal sealed class CommandLog(CommandTracker tracker, TimeProvider time)
             var snapshot = new List<CommandWatchEvent> { new() { Activity = ActivityLocked() } };
             foreach (var entry in _commands)
             {
-                snapshot.Add(new CommandWatchEvent { Command = entry.Info.Clone() });
+                // Its start first (as a watcher present then saw it), then its tail, then (if it ended) its end.
+                var started = entry.Info.Clone();
+                started.Running = true;
+                started.ExitCode = 0;
+                started.Signal = 0;
+                started.DurationMillis = 0;
+                snapshot.Add(new CommandWatchEvent { Command = started });
                 if (entry.DroppedBytes > 0)
                 {
                     snapshot.Add(new CommandWatchEvent { Gap = new WatchedOutputGap { InvocationId = entry.Info.InvocationId, Bytes = entry.DroppedBytes } });
@@ -79,7 +85,6 @@ internal sealed class CommandLog(CommandTracker tracker, TimeProvider time)
 
                 if (!entry.Info.Running)
                 {
-                    // The end again after the tail, so a page that renders in order shows the exit code last.
                     snapshot.Add(new CommandWatchEvent { Command = entry.Info.Clone() });
                 }
             }
