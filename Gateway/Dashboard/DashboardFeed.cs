@@ -121,7 +121,7 @@ internal sealed partial class DashboardFeed(
             if (ours)
             {
                 watched.Add(record.AgentId);
-                EnsureWatch(record.AgentId, tunnels!, cancellationToken);
+                EnsureWatch(record.AgentId, cancellationToken);
             }
         }
 
@@ -139,7 +139,7 @@ internal sealed partial class DashboardFeed(
         return views;
     }
 
-    private void EnsureWatch(string agentId, AgentTunnels tunnels, CancellationToken cancellationToken)
+    private void EnsureWatch(string agentId, CancellationToken cancellationToken)
     {
         CancellationTokenSource cts;
         lock (_lock)
@@ -153,7 +153,7 @@ internal sealed partial class DashboardFeed(
             _watches[agentId] = cts;
         }
 
-        _ = WatchAsync(agentId, tunnels, cts.Token);
+        _ = WatchAsync(agentId, cts.Token);
     }
 
     private void StopWatches()
@@ -172,20 +172,28 @@ internal sealed partial class DashboardFeed(
         }
     }
 
-    /// <summary>The agent's CommandWatch through its tunnel, again after a failure while the agent is watched.</summary>
-    private async Task WatchAsync(string agentId, AgentTunnels tunnels, CancellationToken cancellationToken)
+    /// <summary>
+    /// The agent's CommandWatch through its tunnels, again after a failure while the agent is watched. Each attempt looks
+    /// the tunnels up afresh and checks their owner again: an entry replaced meanwhile is never used.
+    /// </summary>
+    private async Task WatchAsync(string agentId, CancellationToken cancellationToken)
     {
-        using var channel = GrpcChannel.ForAddress("http://agent.rbs-tunnel", new GrpcChannelOptions
-        {
-            HttpHandler = new TunnelHandler(tunnels.Invoker),
-            HttpVersion = HttpVersion.Version20,
-            HttpVersionPolicy = HttpVersionPolicy.RequestVersionExact,
-        });
-        var client = new CommandWatch.CommandWatchClient(channel);
         while (!cancellationToken.IsCancellationRequested)
         {
             try
             {
+                if (registry.FindOnline(agentId) is not { } tunnels || !RbsTokenService.FixedTimeEquals(tunnels.UserId, userId))
+                {
+                    throw new RpcException(new Status(StatusCode.Unavailable, "the agent has no tunnel of this user to this gateway now"));
+                }
+
+                using var channel = GrpcChannel.ForAddress("http://agent.rbs-tunnel", new GrpcChannelOptions
+                {
+                    HttpHandler = new TunnelHandler(tunnels.Invoker),
+                    HttpVersion = HttpVersion.Version20,
+                    HttpVersionPolicy = HttpVersionPolicy.RequestVersionExact,
+                });
+                var client = new CommandWatch.CommandWatchClient(channel);
                 using var call = client.Watch(new WatchCommandsRequest(), cancellationToken: cancellationToken);
                 if (!TrySendControl(new DashboardMessage("reset") { AgentId = agentId }))
                 {

@@ -77,7 +77,8 @@ public sealed class DashboardStackFixture : IAsyncLifetime
 /// </summary>
 public sealed partial class DashboardBrowserTests : IClassFixture<DashboardStackFixture>, IDisposable
 {
-    private static readonly TimeSpan s_timeout = TimeSpan.FromSeconds(40);
+    // Generous: each wait polls its condition, and the whole suite runs beside these tests on 2 cores.
+    private static readonly TimeSpan s_timeout = TimeSpan.FromSeconds(60);
 
     private readonly ITestOutputHelper _output;
     private readonly DashboardStackFixture _fixture;
