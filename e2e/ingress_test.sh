@@ -194,9 +194,9 @@ faulted() {
     check "$what: exit code is bazel's ($REF_RC)" test "$rc" = "$REF_RC"
     check "$what: stdout is byte-identical to the fault-free run" test "$same" = yes
     check "$what: stderr has no rbs: line but the reattach notice" \
-        not grep -v "^rbs: .*reattached" <(grep "^rbs: " "$E2E_TMP/$name.err" | grep -v "^rbs: agent \|^rbs: workspace \|^rbs: synced ")
+        not grep -v "^rbs: .*reattached" <(grep "^rbs: " "$E2E_TMP/$name.err" | grep -v "^rbs: agent \|^rbs: dashboard \|^rbs: workspace \|^rbs: synced ")
     log "$name: stderr's rbs: lines besides the status lines:"
-    grep "^rbs: " "$E2E_TMP/$name.err" | grep -v "^rbs: agent \|^rbs: workspace \|^rbs: synced " | head -5 >&2 || true
+    grep "^rbs: " "$E2E_TMP/$name.err" | grep -v "^rbs: agent \|^rbs: dashboard \|^rbs: workspace \|^rbs: synced " | head -5 >&2 || true
     FAULT_ROWS+=("| $what | $rc | $bytes of $REF_BYTES, identical: $same | $reattached | $extra |")
 }
 
@@ -246,7 +246,7 @@ BUILDS=$(cat "$E2E_TMP"/builder-*.rcs | wc -l)
 FAILED_BUILDS=$(cat "$E2E_TMP"/builder-*.rcs | awk '$1 != 0 {n++} END {print n + 0}')
 log "rolling restart under load: $BUILDS builds, $FAILED_BUILDS failed, restart took $(( $(date +%s) - ROLL_START )) s"
 [ "$FAILED_BUILDS" = 0 ] || { log "failed builds' rbs: lines, by count:"; cat "$E2E_TMP"/builder-*-*.err | grep "^rbs: " \
-    | grep -v "^rbs: agent \|^rbs: workspace \|^rbs: synced " | sed 's/[0-9a-f]\{8\}-[0-9a-f-]\{27\}/<id>/g' | sort | uniq -c | sort -rn | head -8 >&2 || true
+    | grep -v "^rbs: agent \|^rbs: dashboard \|^rbs: workspace \|^rbs: synced " | sed 's/[0-9a-f]\{8\}-[0-9a-f-]\{27\}/<id>/g' | sort | uniq -c | sort -rn | head -8 >&2 || true
     log "first failed build's stderr:"; tail -5 "$(ls "$E2E_TMP"/builder-*-*.err | head -n1)" >&2 || true; }
 check "rolling restart while 20 builds run continuously: 0 of $BUILDS builds failed" test "$FAILED_BUILDS" = 0
 FAULT_ROWS+=("| rolling restart of both replicas, 20 builds running continuously | 0 expected, $FAILED_BUILDS failed | $BUILDS builds | | |")
