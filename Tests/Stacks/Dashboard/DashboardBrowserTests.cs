@@ -7,7 +7,7 @@ using Rbs.Tests.Stacks.Tunnel;
 namespace Rbs.Tests.Stacks.Dashboard;
 
 /// <summary>One stack and one browser for the dashboard tests (a chromium launch costs seconds on 2 cores).</summary>
-public sealed class DashboardStackFixture : IAsyncLifetime
+public class DashboardStackFixture : IAsyncLifetime
 {
     public const string Chromium = "/usr/bin/chromium";
 
@@ -33,13 +33,15 @@ public sealed class DashboardStackFixture : IAsyncLifetime
 
     public async Task InitializeAsync()
     {
-        Stack = await TunnelStack.StartAsync(line =>
-        {
-            lock (_early)
+        Stack = await TunnelStack.StartAsync(
+            line =>
             {
-                _early.Add(line);
-            }
-        });
+                lock (_early)
+                {
+                    _early.Add(line);
+                }
+            },
+            environment: Environment());
         if (!File.Exists(Chromium))
         {
             return;
@@ -58,7 +60,10 @@ public sealed class DashboardStackFixture : IAsyncLifetime
         });
     }
 
-    public async Task DisposeAsync()
+    /// <summary>For the gateway and the orchestrator (<see cref="TunnelStack.StartAsync"/>); none by default.</summary>
+    protected virtual IReadOnlyDictionary<string, string>? Environment() => null;
+
+    public virtual async Task DisposeAsync()
     {
         if (Browser is not null)
         {
