@@ -18,6 +18,9 @@ internal static partial class DashboardEndpoints
     public const string Prefix = "/dashboard";
     public const string HubPath = Prefix + "/hub";
 
+    /// <summary>The session cookie sign-in sets (HttpOnly, SameSite=Strict, path /dashboard).</summary>
+    public const string SessionCookie = "rbs-dashboard-session";
+
     /// <summary>At most this many hub connections at once (each may hold one feed of bounded memory).</summary>
     public const int MaxConnections = 256;
 
@@ -48,8 +51,9 @@ internal static partial class DashboardEndpoints
     public static WebApplication MapDashboard(this WebApplication app)
     {
         var connections = new SemaphoreSlim(MaxConnections, MaxConnections);
-        // Admission to the hub (negotiate, then the WebSocket): a live session, named by the access_token query
-        // parameter (browsers cannot send headers on a WebSocket); its user is all the hub trusts.
+        // Admission to the hub (negotiate, then the WebSocket): a live session, named by the session cookie (HttpOnly,
+        // SameSite=Strict: the page's script never holds it, and it is in no URL or request log), from this origin
+        // only (a WebSocket is not bound by CORS); the session's user is all the hub trusts.
         app.Use(async (context, next) =>
         {
             if (!context.Request.Path.StartsWithSegments(HubPath))
@@ -66,7 +70,14 @@ internal static partial class DashboardEndpoints
             }
 
             var sessions = context.RequestServices.GetRequiredService<DashboardSessions>();
-            if (sessions.Find(context.Request.Query["access_token"]) is not { } user)
+            if (!SameOrigin(context.Request))
+            {
+                context.Response.StatusCode = StatusCodes.Status403Forbidden;
+                await context.Response.WriteAsync("the dashboard's hub answers only its own pages");
+                return;
+            }
+
+            if (sessions.Find(context.Request.Cookies[SessionCookie]) is not { } user)
             {
                 context.Response.StatusCode = StatusCodes.Status401Unauthorized;
                 await context.Response.WriteAsync("sign in again: the dashboard session is missing or expired");
@@ -96,6 +107,17 @@ internal static partial class DashboardEndpoints
         app.MapGet(Prefix + "/dashboard.js", () => Asset("dashboard.js", "text/javascript; charset=utf-8"));
         app.MapGet(Prefix + "/dashboard.css", () => Asset("dashboard.css", "text/css; charset=utf-8"));
         app.MapPost(Prefix + "/signin", SignInAsync);
+        app.MapPost(Prefix + "/signout", (HttpContext context, DashboardSessions sessions) =>
+        {
+            if (!SameOrigin(context.Request))
+            {
+                return Results.StatusCode(StatusCodes.Status403Forbidden);
+            }
+
+            sessions.End(context.Request.Cookies[SessionCookie]);
+            context.Response.Cookies.Delete(SessionCookie, new CookieOptions { Path = Prefix });
+            return Results.NoContent();
+        });
         app.MapHub<DashboardHub>(HubPath, o =>
         {
             o.Transports = HttpTransportType.WebSockets;
@@ -115,29 +137,49 @@ internal static partial class DashboardEndpoints
         return new AssetResult(memory.ToArray(), contentType);
     }
 
-    private static async Task<IResult> SignInAsync(SignInRequest? request, DashboardDirectoryClient directory, DashboardSessions sessions, ILoggerFactory loggers, CancellationToken cancellationToken)
+    /// <summary>No Origin (not a browser's cross-site request) or this very origin.</summary>
+    private static bool SameOrigin(HttpRequest request)
     {
+        var origin = request.Headers.Origin.ToString();
+        return origin.Length == 0 || string.Equals(origin, $"{request.Scheme}://{request.Host}", StringComparison.OrdinalIgnoreCase);
+    }
+
+    private static async Task<IResult> SignInAsync(HttpContext context, SignInRequest? request, DashboardDirectoryClient directory, DashboardSessions sessions, ILoggerFactory loggers, CancellationToken cancellationToken)
+    {
+        if (!SameOrigin(context.Request))
+        {
+            return Results.Json(new SignInReply(null, "sign in on the dashboard's own page"), statusCode: StatusCodes.Status403Forbidden);
+        }
+
         try
         {
             var answer = await directory.SignInAsync(request?.ApiKey ?? "", cancellationToken);
             if (!answer.Accepted)
             {
-                return Results.Json(new SignInReply(null, null, answer.Reason), statusCode: StatusCodes.Status401Unauthorized);
+                return Results.Json(new SignInReply(null, answer.Reason), statusCode: StatusCodes.Status401Unauthorized);
             }
 
-            return Results.Json(new SignInReply(sessions.Create(answer.UserId), answer.UserId, null));
+            context.Response.Cookies.Append(SessionCookie, sessions.Create(answer.UserId), new CookieOptions
+            {
+                HttpOnly = true,
+                SameSite = SameSiteMode.Strict,
+                Secure = context.Request.IsHttps,
+                Path = Prefix,
+                MaxAge = DashboardSessions.Lifetime,
+            });
+            return Results.Json(new SignInReply(answer.UserId, null));
         }
         catch (RpcException e)
         {
             Log.SignInUnanswered(loggers.CreateLogger("Rbs.Gateway.Dashboard"), e.StatusCode, e.Status.Detail);
-            return Results.Json(new SignInReply(null, null, $"the orchestrator at {directory.Address} could not check the key ({e.StatusCode}); try again"),
+            return Results.Json(new SignInReply(null, $"the orchestrator at {directory.Address} could not check the key ({e.StatusCode}); try again"),
                 statusCode: StatusCodes.Status503ServiceUnavailable);
         }
     }
 
     internal sealed record SignInRequest(string? ApiKey);
 
-    internal sealed record SignInReply(string? Token, string? User, string? Message);
+    internal sealed record SignInReply(string? User, string? Message);
 
     /// <summary>An embedded asset, with a policy that lets the page load only itself and talk only to this gateway.</summary>
     private sealed class AssetResult(byte[] content, string contentType) : IResult

@@ -4,9 +4,9 @@ using System.Security.Cryptography;
 namespace Rbs.Gateway.Dashboard;
 
 /// <summary>
-/// Signed-in dashboard pages: an opaque random token (what the page sends to the hub) → the user the orchestrator
-/// accepted the API key for. In memory and bounded (<see cref="MaxSessions"/>, <see cref="Lifetime"/>): the page keeps the
-/// token in its session storage and signs in again after a gateway restart; the API key itself is never stored.
+/// Signed-in dashboard pages: an opaque random token (the browser's HttpOnly session cookie) → the user the orchestrator
+/// accepted the API key for. In memory and bounded (<see cref="MaxSessions"/>, <see cref="Lifetime"/>): after a gateway
+/// restart the page signs in again; the API key itself is never stored.
 /// </summary>
 internal sealed class DashboardSessions(TimeProvider time)
 {
@@ -39,6 +39,15 @@ internal sealed class DashboardSessions(TimeProvider time)
         var created = Convert.ToHexString(RandomNumberGenerator.GetBytes(32));
         _sessions[created] = (userId, now + Lifetime);
         return created;
+    }
+
+    /// <summary>Sign-out: the session ends now.</summary>
+    public void End(string? token)
+    {
+        if (!string.IsNullOrEmpty(token))
+        {
+            _sessions.TryRemove(token, out _);
+        }
     }
 
     /// <summary>The session's user, or null (unknown, expired).</summary>

@@ -194,19 +194,19 @@ class AnsiScreen {
 const RECORD_SEPARATOR = '\x1e';
 
 class HubStream {
-  constructor(path, token, onItem, onState) {
-    this.path = path; this.token = token; this.onItem = onItem; this.onState = onState;
+  constructor(path, onItem, onState) {
+    this.path = path; this.onItem = onItem; this.onState = onState;
     this.buffer = ''; this.handshaken = false; this.closed = false; this.pinger = null;
   }
 
   async start() {
-    const query = `access_token=${encodeURIComponent(this.token)}`;
-    const negotiate = await fetch(`${this.path}/negotiate?negotiateVersion=1&${query}`, { method: 'POST' });
+    // The session is the HttpOnly cookie sign-in set: the browser sends it on both requests, this script never sees it.
+    const negotiate = await fetch(`${this.path}/negotiate?negotiateVersion=1`, { method: 'POST' });
     if (negotiate.status === 401) { throw Object.assign(new Error(await negotiate.text()), { unauthorized: true }); }
     if (!negotiate.ok) { throw new Error(`negotiate: HTTP ${negotiate.status} ${await negotiate.text()}`); }
     const { connectionToken } = await negotiate.json();
     const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-    const socket = new WebSocket(`${scheme}://${location.host}${this.path}?id=${encodeURIComponent(connectionToken)}&${query}`);
+    const socket = new WebSocket(`${scheme}://${location.host}${this.path}?id=${encodeURIComponent(connectionToken)}`);
     this.socket = socket;
     socket.onopen = () => socket.send(JSON.stringify({ protocol: 'json', version: 1 }) + RECORD_SEPARATOR);
     socket.onmessage = event => this.receive(event.data);
@@ -250,7 +250,6 @@ class HubStream {
 // ---------------------------------------------------------------------------------------------------------------
 // The page.
 // ---------------------------------------------------------------------------------------------------------------
-const TOKEN_KEY = 'rbs.dashboard.token';
 const RECENT_SHOWN = 20;
 const $ = id => document.getElementById(id);
 const focusedInvocation = (location.pathname.match(/\/dashboard\/invocations\/([^/]+)/) || [])[1];
@@ -396,7 +395,7 @@ function setConnection(kind, text) {
   const badge = $('connection');
   badge.textContent = text;
   badge.className = `badge${kind === 'live' ? ' live' : ''}`;
-  if (kind === 'live') { state.retry = 500; showNotice(''); }
+  if (kind === 'live') { state.retry = 500; showNotice(''); $('signout').hidden = false; }
   if (kind === 'closed' || kind === 'error') {
     if (state.hub) { state.hub.close(); state.hub = null; }
     // Back again with a capped backoff; a fresh feed re-sends every agent's snapshot.
@@ -406,16 +405,14 @@ function setConnection(kind, text) {
 }
 
 async function connect() {
-  const token = sessionStorage.getItem(TOKEN_KEY);
-  if (!token) { return showSignIn(); }
   if (state.hub) { return; }
-  const hub = new HubStream('/dashboard/hub', token, handle, setConnection);
+  const hub = new HubStream('/dashboard/hub', handle, setConnection);
   state.hub = hub;
   try {
     await hub.start();
   } catch (e) {
     state.hub = null;
-    if (e.unauthorized) { sessionStorage.removeItem(TOKEN_KEY); return showSignIn(e.message); }
+    if (e.unauthorized) { return signInOrAsk(); }
     setConnection('error', e.message);
   }
 }
@@ -424,10 +421,17 @@ async function signIn(apiKey) {
   const response = await fetch('/dashboard/signin', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ apiKey }) });
   const reply = await response.json().catch(() => ({ message: `HTTP ${response.status}` }));
   if (!response.ok) { throw new Error(reply.message || `HTTP ${response.status}`); }
-  sessionStorage.setItem(TOKEN_KEY, reply.token);
   $('signin').hidden = true;
   $('signout').hidden = false;
   connect();
+}
+
+// No session (first visit, expired, gateway restarted). Local mode accepts the empty key as its implicit user: try it
+// once, and ask for a key only when it is refused.
+function signInOrAsk() {
+  if (state.triedEmptyKey) { return showSignIn(); }
+  state.triedEmptyKey = true;
+  return signIn('').catch(() => showSignIn());
 }
 
 function showSignIn(error) {
@@ -441,14 +445,9 @@ document.addEventListener('DOMContentLoaded', () => {
     event.preventDefault();
     signIn($('apikey').value).catch(e => showSignIn(e.message));
   });
-  $('signout').addEventListener('click', () => { sessionStorage.removeItem(TOKEN_KEY); location.reload(); });
+  $('signout').addEventListener('click', () => { fetch('/dashboard/signout', { method: 'POST' }).finally(() => location.reload()); });
   // Idle times move on between updates.
   setInterval(() => { if (state.agentsKnown) { renderAgents(); } }, 5000);
-  if (sessionStorage.getItem(TOKEN_KEY)) {
-    $('signout').hidden = false;
-    connect();
-  } else {
-    // Local mode accepts the empty key as its implicit user: try it, and ask for a key only when it is refused.
-    signIn('').catch(() => showSignIn());
-  }
+  // With a session cookie the feed starts at once; without one the hub answers 401 and sign-in follows.
+  connect();
 });

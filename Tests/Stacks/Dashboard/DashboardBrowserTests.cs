@@ -192,7 +192,7 @@ public sealed partial class DashboardBrowserTests : IClassFixture<DashboardStack
     }
 
     [SkippableFact]
-    public async Task AWrongKeyIsRefusedOnTheSignInFormAndTheHubRefusesAConnectionWithoutASession()
+    public async Task AWrongKeyIsRefusedTheHubAdmitsOnlyALiveSessionFromItsOwnOriginAndSignOutEndsIt()
     {
         Skip.If(_fixture.Browser is null, $"{DashboardStackFixture.Chromium} is not installed (scripts/install-prereqs.sh installs Debian's chromium)");
         await using var context = await Browser.NewContextAsync(new BrowserNewContextOptions { BypassCSP = true });
@@ -205,8 +205,26 @@ public sealed partial class DashboardBrowserTests : IClassFixture<DashboardStack
         Assert.Equal("the API key was not accepted", await page.TextContentAsync("#signin-error"));
 
         // Without a session the hub never admits the connection (the page is not the gate: the server is).
-        var negotiate = await page.EvaluateAsync<int>("fetch('/dashboard/hub/negotiate?negotiateVersion=1&access_token=forged', { method: 'POST' }).then(r => r.status)");
-        Assert.Equal(401, negotiate);
+        const string Negotiate = "fetch('/dashboard/hub/negotiate?negotiateVersion=1', { method: 'POST' }).then(r => r.status)";
+        Assert.Equal(401, await page.EvaluateAsync<int>(Negotiate));
+        await context.AddCookiesAsync([new Cookie { Name = "rbs-dashboard-session", Value = "forged", Url = _stack.PublicAddress + "/dashboard/" }]);
+        Assert.Equal(401, await page.EvaluateAsync<int>(Negotiate));
+        await context.ClearCookiesAsync();
+
+        // Signed in, the session is an HttpOnly cookie: the page's script cannot read it, and another origin cannot use it.
+        await page.FillAsync("#apikey", TunnelStack.BobKey);
+        await page.ClickAsync("#signin button[type=submit]");
+        await WaitAsync(page, "document.getElementById('connection').textContent === 'live'", "the live feed");
+        Assert.DoesNotContain("rbs-dashboard-session", await page.EvaluateAsync<string>("document.cookie"), StringComparison.Ordinal);
+        var crossSite = await context.APIRequest.PostAsync(_stack.PublicAddress + "/dashboard/hub/negotiate?negotiateVersion=1",
+            new APIRequestContextOptions { Headers = new Dictionary<string, string> { ["Origin"] = "http://evil.example" } });
+        Assert.Equal(403, crossSite.Status);
+        Assert.Equal(200, await page.EvaluateAsync<int>(Negotiate));
+
+        // Sign-out ends the session on the server.
+        await page.ClickAsync("#signout");
+        await WaitAsync(page, "!document.getElementById('signin').hidden", "the sign-in form after signing out");
+        Assert.Equal(401, await page.EvaluateAsync<int>(Negotiate));
     }
 
     private async Task<IPage> OpenSignedInAsync(IBrowser browser, string url, string apiKey)
