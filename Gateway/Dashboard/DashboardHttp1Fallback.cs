@@ -22,8 +22,15 @@ internal sealed partial class DashboardHttp1Fallback(ILogger<DashboardHttp1Fallb
 {
     private static ReadOnlySpan<byte> Http2PrefaceStart => "PRI "u8;
 
-    /// <summary>The private HTTP/1.1 listener's socket (in the temp directory, removed at stop).</summary>
-    public string SocketPath { get; } = Path.Combine(Path.GetTempPath(), $"rbs-gateway-{Environment.ProcessId}-{Guid.NewGuid().ToString("N")[..12]}.sock");
+    /// <summary>
+    /// The private HTTP/1.1 listener's socket. On Linux a name in the abstract namespace (leading NUL): no file, so a
+    /// gateway that is killed leaves nothing behind; elsewhere a file in the temp directory, removed at stop.
+    /// </summary>
+    public string SocketPath { get; } = OperatingSystem.IsLinux()
+        ? $"\0rbs-gateway-{Environment.ProcessId}-{Guid.NewGuid():N}"
+        : Path.Combine(Path.GetTempPath(), $"rbs-gateway-{Environment.ProcessId}-{Guid.NewGuid().ToString("N")[..12]}.sock");
+
+    private bool IsFile => SocketPath[0] != '\0';
 
     /// <summary>The cleartext public endpoint: sniff each connection before anything else runs on it.</summary>
     public static void Use(ListenOptions listen) =>
@@ -37,8 +44,12 @@ internal sealed partial class DashboardHttp1Fallback(ILogger<DashboardHttp1Fallb
     /// <summary>The private listener (HTTP/1.1 on <see cref="SocketPath"/>, guarded, tagged public); cleartext gateways only.</summary>
     public void Listen(KestrelServerOptions kestrel)
     {
-        File.Delete(SocketPath);
-        kestrel.ListenUnixSocket(SocketPath, listen =>
+        if (IsFile)
+        {
+            File.Delete(SocketPath);
+        }
+
+        kestrel.Listen(new UnixDomainSocketEndPoint(SocketPath), listen =>
         {
             listen.Protocols = HttpProtocols.Http1;
             listen.UseConnectionGuard();
@@ -48,6 +59,11 @@ internal sealed partial class DashboardHttp1Fallback(ILogger<DashboardHttp1Fallb
 
     public void Dispose()
     {
+        if (!IsFile)
+        {
+            return;
+        }
+
         try
         {
             File.Delete(SocketPath);
