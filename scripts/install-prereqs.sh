@@ -14,6 +14,8 @@
 #   bsdutils         script(1): a pseudo-terminal for jbazel's terminal tests
 #   nginx            e2e/ingress_test.sh: the real ingress in front of the gateway replicas (started by the test on its
 #                    own config and ports; the package's own service is not started)
+#   chromium         the dashboard's browser test (Tests/Stacks/Dashboard): Playwright drives Debian's browser, it
+#                    downloads none
 set -euo pipefail
 
 need=()
@@ -31,6 +33,7 @@ command -v tmux >/dev/null 2>&1 || need+=(tmux)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 command -v script >/dev/null 2>&1 || need+=(bsdutils)
 command -v nginx >/dev/null 2>&1 || need+=(nginx)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""

@@ -3,6 +3,7 @@ using System.Threading.Channels;
 using Grpc.Core;
 using Microsoft.Extensions.Options;
 using Rbs.Agent.Bazelrc;
+using Rbs.Agent.Dashboard;
 using Rbs.Agent.Execution.Reattach;
 using Rbs.Agent.Hosting;
 using Rbs.Agent.Lifetime;
@@ -24,6 +25,7 @@ internal sealed partial class CommandRunner(
     WorkspaceSynchronizer workspaceSync,
     BuildToolServers servers,
     BazelWrapperShortcut wrapperShortcut,
+    CommandLog commandLog,
     TimeProvider time,
     ILogger<CommandRunner> logger)
 {
@@ -268,6 +270,8 @@ internal sealed partial class CommandRunner(
                 Log.CommandStarted(logger, invocationId, process.Pid, start.Args.Count, start.RelativeWorkingDirectory, process.Terminal is not null);
                 using var interrupter = new Interrupter(process, _options.InterruptGracePeriod, _options.TerminateGracePeriod, time, logger);
                 using var tracked = tracker.Begin(invocationId, () => interrupter.Interrupt(force: false, "agent stopping"));
+                // The dashboard's view of it (Agent/Dashboard/): its output tail and, at the end, its exit code.
+                using var watched = commandLog.Begin(invocationId, start.Args, process.Terminal is not null);
                 var stdin = new ToolInput(process);
                 command.Bind(reason => interrupter.Interrupt(force: false, reason), frame => HandleInputAsync(frame, process, stdin, interrupter, command));
 
@@ -280,7 +284,7 @@ internal sealed partial class CommandRunner(
                 var outputs = CreatePumps(process, frames.Writer, CancellationToken.None);
 
                 using var disposeOutputs = new DisposeAll(outputs);
-                var feeder = FeedJournalAsync(frames.Reader, command, interrupter);
+                var feeder = FeedJournalAsync(frames.Reader, command, interrupter, watched);
                 var pumps = Task.WhenAll(outputs.Select(pump => pump.RunAsync(time)));
                 var exit = await process.Exited;
                 if (process.SignalGroup(Native.SIGKILL))
@@ -293,6 +297,7 @@ internal sealed partial class CommandRunner(
                 frames.Writer.TryComplete();
                 await feeder;
                 tracked.Dispose();
+                watched.Complete(exit.Code, exit.Signal);
                 Log.CommandEnded(
                     logger,
                     invocationId,
@@ -319,7 +324,7 @@ internal sealed partial class CommandRunner(
     }
 
     /// <summary>Moves the pumps' frames into the journal, waiting only for an attached reader that is far behind.</summary>
-    private async Task FeedJournalAsync(ChannelReader<OutgoingFrame> frames, ResumableCommand command, Interrupter interrupter)
+    private async Task FeedJournalAsync(ChannelReader<OutgoingFrame> frames, ResumableCommand command, Interrupter interrupter, CommandLog.WatchedEntry watched)
     {
         var overflowed = false;
         await foreach (var frame in frames.ReadAllAsync())
@@ -327,6 +332,7 @@ internal sealed partial class CommandRunner(
             try
             {
                 await command.Journal.WaitForReaderAsync(ResumableCommand.ReaderWindow, CancellationToken.None);
+                watched.Append(frame.Frame);
                 var isStdout = frame.Frame.FrameCase == ServerFrame.FrameOneofCase.Stdout;
                 var bytes = isStdout ? frame.Frame.Stdout : frame.Frame.Stderr;
                 if (!command.Journal.Append(isStdout, bytes.Span) && command.Journal.Overflowed && !overflowed)
@@ -396,6 +402,8 @@ internal sealed partial class CommandRunner(
 
         using var interrupter = new Interrupter(process, _options.InterruptGracePeriod, _options.TerminateGracePeriod, time, logger);
         using var command = tracker.Begin(invocationId, () => interrupter.Interrupt(force: false, "agent stopping"));
+        // The dashboard's view of it (Agent/Dashboard/): its output tail and, at the end, its exit code.
+        using var watched = commandLog.Begin(invocationId, start.Args, process.Terminal is not null);
         using var delivery = CancellationTokenSource.CreateLinkedTokenSource(callToken);
         using var readerStop = CancellationTokenSource.CreateLinkedTokenSource(callToken);
         // A client that goes away (cancel, disconnect, deadline) counts as Ctrl-C.
@@ -412,7 +420,7 @@ internal sealed partial class CommandRunner(
             Started = new CommandStarted { InvocationId = invocationId, Pid = process.Pid, AgentId = _options.AgentId },
         }));
 
-        var writer = WriteFramesAsync(frames.Reader, responses, delivery, interrupter);
+        var writer = WriteFramesAsync(frames.Reader, responses, delivery, interrupter, watched);
         var outputs = CreatePumps(process, frames.Writer, delivery.Token);
 
         using var disposeOutputs = new DisposeAll(outputs);
@@ -435,6 +443,7 @@ internal sealed partial class CommandRunner(
         await writer;
 
         command.Dispose();
+        watched.Complete(exit.Code, exit.Signal);
         var elapsed = time.GetElapsedTime(startedAt);
         Log.CommandEnded(
             logger,
@@ -502,7 +511,8 @@ internal sealed partial class CommandRunner(
         ChannelReader<OutgoingFrame> frames,
         IServerStreamWriter<ServerFrame> responses,
         CancellationTokenSource delivery,
-        Interrupter interrupter)
+        Interrupter interrupter,
+        CommandLog.WatchedEntry watched)
     {
         try
         {
@@ -510,6 +520,7 @@ internal sealed partial class CommandRunner(
             {
                 try
                 {
+                    watched.Append(frame.Frame);
                     await responses.WriteAsync(frame.Frame, delivery.Token);
                 }
                 finally

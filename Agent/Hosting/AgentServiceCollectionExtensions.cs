@@ -2,6 +2,7 @@ using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Options;
 using Rbs.Agent.Bazelrc;
+using Rbs.Agent.Dashboard;
 using Rbs.Agent.Execution;
 using Rbs.Agent.Execution.Reattach;
 using Rbs.Agent.Lifetime;
@@ -25,6 +26,8 @@ internal static class AgentServiceCollectionExtensions
         services.TryAddSingleton(TimeProvider.System);
         services.AddSingleton<CommandTracker>();
         services.AddSingleton<CommandRunner>();
+        // What the gateway's dashboard watches (rbs.v1.CommandWatch, docs/dashboard.md).
+        services.AddSingleton<CommandLog>();
         services.AddOptions<ReattachOptions>()
             .BindConfiguration(ReattachOptions.SectionName)
             .ValidateOnStart();
@@ -68,6 +71,7 @@ internal static class AgentServiceCollectionExtensions
     public static WebApplication MapAgent(this WebApplication app)
     {
         app.MapGrpcService<AgentService>();
+        app.MapGrpcService<CommandWatchService>();
         app.MapAgentOutputs();
         app.MapGrpcService<WorkspaceSyncService>();
         app.MapGrpcHealthChecksService();

@@ -37,6 +37,12 @@ internal sealed class GatewayEndpoints
         Listen(kestrel, options.PublicListen, listen =>
         {
             _public = listen;
+            if (string.IsNullOrEmpty(options.CertificatePath))
+            {
+                // Cleartext: a browser (the dashboard) is relayed to HTTP/1.1 before the guard sees it (Dashboard/).
+                Dashboard.DashboardHttp1Fallback.Use(listen);
+            }
+
             // First, so a TLS handshake that stalls counts against the handshake timeout too.
             listen.UseConnectionGuard();
             Tag(listen, PublicKind);
@@ -62,6 +68,9 @@ internal sealed class GatewayEndpoints
             listen.Protocols = HttpProtocols.Http1;
         });
     }
+
+    /// <summary>Connections of <paramref name="listen"/> count as public ones (the dashboard's HTTP/1.1 listener behind the cleartext public endpoint).</summary>
+    public static void TagPublic(ListenOptions listen) => Tag(listen, PublicKind);
 
     public static bool IsPublic(HttpContext context) => Kind(context) == PublicKind;
 

@@ -3,6 +3,7 @@ using Grpc.Core;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Options;
+using Rbs.Gateway.Dashboard;
 using Rbs.Gateway.Registration;
 using Rbs.Gateway.Security;
 using Rbs.Gateway.Tunnel;
@@ -67,6 +68,8 @@ internal static class GatewayHostingExtensions
             }
         });
         services.AddHostedService<GatewayReadyAnnouncer>();
+        // The live dashboard on the public endpoint (Dashboard/, docs/dashboard.md).
+        services.AddDashboard();
 
         services.AddOptions<KestrelServerOptions>()
             .Configure<IOptions<GatewayOptions>, GatewayEndpoints>((kestrel, options, endpoints) => endpoints.Configure(kestrel, options.Value));
@@ -127,6 +130,7 @@ internal static class GatewayHostingExtensions
         app.MapGet("/healthz", () => "ok");
         app.MapAgentTunnels();
         app.MapGatewayRegistry();
+        app.MapDashboard();
         foreach (var prefix in AgentServicePrefixes)
         {
             app.MapPost(prefix + "{**method}", (HttpContext context, AgentStreamForwarder forwarder) => forwarder.ForwardAsync(context))

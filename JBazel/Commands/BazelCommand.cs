@@ -292,6 +292,12 @@ internal sealed class BazelCommand : RootCommand
             InvocationId = Guid.NewGuid().ToString(),
             ClientWorkspaceRoot = root,
         };
+        if (showStatus && allocation.DashboardLink(start.InvocationId) is { } dashboard)
+        {
+            // Its own line: the status line's format is what scripts grep.
+            _streams.WriteErrorLine($"rbs: dashboard {dashboard}");
+        }
+
         var bazelArgs = rcFiles?.BazelArgs ?? _bazelArgs;
         start.Args.AddRange(bazelArgs.Select(ArgumentBytes.ForDisplay));
         if (bazelArgs.Any(ArgumentBytes.HasEscapes))

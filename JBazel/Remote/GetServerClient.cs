@@ -23,6 +23,13 @@ internal sealed record Allocation(GetServerResponse Response, Uri AgentAddress, 
     public string Description =>
         ThroughGateway ? $"agent {Response.AgentId} through the gateway at {Response.Address}" : $"agent {Response.AgentId} at {Response.Address}";
 
+    /// <summary>
+    /// The command's page on the gateway's dashboard (docs/dashboard.md), when the calls go through a gateway; null in
+    /// direct mode (no gateway in the path, and the gateway streams only tunnel-mode agents).
+    /// </summary>
+    public string? DashboardLink(string invocationId) =>
+        ThroughGateway ? $"{Response.Address.TrimEnd('/')}/dashboard/invocations/{Uri.EscapeDataString(invocationId)}" : null;
+
     /// <summary>The status line the e2e scripts grep; keep the format exactly.</summary>
     public string StatusLine =>
         $"rbs: agent {Response.AgentId} ({Response.Backend} {Response.BackendRef}) {(Response.Warm ? "warm" : "cold")} in {ElapsedMilliseconds} ms";

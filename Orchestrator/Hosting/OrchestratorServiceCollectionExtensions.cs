@@ -71,6 +71,8 @@ internal static class OrchestratorServiceCollectionExtensions
         endpoints.MapGrpcService<OrchestratorGrpcService>();
         // For the gateway only (internal token); the gateway's public endpoint never routes it.
         endpoints.MapGrpcService<AgentDirectoryService>();
+        // The gateway's dashboard: sign-in with an API key and the user's agents (internal token; docs/dashboard.md).
+        endpoints.MapGrpcService<DashboardDirectoryService>();
         endpoints.MapGrpcHealthChecksService();
         return endpoints;
     }
