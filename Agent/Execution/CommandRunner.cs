@@ -25,6 +25,8 @@ internal sealed partial class CommandRunner(
     BuildToolServers servers,
     BazelWrapperShortcut wrapperShortcut,
     TimeProvider time,
+    CommandMetrics metrics,
+    CommandAudit audit,
     ILogger<CommandRunner> logger)
 {
     /// <summary>
@@ -293,16 +295,19 @@ internal sealed partial class CommandRunner(
                 frames.Writer.TryComplete();
                 await feeder;
                 tracked.Dispose();
+                var elapsed = time.GetElapsedTime(startedAt);
                 Log.CommandEnded(
                     logger,
                     invocationId,
                     process.Pid,
                     exit.Code,
                     exit.Signal,
-                    time.GetElapsedTime(startedAt),
+                    elapsed,
                     outputs.Where(pump => pump.IsStdout).Sum(pump => pump.Bytes),
                     outputs.Where(pump => !pump.IsStdout).Sum(pump => pump.Bytes),
                     interrupter.WasInterrupted);
+                metrics.CommandEnded(exit.Code, elapsed);
+                audit.CommandEnded(invocationId, start.Args, exit.Code, exit.Signal, elapsed, interrupter.WasInterrupted);
                 if (collection is not null)
                 {
                     await collection.CompleteAsync(exit.Code);
@@ -446,6 +451,8 @@ internal sealed partial class CommandRunner(
             outputs.Where(pump => pump.IsStdout).Sum(pump => pump.Bytes),
             outputs.Where(pump => !pump.IsStdout).Sum(pump => pump.Bytes),
             interrupter.WasInterrupted);
+        metrics.CommandEnded(exit.Code, elapsed);
+        audit.CommandEnded(invocationId, start.Args, exit.Code, exit.Signal, elapsed, interrupter.WasInterrupted);
 
         if (collection is not null)
         {

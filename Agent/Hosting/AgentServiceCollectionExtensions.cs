@@ -9,6 +9,7 @@ using Rbs.Agent.Outputs;
 using Rbs.Agent.Sync;
 using Rbs.Agent.Tunnel;
 using Rbs.Shared.Hosting;
+using Rbs.Shared.Telemetry;
 
 namespace Rbs.Agent.Hosting;
 
@@ -25,6 +26,12 @@ internal static class AgentServiceCollectionExtensions
         services.TryAddSingleton(TimeProvider.System);
         services.AddSingleton<CommandTracker>();
         services.AddSingleton<CommandRunner>();
+        services.AddSingleton<CommandMetrics>();
+        services.AddSingleton<CommandAudit>();
+        services.AddSingleton<SyncMetrics>();
+        // Metrics, traces, /healthz and /readyz (Shared/Telemetry; docs/operations.md); ready while the workspace is there.
+        services.AddRbsTelemetry(configuration, AgentOptions.SectionName, "rbs-agent", CommandMetrics.MeterName)
+            .AddCheck<WorkspaceHealthCheck>("workspace");
         services.AddOptions<ReattachOptions>()
             .BindConfiguration(ReattachOptions.SectionName)
             .ValidateOnStart();
@@ -71,6 +78,7 @@ internal static class AgentServiceCollectionExtensions
         app.MapAgentOutputs();
         app.MapGrpcService<WorkspaceSyncService>();
         app.MapGrpcHealthChecksService();
+        app.MapRbsTelemetry();
         return app;
     }
 

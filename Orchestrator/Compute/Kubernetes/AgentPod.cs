@@ -75,6 +75,8 @@ internal static partial class AgentPod
         {
             // .NET reads HOME for ~; bazel keeps its output base under $HOME/.cache (an emptyDir, see CachePath).
             new V1EnvVar { Name = "HOME", Value = "/home/rbs" },
+            // Whose agent this is, for the agent's audit line of each command (docs/operations.md).
+            new V1EnvVar { Name = "Agent__UserId", Value = spec.UserId },
         };
         if (spec.Tunnel is { } tunnel)
         {
