@@ -45,7 +45,13 @@ internal static class AgentServiceCollectionExtensions
         services.AddSingleton<DirectAccessKey>();
         services.AddHostedService<DirectAccessKeyLoader>();
         services.AddGrpc(grpc => grpc.Interceptors.Add<DirectAccessInterceptor>());
-        services.AddGrpcHealthChecks().AddCheck<AgentHealthCheck>("agent");
+        // grpc.health.v1 for the kubelet's grpc probes (h2c only): "" is readiness (every check), "liveness" only the
+        // cheap ones (the process answers).
+        services.AddGrpcHealthChecks(o =>
+        {
+            o.Services.Map(string.Empty, _ => true);
+            o.Services.Map("liveness", check => check.Tags.Contains(RbsTelemetry.LiveTag));
+        }).AddCheck<AgentHealthCheck>("agent");
 
         // Handshake timeout, connection and stream limits (Agent:Limits). Registered before tunnel mode, whose
         // per-tunnel stream limit then wins over the per-connection default.

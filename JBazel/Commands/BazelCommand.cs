@@ -264,7 +264,7 @@ internal sealed class BazelCommand : RootCommand
         using var channels = new ChannelPool();
         using var allocating = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, interrupts.First);
         PhaseTrace.Mark("getserver");
-        var allocation = await new GetServerClient(channels, settings).AllocateAsync(request, allocating.Token);
+        var allocation = await new GetServerClient(channels, settings, TraceParent.New()).AllocateAsync(request, allocating.Token);
         PhaseTrace.Mark("getserver-done");
         var showStatus = settings.Status == StatusMode.Always || (settings.Status == StatusMode.Auto && !Console.IsErrorRedirected);
         if (showStatus)

@@ -119,6 +119,8 @@ internal static partial class AgentPod
             Ports = [new V1ContainerPort { ContainerPort = options.AgentPort, Name = "grpc", Protocol = "TCP" }],
             Resources = resources,
             // gRPC health (grpc.health.v1) served by the agent on its listener; kubelet probes it natively (1.27+).
+            // Readiness: service "" (every check: not stopping, the workspace readable); liveness: "liveness" (the
+            // process answers). docs/operations.md.
             ReadinessProbe = new V1Probe
             {
                 Grpc = new V1GRPCAction { Port = options.AgentPort },
@@ -128,7 +130,7 @@ internal static partial class AgentPod
             },
             LivenessProbe = new V1Probe
             {
-                Grpc = new V1GRPCAction { Port = options.AgentPort },
+                Grpc = new V1GRPCAction { Port = options.AgentPort, Service = "liveness" },
                 InitialDelaySeconds = 10,
                 PeriodSeconds = 10,
                 TimeoutSeconds = 5,
