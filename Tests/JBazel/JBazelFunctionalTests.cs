@@ -496,7 +496,7 @@ public sealed class JBazelFunctionalTests(ITestOutputHelper output) : IAsyncLife
         Assert.Equal(0, await jbazel.WaitForExitAsync(s_timeout));
 
         // script(1) merges the terminal's output into its stdout.
-        Assert.Matches(new Regex($"rbs: agent {FakeRemote.AgentId} \\(process 4242\\) warm in [0-9]+ ms\r?\n"), jbazel.StdoutText);
+        Assert.Matches(new Regex($"rbs: agent {FakeRemote.AgentId} \\(process 4242\\) warm in [0-9]+ ms, trace [0-9a-f]{{32}}\r?\n"), jbazel.StdoutText);
         Assert.Contains("tty output", jbazel.StdoutText, StringComparison.Ordinal);
         var terminal = Assert.Single(_remote.AgentCalls).Start.Terminal;
         Assert.True(terminal.StdinIsTty && terminal.StdoutIsTty && terminal.StderrIsTty, terminal.ToString());
