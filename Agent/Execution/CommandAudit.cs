@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Text.RegularExpressions;
 using Microsoft.Extensions.Options;
 using Rbs.Agent.Hosting;
@@ -7,7 +8,7 @@ namespace Rbs.Agent.Execution;
 
 /// <summary>
 /// The audit record of each command (docs/operations.md): one structured log line when it ends, with user, agent,
-/// invocation, arguments (secret values redacted), exit code and duration, in its own category
+/// invocation, arguments (secret values redacted), exit code, duration and the client's trace id, in its own category
 /// (<see cref="Category"/>) so it can be routed and kept apart from the diagnostic log.
 /// </summary>
 internal sealed partial class CommandAudit(IOptions<AgentOptions> options, ILoggerFactory loggerFactory)
@@ -28,7 +29,9 @@ internal sealed partial class CommandAudit(IOptions<AgentOptions> options, ILogg
             exitCode,
             signal,
             elapsed.TotalMilliseconds,
-            interrupted);
+            interrupted,
+            // The client's trace (jbazel's traceparent, continued by ASP.NET Core): the audit line leads to the trace.
+            Activity.Current?.TraceId.ToHexString() ?? "none");
 
     /// <summary>
     /// The arguments with the value of every one that may carry a secret replaced by <see cref="Redacted"/>: flags whose
@@ -89,7 +92,7 @@ internal sealed partial class CommandAudit(IOptions<AgentOptions> options, ILogg
 
     private static partial class Log
     {
-        [LoggerMessage(EventId = 190, Level = LogLevel.Information, Message = "Audit: user {User} agent {AgentId} invocation {InvocationId} ran [{Args}] exit code {ExitCode} signal {Signal} in {DurationMs:0} ms; interrupted: {Interrupted}")]
-        public static partial void CommandAudited(ILogger logger, string user, string agentId, string invocationId, string args, int exitCode, int signal, double durationMs, bool interrupted);
+        [LoggerMessage(EventId = 190, Level = LogLevel.Information, Message = "Audit: user {User} agent {AgentId} invocation {InvocationId} ran [{Args}] exit code {ExitCode} signal {Signal} in {DurationMs:0} ms; interrupted: {Interrupted}; trace {TraceId}")]
+        public static partial void CommandAudited(ILogger logger, string user, string agentId, string invocationId, string args, int exitCode, int signal, double durationMs, bool interrupted, string traceId);
     }
 }
