@@ -148,7 +148,10 @@ internal sealed partial class AgentStreamForwarder(
             return;
         }
 
-        metrics.ForwardFailed(context.Response.HasStarted ? TunnelMetrics.TunnelLost : TunnelMetrics.AgentUnreachable);
+        if (!IsClientSide(error))
+        {
+            metrics.ForwardFailed(context.Response.HasStarted ? TunnelMetrics.TunnelLost : TunnelMetrics.AgentUnreachable);
+        }
         if (!context.Response.HasStarted)
         {
             await GrpcResponses.WriteStatusAsync(context, StatusCode.Unavailable,
@@ -214,6 +217,13 @@ internal sealed partial class AgentStreamForwarder(
 
         return agent;
     }
+
+    /// <summary>
+    /// The client's side of the stream ended it (it cancelled, or stopped sending or reading, e.g. a call it finished
+    /// early): not a failure of the gateway's or of the tunnel's, so not counted in rbs.gateway.forward.errors.
+    /// </summary>
+    internal static bool IsClientSide(ForwarderError error) =>
+        error.ToString() is var name && (name.EndsWith("Client", StringComparison.Ordinal) || name.EndsWith("Canceled", StringComparison.Ordinal));
 
     /// <summary>The session token is for the gateway only; the agent never sees client credentials.</summary>
     private sealed class StripCredentialsTransformer : HttpTransformer
