@@ -110,6 +110,7 @@ internal static class GatewayHostingExtensions
         var drain = app.Services.GetRequiredService<Replicas.GatewayDrain>();
         app.Lifetime.ApplicationStopping.Register(drain.Begin);
 
+        // The gauges are observed from their creation on: create them before the first scrape.
         app.Services.GetRequiredService<TunnelGauges>();
         var telemetry = app.Services.GetRequiredService<IOptions<RbsTelemetryOptions>>().Value;
 
