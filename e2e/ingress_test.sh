@@ -160,7 +160,7 @@ log "reference: exit $REF_RC, $REF_BYTES bytes, ${REF_SECONDS} s"
 
 # jbazel's own status lines (GetServer, sync); any other rbs: line is an error or a notice. Exact, so that an error
 # such as "rbs: workspace sync to agent ... failed" is never taken for one.
-STATUS_LINES='^rbs: agent [^ ]+ \(.*\) (warm|cold) in [0-9]+ ms$|^rbs: dashboard https?://[^ ]+/dashboard/invocations/[^ ]+$|^rbs: workspace up to date \(|^rbs: synced [0-9]'
+STATUS_LINES='^rbs: agent [^ ]+ \(.*\) (warm|cold) in [0-9]+ ms(, trace [0-9a-f]{32})?$|^rbs: dashboard https?://[^ ]+/dashboard/invocations/[^ ]+$|^rbs: workspace up to date \(|^rbs: synced [0-9]'
 
 # carrier: the replica whose log shows the most ExecuteCommand streams since the mark (where the running one is).
 declare -A MARK

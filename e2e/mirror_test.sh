@@ -24,7 +24,7 @@ run() {
     log "jbazel $* → exit $(cat "$E2E_TMP/$name.rc")"
 }
 rc_of() { cat "$E2E_TMP/$1.rc"; }
-# The status line: "rbs: agent <id> (<backend> <ref>) <warm|cold> in <N> ms"
+# The status line: "rbs: agent <id> (<backend> <ref>) <warm|cold> in <N> ms, trace <trace id>"
 status_of() { grep -m1 '^rbs: agent ' "$E2E_TMP/$1.err" || true; }
 agent_of() { status_of "$1" | awk '{print $3}'; }
 pid_of() { status_of "$1" | awk '{print $5}' | tr -d ')'; }

@@ -27,6 +27,8 @@ internal sealed partial class CommandRunner(
     BazelWrapperShortcut wrapperShortcut,
     CommandLog commandLog,
     TimeProvider time,
+    CommandMetrics metrics,
+    CommandAudit audit,
     ILogger<CommandRunner> logger)
 {
     /// <summary>
@@ -298,16 +300,19 @@ internal sealed partial class CommandRunner(
                 await feeder;
                 tracked.Dispose();
                 watched.Complete(exit.Code, exit.Signal);
+                var elapsed = time.GetElapsedTime(startedAt);
                 Log.CommandEnded(
                     logger,
                     invocationId,
                     process.Pid,
                     exit.Code,
                     exit.Signal,
-                    time.GetElapsedTime(startedAt),
+                    elapsed,
                     outputs.Where(pump => pump.IsStdout).Sum(pump => pump.Bytes),
                     outputs.Where(pump => !pump.IsStdout).Sum(pump => pump.Bytes),
                     interrupter.WasInterrupted);
+                metrics.CommandEnded(exit.Code, elapsed);
+                audit.CommandEnded(invocationId, start.Args, exit.Code, exit.Signal, elapsed, interrupter.WasInterrupted);
                 if (collection is not null)
                 {
                     await collection.CompleteAsync(exit.Code);
@@ -455,6 +460,8 @@ internal sealed partial class CommandRunner(
             outputs.Where(pump => pump.IsStdout).Sum(pump => pump.Bytes),
             outputs.Where(pump => !pump.IsStdout).Sum(pump => pump.Bytes),
             interrupter.WasInterrupted);
+        metrics.CommandEnded(exit.Code, elapsed);
+        audit.CommandEnded(invocationId, start.Args, exit.Code, exit.Signal, elapsed, interrupter.WasInterrupted);
 
         if (collection is not null)
         {

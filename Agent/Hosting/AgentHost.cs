@@ -41,6 +41,7 @@ internal static class AgentHost
                 Mapped(ReattachOptions.SwitchMappings, "--reattach-memory-bytes", "BYTES", "8388608", "Output of one command kept in memory until its client has it; beyond, it spills to a file."),
                 Mapped(ReattachOptions.SwitchMappings, "--reattach-spill-bytes", "BYTES", "268435456", "The most output of one command in its spill file; beyond, a command whose client is away is stopped."),
                 Mapped(ReattachOptions.SwitchMappings, "--reattach-spill-dir", "DIR", "<temp>/rbs-agent-output-<pid>", "Where spill files go (deleted when their command is forgotten)."),
+                .. Rbs.Shared.Telemetry.RbsTelemetryOptions.Flags(Section),
             ],
             AgentTunnelOptions.SwitchMappings,
             ReattachOptions.SwitchMappings,

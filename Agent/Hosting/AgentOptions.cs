@@ -12,6 +12,12 @@ internal sealed class AgentOptions
     /// <summary>The agent's id, reported in every started frame and in GetStatus. Required; no default.</summary>
     public string AgentId { get; set; } = "";
 
+    /// <summary>
+    /// The user this agent builds for, as the orchestrator knows them (env <c>Agent__UserId</c>, set by the orchestrator);
+    /// named in each command's audit line. Default none (an agent started by hand).
+    /// </summary>
+    public string? UserId { get; set; }
+
     /// <summary>Absolute path of the workspace the tool runs in; must exist. Required; no default.</summary>
     public string Workspace { get; set; } = "";
 

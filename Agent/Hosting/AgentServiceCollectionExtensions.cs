@@ -10,6 +10,7 @@ using Rbs.Agent.Outputs;
 using Rbs.Agent.Sync;
 using Rbs.Agent.Tunnel;
 using Rbs.Shared.Hosting;
+using Rbs.Shared.Telemetry;
 
 namespace Rbs.Agent.Hosting;
 
@@ -28,6 +29,12 @@ internal static class AgentServiceCollectionExtensions
         services.AddSingleton<CommandRunner>();
         // What the gateway's dashboard watches (rbs.v1.CommandWatch, docs/dashboard.md).
         services.AddSingleton<CommandLog>();
+        services.AddSingleton<CommandMetrics>();
+        services.AddSingleton<CommandAudit>();
+        services.AddSingleton<SyncMetrics>();
+        // Metrics, traces, /healthz and /readyz (Shared/Telemetry; docs/operations.md); ready while the workspace is there.
+        services.AddRbsTelemetry(configuration, AgentOptions.SectionName, "rbs-agent", CommandMetrics.MeterName)
+            .AddCheck<WorkspaceHealthCheck>("workspace");
         services.AddOptions<ReattachOptions>()
             .BindConfiguration(ReattachOptions.SectionName)
             .ValidateOnStart();
@@ -41,7 +48,13 @@ internal static class AgentServiceCollectionExtensions
         services.AddSingleton<DirectAccessKey>();
         services.AddHostedService<DirectAccessKeyLoader>();
         services.AddGrpc(grpc => grpc.Interceptors.Add<DirectAccessInterceptor>());
-        services.AddGrpcHealthChecks().AddCheck<AgentHealthCheck>("agent");
+        // grpc.health.v1 for the kubelet's grpc probes (h2c only): "" is readiness (every check), "liveness" only the
+        // cheap ones (the process answers).
+        services.AddGrpcHealthChecks(o =>
+        {
+            o.Services.Map(string.Empty, _ => true);
+            o.Services.Map("liveness", check => check.Tags.Contains(RbsTelemetry.LiveTag));
+        }).AddCheck<AgentHealthCheck>("agent");
 
         // Handshake timeout, connection and stream limits (Agent:Limits). Registered before tunnel mode, whose
         // per-tunnel stream limit then wins over the per-connection default.
@@ -75,6 +88,7 @@ internal static class AgentServiceCollectionExtensions
         app.MapAgentOutputs();
         app.MapGrpcService<WorkspaceSyncService>();
         app.MapGrpcHealthChecksService();
+        app.MapRbsTelemetry();
         return app;
     }
 

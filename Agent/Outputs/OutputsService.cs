@@ -8,7 +8,7 @@ using Rbs.Shared.Text;
 namespace Rbs.Agent.Outputs;
 
 /// <summary>The rbs.v1.Outputs gRPC service: lists and serves the recorded top-level outputs of recent builds.</summary>
-internal sealed partial class OutputsService(OutputStore store, ILogger<OutputsService> logger) : V1.Outputs.OutputsBase
+internal sealed partial class OutputsService(OutputStore store, Sync.SyncMetrics metrics, ILogger<OutputsService> logger) : V1.Outputs.OutputsBase
 {
     /// <summary>The most ranges one ReadOutputs call may ask for.</summary>
     public const int MaxRanges = 100_000;
@@ -103,6 +103,8 @@ internal sealed partial class OutputsService(OutputStore store, ILogger<OutputsS
         {
             handle?.Dispose();
             ArrayPool<byte>.Shared.Return(buffer);
+            // What reached the stream, also of a fetch cut short.
+            metrics.OutputsServed(sent);
         }
 
         Log.Served(logger, UntrustedText.Echo(request.InvocationId), plan.Count, sent);

@@ -14,6 +14,7 @@ namespace Rbs.Agent.Sync;
 internal sealed partial class WorkspaceSyncService(
     WorkspaceSynchronizer synchronizer,
     IOptions<WorkspaceSyncOptions> options,
+    SyncMetrics metrics,
     ILogger<WorkspaceSyncService> logger) : WorkspaceSync.WorkspaceSyncBase
 {
     private const int MaxChunkBytes = 1 << 20;
@@ -43,6 +44,7 @@ internal sealed partial class WorkspaceSyncService(
             {
                 await responseStream.WriteAsync(new SyncServerFrame { Done = new SyncDone { UpToDate = true } }, cancellationToken);
                 Log.UpToDate(logger, begin.EntryCount, stopwatch.ElapsedMilliseconds);
+                metrics.SyncUpToDate();
                 return;
             }
 
@@ -83,6 +85,7 @@ internal sealed partial class WorkspaceSyncService(
             };
             Log.SyncDone(logger, manifest.ListedCount, done.BlobsReceived, done.BytesReceived, done.FilesWritten, done.EntriesDeleted,
                 done.DirectoriesCreated, done.SymlinksWritten, done.ApplyMillis, stopwatch.ElapsedMilliseconds);
+            metrics.SyncApplied(done.BytesReceived, done.FilesWritten);
             await responseStream.WriteAsync(new SyncServerFrame { Done = done }, cancellationToken);
         }
         catch (RpcException ex)

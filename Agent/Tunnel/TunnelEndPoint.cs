@@ -10,6 +10,12 @@ internal sealed class TunnelEndPoint(Uri gatewayUri) : EndPoint
 
     public Uri GatewayUri => gatewayUri;
 
+    /// <summary>
+    /// Neither IP nor Unix socket. EndPoint's own getter throws, and Kestrel's connection metrics read it for every
+    /// connection once anything listens to its meter (OpenTelemetry does): the accept loop died and no tunnel answered.
+    /// </summary>
+    public override System.Net.Sockets.AddressFamily AddressFamily => System.Net.Sockets.AddressFamily.Unspecified;
+
     // Kestrel prints this as the bound address ("http://" + ToString()); keep it host-like.
     public override string ToString() => $"{HostPrefix}{gatewayUri.Host}:{gatewayUri.Port}";
 }

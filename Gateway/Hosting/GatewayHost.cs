@@ -21,6 +21,7 @@ internal static class GatewayHost
             new("--advertise-agent-address", $"{Section}:{nameof(GatewayOptions.AdvertiseAgentAddress)}", "URL", "none (a single gateway)", "This replica's agent endpoint as agents dial it directly (http://POD_IP:8081); makes the gateway one of several replicas."),
             new("--replica-id", $"{Section}:{nameof(GatewayOptions.ReplicaId)}", "ID", "host name + random suffix", "This replica's id, unique among live replicas (the pod name)."),
             new("--ready-file", $"{Section}:{nameof(GatewayOptions.ReadyFile)}", "FILE", "none", "Written once both endpoints listen: {\"publicAddress\",\"agentAddress\",\"pid\"}."),
+            .. Rbs.Shared.Telemetry.RbsTelemetryOptions.Flags(Section),
         ],
         "--public-listen, --agent-listen",
         ServerLimitsOptions.Describe(Section));

@@ -4,10 +4,12 @@ using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Options;
 using Rbs.Gateway.Dashboard;
+using Rbs.Gateway.Health;
 using Rbs.Gateway.Registration;
 using Rbs.Gateway.Security;
 using Rbs.Gateway.Tunnel;
 using Rbs.Shared.Hosting;
+using Rbs.Shared.Telemetry;
 using Yarp.ReverseProxy.Configuration;
 using Yarp.ReverseProxy.Forwarder;
 
@@ -48,6 +50,12 @@ internal static class GatewayHostingExtensions
         services.AddServerLimits(GatewayOptions.SectionName);
         // Tokens: JwtBearer and the join/session/internal policies (Security/GatewayAuthentication.cs).
         services.AddGatewayAuthentication();
+        // Metrics, traces, /healthz and /readyz (Shared/Telemetry; docs/operations.md); ready while the orchestrator answers.
+        services.AddRbsTelemetry(builder.Configuration, GatewayOptions.SectionName, "rbs-gateway", TunnelMetrics.MeterName)
+            .AddCheck<OrchestratorLinkHealthCheck>("orchestrator");
+        services.AddSingleton<OrchestratorLinkHealthCheck>();
+        services.AddSingleton<TunnelMetrics>();
+        services.AddSingleton<TunnelGauges>();
         services.AddSingleton<AgentTunnelRegistry>();
         services.AddSingleton<AgentStreamForwarder>();
         services.AddSingleton<Rbs.Gateway.Registration.AgentDirectoryClient>();
@@ -105,13 +113,19 @@ internal static class GatewayHostingExtensions
         var drain = app.Services.GetRequiredService<Replicas.GatewayDrain>();
         app.Lifetime.ApplicationStopping.Register(drain.Begin);
 
+        // The gauges are observed from their creation on: create them before the first scrape.
+        app.Services.GetRequiredService<TunnelGauges>();
+        var telemetry = app.Services.GetRequiredService<IOptions<RbsTelemetryOptions>>().Value;
+
         // Client routes only on the public endpoint; tunnels and the orchestrator's registry only on the agent endpoint.
         app.Use((context, next) =>
         {
             var path = context.Request.Path;
             // Case-insensitive, as routing is: no other spelling of the registry's path reaches it on the public endpoint.
             var agentPath = path.StartsWithSegments("/tunnel") || path.StartsWithSegments(GatewayRegistryEndpoints.RoutePrefix.TrimEnd('/'));
-            var allowed = path.StartsWithSegments("/healthz")
+            // Probes on either endpoint; the metrics only on the cluster-internal agent endpoint.
+            agentPath |= telemetry.MetricsEnabled && path.StartsWithSegments(telemetry.MetricsPath.Trim());
+            var allowed = path.StartsWithSegments(RbsTelemetry.LivenessPath) || path.StartsWithSegments(RbsTelemetry.ReadinessPath)
                 || (agentPath ? GatewayEndpoints.IsAgent(context) : GatewayEndpoints.IsPublic(context));
             if (!allowed)
             {
@@ -127,7 +141,7 @@ internal static class GatewayHostingExtensions
         // After the endpoint check: a route not served on this endpoint is a 404 whatever its token.
         app.UseAuthorization();
 
-        app.MapGet("/healthz", () => "ok");
+        app.MapRbsTelemetry();
         app.MapAgentTunnels();
         app.MapGatewayRegistry();
         app.MapDashboard();

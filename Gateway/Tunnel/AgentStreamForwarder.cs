@@ -23,6 +23,7 @@ internal sealed partial class AgentStreamForwarder(
     AgentDirectoryClient directory,
     IOptions<GatewayOptions> options,
     TimeProvider timeProvider,
+    TunnelMetrics metrics,
     ILogger<AgentStreamForwarder> logger) : IDisposable
 {
     // The host is never resolved: the agent's handler connects through its tunnels.
@@ -35,6 +36,11 @@ internal sealed partial class AgentStreamForwarder(
 
     /// <summary>Client streams being forwarded now (a draining replica waits for them).</summary>
     public int ActiveStreams => options.Value.MaxConcurrentStreams - _streamSlots.CurrentCount;
+
+    private int _waitingStreams;
+
+    /// <summary>Client streams waiting for their agent to (re-)register or for a free stream slot.</summary>
+    public int WaitingStreams => Volatile.Read(ref _waitingStreams);
 
     public async Task ForwardAsync(HttpContext context)
     {
@@ -88,6 +94,7 @@ internal sealed partial class AgentStreamForwarder(
 
         var o = options.Value;
         Log.StreamQueued(logger, route, o.MaxConcurrentStreams);
+        Interlocked.Increment(ref _waitingStreams);
         try
         {
             using var timeout = new CancellationTokenSource(o.TunnelAcquireTimeout, timeProvider);
@@ -97,6 +104,7 @@ internal sealed partial class AgentStreamForwarder(
         }
         catch (OperationCanceledException) when (!context.RequestAborted.IsCancellationRequested)
         {
+            metrics.ForwardFailed(TunnelMetrics.GatewayFull);
             await GrpcResponses.WriteStatusAsync(context, StatusCode.Unavailable,
                 $"the gateway carries its maximum of {o.MaxConcurrentStreams} concurrent streams (Gateway:MaxConcurrentStreams) and none ended within {o.TunnelAcquireTimeout.TotalSeconds:0.#} s; retry later");
             return false;
@@ -104,6 +112,10 @@ internal sealed partial class AgentStreamForwarder(
         catch (OperationCanceledException)
         {
             return false;
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _waitingStreams);
         }
     }
 
@@ -132,9 +144,14 @@ internal sealed partial class AgentStreamForwarder(
         Log.ForwardFailed(logger, route, error, exception);
         if (context.RequestAborted.IsCancellationRequested)
         {
+            // The client went away (Ctrl-C, a dropped laptop): not a failure of the gateway's.
             return;
         }
 
+        if (!IsClientSide(error))
+        {
+            metrics.ForwardFailed(context.Response.HasStarted ? TunnelMetrics.TunnelLost : TunnelMetrics.AgentUnreachable);
+        }
         if (!context.Response.HasStarted)
         {
             await GrpcResponses.WriteStatusAsync(context, StatusCode.Unavailable,
@@ -167,6 +184,7 @@ internal sealed partial class AgentStreamForwarder(
         var confirmation = await directory.ConfirmAsync(route, userId, context.RequestAborted);
         if (confirmation.Outcome == AgentConfirmation.NotLive)
         {
+            metrics.ForwardFailed(TunnelMetrics.AgentOffline);
             await GrpcResponses.WriteStatusAsync(context, StatusCode.Unavailable,
                 $"agent {route} is not connected to the gateway and the orchestrator does not know it as live ({confirmation.Reason}); call GetServer to get a live agent (jbazel does on its next run)");
             return null;
@@ -176,6 +194,7 @@ internal sealed partial class AgentStreamForwarder(
         var wait = options.Value.TunnelAcquireTimeout;
         Log.WaitingForAgent(logger, route, wait.TotalSeconds);
         AgentTunnels? agent;
+        Interlocked.Increment(ref _waitingStreams);
         try
         {
             agent = await registry.WaitOnlineAsync(route, wait, timeProvider, context.RequestAborted);
@@ -184,15 +203,27 @@ internal sealed partial class AgentStreamForwarder(
         {
             return null;
         }
+        finally
+        {
+            Interlocked.Decrement(ref _waitingStreams);
+        }
 
         if (agent is null)
         {
+            metrics.ForwardFailed(TunnelMetrics.AgentOffline);
             await GrpcResponses.WriteStatusAsync(context, StatusCode.Unavailable,
                 $"agent {route} is not connected to the gateway (waited {wait.TotalSeconds:0.#} s for it to register); retry, or call GetServer to get a live agent");
         }
 
         return agent;
     }
+
+    /// <summary>
+    /// The client's side of the stream ended it (it cancelled, or stopped sending or reading, e.g. a call it finished
+    /// early): not a failure of the gateway's or of the tunnel's, so not counted in rbs.gateway.forward.errors.
+    /// </summary>
+    internal static bool IsClientSide(ForwarderError error) =>
+        error.ToString() is var name && (name.EndsWith("Client", StringComparison.Ordinal) || name.EndsWith("Canceled", StringComparison.Ordinal));
 
     /// <summary>The session token is for the gateway only; the agent never sees client credentials.</summary>
     private sealed class StripCredentialsTransformer : HttpTransformer

@@ -26,11 +26,13 @@ internal sealed partial class AgentTunnelRegistry : IDisposable
     private readonly TimeProvider _timeProvider;
     private readonly ILogger _logger;
     private readonly ITimer _sweepTimer;
+    private readonly TunnelMetrics? _metrics;
     private TaskCompletionSource _changed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private bool _stopping;
 
-    public AgentTunnelRegistry(IOptions<GatewayOptions> options, ILoggerFactory loggerFactory, TimeProvider timeProvider)
+    public AgentTunnelRegistry(IOptions<GatewayOptions> options, ILoggerFactory loggerFactory, TimeProvider timeProvider, TunnelMetrics? metrics = null)
     {
+        _metrics = metrics;
         _options = options;
         _loggerFactory = loggerFactory;
         _timeProvider = timeProvider;
@@ -70,7 +72,7 @@ internal sealed partial class AgentTunnelRegistry : IDisposable
                 _agents.TryRemove(agentId, out replaced);
             }
 
-            agent = _agents.GetOrAdd(agentId, id => new AgentTunnels(id, userId, _options.Value, _loggerFactory, _timeProvider));
+            agent = _agents.GetOrAdd(agentId, id => new AgentTunnels(id, userId, _options.Value, _loggerFactory, _timeProvider, _metrics));
             tunnel = agent.Add(stream);
             changed = _changed;
             _changed = new(TaskCreationOptions.RunContinuationsAsynchronously);

@@ -27,9 +27,11 @@ internal sealed partial class AgentTunnels : IDisposable
     private readonly TimeProvider _timeProvider;
     private readonly ILogger _logger;
     private readonly Lazy<HttpMessageInvoker> _invoker;
+    private readonly TunnelMetrics? _metrics;
 
-    public AgentTunnels(string agentId, string userId, GatewayOptions options, ILoggerFactory loggerFactory, TimeProvider timeProvider)
+    public AgentTunnels(string agentId, string userId, GatewayOptions options, ILoggerFactory loggerFactory, TimeProvider timeProvider, TunnelMetrics? metrics = null)
     {
+        _metrics = metrics;
         AgentId = agentId;
         UserId = userId;
         _options = options;
@@ -182,6 +184,7 @@ internal sealed partial class AgentTunnels : IDisposable
         }
 
         Log.TunnelProbeFailed(_logger, AgentId, reason);
+        _metrics?.ProbeFailed();
         stream.Abort();
         return false;
     }

@@ -265,7 +265,7 @@ internal sealed class BazelCommand : RootCommand
         using var allocating = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, interrupts.First);
         PhaseTrace.Mark("getserver");
         var cache = AllocationCache.For(_environment.Get("XDG_CACHE_HOME"), _environment.HomeDirectory, settings.Orchestrator, settings.ApiKey, request, TimeProvider.System);
-        var allocation = await new GetServerClient(channels, settings).AllocateAsync(request, cache, allocating.Token);
+        var allocation = await new GetServerClient(channels, settings, TraceParent.New()).AllocateAsync(request, cache, allocating.Token);
         PhaseTrace.Mark("getserver-done");
         var showStatus = settings.Status == StatusMode.Always || (settings.Status == StatusMode.Auto && !Console.IsErrorRedirected);
         if (showStatus)

@@ -32,7 +32,11 @@ internal sealed record Allocation(GetServerResponse Response, Uri AgentAddress, 
 
     /// <summary>The status line the e2e scripts grep; keep the format exactly.</summary>
     public string StatusLine =>
-        $"rbs: agent {Response.AgentId} ({Response.Backend} {Response.BackendRef}) {(Response.Warm ? "warm" : "cold")} in {ElapsedMilliseconds} ms";
+        $"rbs: agent {Response.AgentId} ({Response.Backend} {Response.BackendRef}) {(Response.Warm ? "warm" : "cold")} in {ElapsedMilliseconds} ms" +
+        (Trace is null ? string.Empty : $", trace {Trace.TraceId}");
+
+    /// <summary>The run's trace context, sent on every call (<see cref="Headers"/> carries it too).</summary>
+    public Diagnostics.TraceParent? Trace { get; init; }
 }
 
 /// <summary>
@@ -41,7 +45,7 @@ internal sealed record Allocation(GetServerResponse Response, Uri AgentAddress, 
 /// repeated: during a rolling restart of the gateway replicas, a load balancer answers 502/503/504 for a call that
 /// reached a replica as it stopped, and the next call reaches another one.
 /// </summary>
-internal sealed class GetServerClient(ChannelPool channels, RbsSettings settings)
+internal sealed class GetServerClient(ChannelPool channels, RbsSettings settings, Diagnostics.TraceParent? trace = null)
 {
     /// <summary>Calls in all when an intermediary keeps failing them; the waits between them double from 100 ms (3.1 s in all).</summary>
     internal const int MaxAttempts = 6;
@@ -82,7 +86,7 @@ internal sealed class GetServerClient(ChannelPool channels, RbsSettings settings
         {
             // A command on an agent that answers is a warm one, whatever the agent was when GetServer first named it.
             cached.Warm = true;
-            allocation = new Allocation(cached, AgentAddress(cached), AgentHeaders(cached), 0, FromCache: true);
+            allocation = new Allocation(cached, AgentAddress(cached), AgentHeaders(cached), 0, FromCache: true) { Trace = trace };
         }
         catch (RemoteFailure)
         {
@@ -110,6 +114,11 @@ internal sealed class GetServerClient(ChannelPool channels, RbsSettings settings
     {
         var client = new V1.Orchestrator.OrchestratorClient(channels.Get(settings.Orchestrator));
         var headers = new Metadata();
+        if (trace is not null)
+        {
+            headers.Add(Diagnostics.TraceParent.HeaderName, trace.Header);
+        }
+
         if (settings.ApiKey is { Length: > 0 } apiKey)
         {
             headers.Add("authorization", $"Bearer {apiKey}");
@@ -143,7 +152,7 @@ internal sealed class GetServerClient(ChannelPool channels, RbsSettings settings
         }
 
         stopwatch.Stop();
-        return new Allocation(response, AgentAddress(response), AgentHeaders(response), stopwatch.ElapsedMilliseconds);
+        return new Allocation(response, AgentAddress(response), AgentHeaders(response), stopwatch.ElapsedMilliseconds) { Trace = trace };
     }
 
     private RemoteFailure Failure(RpcException ex)
@@ -219,6 +228,11 @@ internal sealed class GetServerClient(ChannelPool channels, RbsSettings settings
     private Metadata AgentHeaders(GetServerResponse response)
     {
         var headers = new Metadata();
+        if (trace is not null)
+        {
+            headers.Add(Diagnostics.TraceParent.HeaderName, trace.Header);
+        }
+
         if (response.ConnectMode == ConnectMode.Tunnel)
         {
             if (string.IsNullOrEmpty(response.Route))

@@ -29,6 +29,7 @@ internal sealed partial class AgentAllocator(
     IOptions<OrchestratorOptions> options,
     TimeProvider timeProvider,
     IHostApplicationLifetime lifetime,
+    AllocationMetrics metrics,
     ILogger<AgentAllocator> logger)
 {
     // LastUsedAt drives reaping at a granularity of hours; skipping sub-second rewrites keeps the warm
@@ -107,6 +108,7 @@ internal sealed partial class AgentAllocator(
                     }
 
                     Log.AgentDied(logger, row.AgentId, row.BackendRef, userId, repoHash);
+                    metrics.DeadAgentFound(AllocationMetrics.FoundByGetServer);
                     await CleanUpAsync(row, cancellationToken);
                     continue;
                 }
@@ -267,6 +269,7 @@ internal sealed partial class AgentAllocator(
         catch (Exception e)
         {
             Log.AllocationFailed(logger, record.AgentId, record.RepoHash, e.Message);
+            metrics.AgentStartFailed();
             await DiscardAsync(record);
             throw e switch
             {
@@ -296,6 +299,7 @@ internal sealed partial class AgentAllocator(
                 $"starting agent {record.AgentId} outlived its allocation lease; retry"));
         }
 
+        metrics.AgentStarted();
         Log.Allocated(logger, ready.AgentId, ready.BackendRef, ready.Address, timeProvider.GetElapsedTime(started).TotalMilliseconds);
         return ready;
     }

@@ -22,10 +22,13 @@ internal sealed partial class OrchestratorGrpcService(
     IComputeService compute,
     UserIsolation isolation,
     IOptions<OrchestratorOptions> options,
+    AllocationMetrics metrics,
+    TimeProvider timeProvider,
     ILogger<OrchestratorGrpcService> logger) : V1.Orchestrator.OrchestratorBase
 {
     public override async Task<GetServerResponse> GetServer(GetServerRequest request, ServerCallContext context)
     {
+        var started = timeProvider.GetTimestamp();
         var userId = authenticator.Authenticate(context.RequestHeaders);
         // The request's shape first, so a malformed one is InvalidArgument whatever the gateway configuration.
         var sourcePath = GetServerRequestValidator.Validate(request, sourceMustExist: false);
@@ -84,6 +87,7 @@ internal sealed partial class OrchestratorGrpcService(
             response.SessionToken = accessKey;
         }
 
+        metrics.GetServerCompleted(timeProvider.GetElapsedTime(started), result.Warm);
         return response;
     }
 

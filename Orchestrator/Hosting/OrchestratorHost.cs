@@ -36,6 +36,7 @@ internal static class OrchestratorHost
             new("--gateway-agent-address", "Orchestrator:Gateway:AgentAddress", "URL", "none", "The gateway's agent endpoint, which agents dial out to."),
             new("--token-key-file", "Orchestrator:Gateway:TokenKeyFile", "FILE", "none", "The base64 token key shared with the gateway; it signs every token."),
             new("--accepted-token-keys-file", "Orchestrator:Gateway:AcceptedTokenKeysFile", "FILE", "none", "Further base64 keys (one per line) tokens may be signed with during a key rotation."),
+            .. Rbs.Shared.Telemetry.RbsTelemetryOptions.Flags(OrchestratorOptions.SectionName),
         ],
         "--port, --listen-address",
         ServerLimitsOptions.Describe(OrchestratorOptions.SectionName));

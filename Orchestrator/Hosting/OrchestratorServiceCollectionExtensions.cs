@@ -8,12 +8,16 @@ using Rbs.Orchestrator.Lifecycle;
 using Rbs.Orchestrator.Security;
 using Rbs.Orchestrator.State;
 using Rbs.Orchestrator.State.Postgres;
+using Rbs.Shared.Telemetry;
 
 namespace Rbs.Orchestrator.Hosting;
 
 /// <summary>Registration of the orchestrator's services and endpoints.</summary>
 internal static class OrchestratorServiceCollectionExtensions
 {
+    /// <summary>The grpc.health.v1 service name of liveness; the empty name is readiness.</summary>
+    public const string LivenessService = "liveness";
+
     /// <summary>
     /// Everything the orchestrator needs. Seams: the state store is <c>TryAdd</c>ed (register another
     /// <see cref="IStateStore"/> first to replace SQLite); compute backends are keyed singletons of
@@ -53,6 +57,7 @@ internal static class OrchestratorServiceCollectionExtensions
 
         services.AddSingleton(ResolveComputeService);
 
+        services.AddSingleton<AllocationMetrics>();
         services.AddSingleton<AgentAllocator>();
         // Order matters: the isolation check, then adoption (both in StartingAsync), run before the server accepts calls.
         services.AddHostedService<UserIsolationStartupCheck>();
@@ -61,8 +66,17 @@ internal static class OrchestratorServiceCollectionExtensions
         services.AddSingleton<ListeningAnnouncer>();
         services.AddHostedService(sp => sp.GetRequiredService<ListeningAnnouncer>());
 
+        // Metrics, traces, /healthz and /readyz (Shared/Telemetry; docs/operations.md); ready while the state store answers.
+        services.AddRbsTelemetry(configuration, OrchestratorOptions.SectionName, "rbs-orchestrator", AllocationMetrics.MeterName)
+            .AddCheck<StateStoreHealthCheck>("state_store");
         services.AddGrpc();
-        services.AddGrpcHealthChecks();
+        // grpc.health.v1 for the kubelet's grpc probes (this port is h2c only): "" is readiness (every check), "liveness"
+        // only the cheap ones (the process answers; what the gateway's readiness asks).
+        services.AddGrpcHealthChecks(o =>
+        {
+            o.Services.Map(string.Empty, _ => true);
+            o.Services.Map(LivenessService, check => check.Tags.Contains(RbsTelemetry.LiveTag));
+        });
         return services;
     }
 
@@ -74,6 +88,7 @@ internal static class OrchestratorServiceCollectionExtensions
         // The gateway's dashboard: sign-in with an API key and the user's agents (internal token; docs/dashboard.md).
         endpoints.MapGrpcService<DashboardDirectoryService>();
         endpoints.MapGrpcHealthChecksService();
+        endpoints.MapRbsTelemetry();
         return endpoints;
     }
 

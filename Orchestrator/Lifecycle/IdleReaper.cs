@@ -20,6 +20,7 @@ internal sealed partial class IdleReaper(
     ReplicaIdentity replica,
     IOptions<OrchestratorOptions> options,
     TimeProvider timeProvider,
+    AllocationMetrics metrics,
     ILogger<IdleReaper> logger) : BackgroundService
 {
     public const string LeaseName = "reaper";
@@ -89,6 +90,7 @@ internal sealed partial class IdleReaper(
                 }
 
                 Log.ForgotDead(logger, row.AgentId, row.BackendRef);
+                metrics.DeadAgentFound(AllocationMetrics.FoundByReaper);
                 removed += await allocator.CleanUpAsync(row, cancellationToken) ? 1 : 0;
                 continue;
             }
@@ -161,6 +163,7 @@ internal sealed partial class IdleReaper(
             Log.Reaping(logger, row.AgentId, row.BackendRef, now - lastActivity);
             await compute.StopAsync(claimed, cancellationToken);
             await store.DeleteAsync(row.AgentId, cancellationToken);
+            metrics.AgentReaped();
             removed++;
         }
 

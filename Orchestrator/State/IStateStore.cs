@@ -13,6 +13,12 @@ internal interface IStateStore
     /// <summary>Creates or upgrades the schema. Safe when several replicas start at once.</summary>
     Task InitializeAsync(CancellationToken cancellationToken);
 
+    /// <summary>
+    /// One cheap read of the agents table (readiness: the store answers and the schema is there). Throws when it does not;
+    /// the caller bounds it with <paramref name="cancellationToken"/>.
+    /// </summary>
+    Task CheckAsync(CancellationToken cancellationToken);
+
     Task<AgentRecord?> GetAsync(string agentId, CancellationToken cancellationToken);
 
     /// <summary>The row for (user, repo), in any state.</summary>

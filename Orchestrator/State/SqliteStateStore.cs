@@ -108,6 +108,14 @@ internal sealed class SqliteStateStore(IOptions<OrchestratorOptions> options, Ti
         await transaction.CommitAsync(cancellationToken);
     }
 
+    public async Task CheckAsync(CancellationToken cancellationToken)
+    {
+        await using var connection = await OpenAsync(cancellationToken);
+        await using var command = connection.CreateCommand();
+        command.CommandText = "SELECT count(*) FROM (SELECT 1 FROM agents LIMIT 1);";
+        await command.ExecuteScalarAsync(cancellationToken);
+    }
+
     public async Task<AgentRecord?> GetAsync(string agentId, CancellationToken cancellationToken)
     {
         await using var connection = await OpenAsync(cancellationToken);

@@ -53,6 +53,36 @@ public sealed class AgentHostTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task ReadinessFollowsTheWorkspaceAndLivenessStaysUp()
+    {
+        await using var agent = await TestAgent.StartAsync(output);
+        var health = new Health.HealthClient(agent.Channel);
+        using var http = new HttpClient { DefaultRequestVersion = System.Net.HttpVersion.Version20, DefaultVersionPolicy = HttpVersionPolicy.RequestVersionExact };
+        Assert.Equal(System.Net.HttpStatusCode.OK, (await http.GetAsync(agent.Address + "/readyz").WaitAsync(s_timeout)).StatusCode);
+
+        // The workspace goes away underneath (an unmounted volume, a deleted directory): commands cannot run.
+        var moved = agent.Workspace + ".moved";
+        Directory.Move(agent.Workspace, moved);
+        try
+        {
+            using var readyz = await http.GetAsync(agent.Address + "/readyz").WaitAsync(s_timeout);
+            Assert.Equal(System.Net.HttpStatusCode.ServiceUnavailable, readyz.StatusCode);
+            Assert.Contains("workspace: Unhealthy", await readyz.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+            Assert.Equal(HealthCheckResponse.Types.ServingStatus.NotServing,
+                (await health.CheckAsync(new HealthCheckRequest(), deadline: DateTime.UtcNow.Add(s_timeout))).Status);
+            Assert.Equal(System.Net.HttpStatusCode.OK, (await http.GetAsync(agent.Address + "/healthz").WaitAsync(s_timeout)).StatusCode);
+            Assert.Equal(HealthCheckResponse.Types.ServingStatus.Serving,
+                (await health.CheckAsync(new HealthCheckRequest { Service = "liveness" }, deadline: DateTime.UtcNow.Add(s_timeout))).Status);
+        }
+        finally
+        {
+            Directory.Move(moved, agent.Workspace);
+        }
+
+        Assert.Equal(System.Net.HttpStatusCode.OK, (await http.GetAsync(agent.Address + "/readyz").WaitAsync(s_timeout)).StatusCode);
+    }
+
+    [Fact]
     public async Task ListenerIsHttp2Only()
     {
         await using var agent = await TestAgent.StartAsync(output);

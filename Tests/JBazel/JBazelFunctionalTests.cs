@@ -306,7 +306,7 @@ public sealed class JBazelFunctionalTests(ITestOutputHelper output) : IAsyncLife
         Assert.Single(_remote.GetServerCalls);
         Assert.Equal(1, _remote.StatusCalls);
         Assert.Equal(2, _remote.AgentCalls.Count);
-        Assert.Matches(@"^rbs: agent fake-agent-1 \(process 4242\) warm in \d+ ms$", second.StderrText.Split('\n')[0]);
+        Assert.Matches(@"^rbs: agent fake-agent-1 \(process 4242\) warm in \d+ ms, trace [0-9a-f]{32}$", second.StderrText.Split('\n')[0]);
     }
 
     [Theory]
@@ -480,7 +480,39 @@ public sealed class JBazelFunctionalTests(ITestOutputHelper output) : IAsyncLife
 
         await using var loud = Start(_workspace.Root, ["--rbs_status=always", "build", "//..."]);
         Assert.Equal(0, await loud.WaitForExitAsync(s_timeout));
-        Assert.Matches(new Regex($"^rbs: agent {FakeRemote.AgentId} \\(process 4242\\) warm in [0-9]+ ms\n$"), loud.StderrText);
+        Assert.Matches(new Regex($"^rbs: agent {FakeRemote.AgentId} \\(process 4242\\) warm in [0-9]+ ms, trace [0-9a-f]{{32}}\n$"), loud.StderrText);
+    }
+
+    [Fact]
+    public async Task EachRunStartsOneW3CTraceThatGetServerAndExecuteCommandCarryAndTheStatusLineNames()
+    {
+        await using (var first = Start(_workspace.Root, ["--rbs_status=always", "build", "//..."]))
+        {
+            Assert.Equal(0, await first.WaitForExitAsync(s_timeout));
+        }
+
+        await using var second = Start(_workspace.Root, ["--rbs_status=always", "build", "//..."]);
+        Assert.Equal(0, await second.WaitForExitAsync(s_timeout));
+
+        var traceIds = new List<string>();
+        var getServers = _remote.GetServerCalls.ToArray();
+        var executes = _remote.AgentCalls.ToArray();
+        Assert.Equal(2, getServers.Length);
+        Assert.Equal(2, executes.Length);
+        for (var run = 0; run < 2; run++)
+        {
+            var header = getServers[run].Headers.GetValue("traceparent");
+            Assert.NotNull(header);
+            var match = Regex.Match(header, "^00-(?<trace>[0-9a-f]{32})-(?<span>[0-9a-f]{16})-01$");
+            Assert.True(match.Success, $"not a W3C traceparent: {header}");
+            Assert.NotEqual(new string('0', 32), match.Groups["trace"].Value);
+            // The agent's call continues the same trace.
+            Assert.Equal(header, executes[run].Headers.GetValue("traceparent"));
+            traceIds.Add(match.Groups["trace"].Value);
+        }
+
+        Assert.NotEqual(traceIds[0], traceIds[1]);
+        Assert.EndsWith($", trace {traceIds[1]}\n", second.StderrText, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -509,7 +541,7 @@ public sealed class JBazelFunctionalTests(ITestOutputHelper output) : IAsyncLife
         Assert.Equal(0, await jbazel.WaitForExitAsync(s_timeout));
 
         // script(1) merges the terminal's output into its stdout.
-        Assert.Matches(new Regex($"rbs: agent {FakeRemote.AgentId} \\(process 4242\\) warm in [0-9]+ ms\r?\n"), jbazel.StdoutText);
+        Assert.Matches(new Regex($"rbs: agent {FakeRemote.AgentId} \\(process 4242\\) warm in [0-9]+ ms, trace [0-9a-f]{{32}}\r?\n"), jbazel.StdoutText);
         Assert.Contains("tty output", jbazel.StdoutText, StringComparison.Ordinal);
         var terminal = Assert.Single(_remote.AgentCalls).Start.Terminal;
         Assert.True(terminal.StdinIsTty && terminal.StdoutIsTty && terminal.StderrIsTty, terminal.ToString());

@@ -75,6 +75,8 @@ internal static partial class AgentPod
         {
             // .NET reads HOME for ~; bazel keeps its output base under $HOME/.cache (an emptyDir, see CachePath).
             new V1EnvVar { Name = "HOME", Value = "/home/rbs" },
+            // Whose agent this is, for the agent's audit line of each command (docs/operations.md).
+            new V1EnvVar { Name = "Agent__UserId", Value = spec.UserId },
         };
         if (spec.Tunnel is { } tunnel)
         {
@@ -117,6 +119,8 @@ internal static partial class AgentPod
             Ports = [new V1ContainerPort { ContainerPort = options.AgentPort, Name = "grpc", Protocol = "TCP" }],
             Resources = resources,
             // gRPC health (grpc.health.v1) served by the agent on its listener; kubelet probes it natively (1.27+).
+            // Readiness: service "" (every check: not stopping, the workspace readable); liveness: "liveness" (the
+            // process answers). docs/operations.md.
             ReadinessProbe = new V1Probe
             {
                 Grpc = new V1GRPCAction { Port = options.AgentPort },
@@ -126,7 +130,7 @@ internal static partial class AgentPod
             },
             LivenessProbe = new V1Probe
             {
-                Grpc = new V1GRPCAction { Port = options.AgentPort },
+                Grpc = new V1GRPCAction { Port = options.AgentPort, Service = "liveness" },
                 InitialDelaySeconds = 10,
                 PeriodSeconds = 10,
                 TimeoutSeconds = 5,

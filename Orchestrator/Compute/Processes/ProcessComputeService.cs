@@ -140,6 +140,8 @@ internal sealed partial class ProcessComputeService(
         }
 
         startInfo.Environment["RBS_AGENT_LOG"] = logFile;
+        // Whose agent this is, for the agent's audit line of each command (docs/operations.md).
+        startInfo.Environment["Agent__UserId"] = spec.UserId;
         // The agent is an ASP.NET Core host too: settings meant for the orchestrator's own listener or
         // section must not leak into it (it gets its address from --listen).
         foreach (var name in startInfo.Environment.Keys.Where(IsOrchestratorOnlyVariable).ToList())

@@ -112,6 +112,13 @@ internal sealed partial class PostgresStateStore(
         Log.Initialized(logger, _target, Math.Max(newest, PostgresSchema.LatestVersion));
     }
 
+    public Task CheckAsync(CancellationToken cancellationToken) =>
+        RunAsync("check the store", async (connection, _, ct) =>
+        {
+            await using var command = NewCommand(connection, "SELECT 1 FROM agents LIMIT 1");
+            return await command.ExecuteScalarAsync(ct);
+        }, cancellationToken);
+
     public Task<AgentRecord?> GetAsync(string agentId, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(agentId);

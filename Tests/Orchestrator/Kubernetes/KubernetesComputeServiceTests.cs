@@ -67,6 +67,8 @@ public sealed class KubernetesComputeServiceTests(ITestOutputHelper output) : IA
         Assert.Equal("4Gi", container.Resources.Limits["memory"].ToString());
         Assert.Equal(9011, container.ReadinessProbe.Grpc.Port);
         Assert.Equal(9011, container.LivenessProbe.Grpc.Port);
+        Assert.Equal("liveness", container.LivenessProbe.Grpc.Service);
+        Assert.Null(container.ReadinessProbe.Grpc.Service);
         Assert.True(container.SecurityContext.RunAsNonRoot);
         Assert.False(container.SecurityContext.AllowPrivilegeEscalation);
         Assert.Equal("rbs-agent", sent.Spec.ServiceAccountName);
