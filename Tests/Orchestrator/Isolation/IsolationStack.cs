@@ -165,23 +165,7 @@ internal sealed partial class IsolationStack : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        foreach (var process in Enumerable.Reverse(_processes))
-        {
-            try
-            {
-                if (!process.HasExited)
-                {
-                    process.Kill(entireProcessTree: true);
-                    await process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(10));
-                }
-            }
-            catch (Exception e) when (e is InvalidOperationException or TimeoutException or System.ComponentModel.Win32Exception)
-            {
-                TestLog.Write(_output, $"could not stop pid {process.Id}: {e.Message}");
-            }
-
-            process.Dispose();
-        }
+        await StartedProcesses.StopAllAsync(_processes, line => TestLog.Write(_output, line));
 
         // Every process under one of this stack's uids is ours (agents, their bazel servers, build actions), and so is
         // every process whose command line names our directory (bazel servers of agents that ran as root).

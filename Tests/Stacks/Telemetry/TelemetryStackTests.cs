@@ -270,23 +270,7 @@ public sealed partial class TelemetryStackTests(ITestOutputHelper output)
 
         public async ValueTask DisposeAsync()
         {
-            foreach (var process in Enumerable.Reverse(_processes))
-            {
-                try
-                {
-                    if (!process.HasExited)
-                    {
-                        process.Kill(entireProcessTree: true);
-                        await process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(10));
-                    }
-                }
-                catch (Exception e) when (e is InvalidOperationException or TimeoutException or System.ComponentModel.Win32Exception)
-                {
-                    _logs.Enqueue($"could not stop pid {process.Id}: {e.Message}");
-                }
-
-                process.Dispose();
-            }
+            await StartedProcesses.StopAllAsync(_processes, _logs.Enqueue);
 
             // Agents run in their own sessions; bazel's server in its own too: stop both.
             if (Directory.Exists(AgentsDirectory))

@@ -9,6 +9,7 @@ using Rbs.Orchestrator.Security;
 using Rbs.Shared.Hosting;
 using Rbs.Shared.Tokens;
 using Rbs.Tests.Agent;
+using Rbs.Tests.Infrastructure;
 using Rbs.V1;
 
 namespace Rbs.Tests.Stacks.Tunnel;
@@ -196,23 +197,7 @@ public sealed class TunnelStack : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        foreach (var process in Enumerable.Reverse(_processes))
-        {
-            try
-            {
-                if (!process.HasExited)
-                {
-                    process.Kill(entireProcessTree: true);
-                    await process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(10));
-                }
-            }
-            catch (Exception e) when (e is InvalidOperationException or TimeoutException or System.ComponentModel.Win32Exception)
-            {
-                _log($"could not stop pid {process.Id}: {e.Message}");
-            }
-
-            process.Dispose();
-        }
+        await StartedProcesses.StopAllAsync(_processes, _log);
 
         // Agents run in their own sessions (they survive orchestrator restarts): kill them by id.
         foreach (var agentId in SpawnedAgentIds())
