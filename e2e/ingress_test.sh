@@ -4,7 +4,7 @@
 #                      loopback), nginx configured as helm/rbs configures ingress-nginx: gRPC over HTTP/2 for clients
 #                      on the cluster side of a veth, WebSocket upgrades for the agents' tunnels on loopback
 #   laptop namespace:  jbazel; it reaches only nginx
-# Each fault hits a `jbazel run` that writes ~6 MB to stdout (and a line a second to stderr) over ~15 s:
+# Each fault hits a `jbazel run` that writes 4 MB to stdout (and a line every 0.8 s to stderr) over ~8 s:
 #   kill -9 of the replica carrying the stream; the laptop's link down for 10 s; nginx restarted; a rolling restart
 #   of every replica (SIGTERM, wait, start again, one after the other). Each time the exit code is bazel's and stdout
 #   is byte-identical to the same run without a fault. Finally a replica killed for good leaves no agent unreachable.
@@ -30,11 +30,11 @@ sh_binary(
 EOF
 cat >"$WS/ingress/stream.sh" <<'EOF'
 #!/usr/bin/env bash
-# 60 steps of 1000 lines of 100 bytes (6,000,000 bytes) on stdout, 0.25 s apart; one line per 4 steps on stderr.
-for step in $(seq 1 60); do
+# 40 steps of 1000 lines of 100 bytes (4,000,000 bytes) on stdout, 0.2 s apart; one line per 4 steps on stderr.
+for step in $(seq 1 40); do
     awk -v s="$step" 'BEGIN { for (j = 0; j < 1000; j++) printf "%05d-%04d %088d\n", s, j, s * 1000 + j }'
-    [ $((step % 4)) -eq 0 ] && echo "stream: step $step of 60" >&2
-    sleep 0.25
+    [ $((step % 4)) -eq 0 ] && echo "stream: step $step of 40" >&2
+    sleep 0.2
 done
 exit "${1:-0}"
 EOF
@@ -155,7 +155,7 @@ REF_SECONDS=$(awk -v a="$(date +%s.%N)" -v b="$REF_START" 'BEGIN { printf "%.1f"
 REF_RC="$(rc_of reference)"
 REF_BYTES=$(stat -c %s "$E2E_TMP/reference.out")
 check "reference run: bazel run's exit code is the program's (3)" test "$REF_RC" = 3
-check "reference run: 6,000,000 bytes of stdout" test "$REF_BYTES" = 6000000
+check "reference run: 4,000,000 bytes of stdout" test "$REF_BYTES" = 4000000
 log "reference: exit $REF_RC, $REF_BYTES bytes, ${REF_SECONDS} s"
 
 # jbazel's own status lines (GetServer, sync); any other rbs: line is an error or a notice. Exact, so that an error
@@ -260,7 +260,7 @@ stop_replica 2 KILL
 jb after_loss build //...
 check "one replica gone for good: the build still exits 0" test "$(rc_of after_loss)" = 0
 jb after_loss_run run //ingress:stream -- 0
-check "one replica gone for good: a run still streams every byte" test "$(stat -c %s "$E2E_TMP/after_loss_run.out")" = 6000000
+check "one replica gone for good: a run still streams every byte" test "$(stat -c %s "$E2E_TMP/after_loss_run.out")" = 4000000
 
 echo
 echo "| fault | exit code | stdout bytes | reattach lines | extra seconds vs fault-free (${REF_SECONDS%.*} s) |"

@@ -37,8 +37,9 @@ internal sealed partial class DashboardHttp1Fallback(ILogger<DashboardHttp1Fallb
         listen.Use(next =>
         {
             var fallback = listen.ApplicationServices.GetRequiredService<DashboardHttp1Fallback>();
+            var guard = listen.ApplicationServices.GetRequiredService<ConnectionGuard>();
             var timeout = listen.ApplicationServices.GetRequiredService<IOptions<ServerLimitsOptions>>().Value.HandshakeTimeout;
-            return connection => fallback.OnConnectionAsync(connection, next, timeout);
+            return connection => fallback.OnConnectionAsync(connection, next, guard, timeout);
         });
 
     /// <summary>The private listener (HTTP/1.1 on <see cref="SocketPath"/>, guarded, tagged public); cleartext gateways only.</summary>
@@ -73,9 +74,11 @@ internal sealed partial class DashboardHttp1Fallback(ILogger<DashboardHttp1Fallb
         }
     }
 
-    private async Task OnConnectionAsync(ConnectionContext connection, ConnectionDelegate next, TimeSpan timeout)
+    private async Task OnConnectionAsync(ConnectionContext connection, ConnectionDelegate next, ConnectionGuard guard, TimeSpan timeout)
     {
         bool? http2;
+        // Counted while sniffed, so that many silent connections closed here give their memory back as the guard's do.
+        using (guard.Track())
         using (var sniff = new CancellationTokenSource(timeout))
         {
             http2 = await SniffAsync(connection.Transport.Input, sniff.Token);

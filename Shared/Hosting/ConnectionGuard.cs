@@ -53,12 +53,36 @@ internal sealed partial class ConnectionGuard(IOptions<ServerLimitsOptions> opti
         }
     }
 
+    /// <summary>
+    /// Counts a connection held before the guard's own middleware runs (the gateway's protocol sniffer on its cleartext
+    /// public endpoint), for the memory return only: dispose it when that phase ends. Half-open connections closed there
+    /// are then returned like the guard's own.
+    /// </summary>
+    public IDisposable Track()
+    {
+        Opened();
+        return new Tracked(this);
+    }
+
     public void Dispose()
     {
         lock (_lock)
         {
             _returnTimer?.Dispose();
             _returnTimer = null;
+        }
+    }
+
+    private sealed class Tracked(ConnectionGuard guard) : IDisposable
+    {
+        private int _closed;
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _closed, 1) == 0)
+            {
+                guard.Closed();
+            }
         }
     }
 

@@ -43,8 +43,13 @@ public sealed class SlowLorisTests(ITestOutputHelper output)
 
         var targets = new (string Name, string Address, int Count)[]
         {
+            // The public endpoint looks at a connection's first bytes before Kestrel's HTTP/2 layer sees it (the
+            // dashboard's HTTP/1.1 fallback), so a silent connection costs little there; the agent endpoint's go
+            // straight to Kestrel. The gateway keeps ~11 MiB after its compacting collection whatever the attack's size
+            // (runtime and thread pool growth, measured with 1,800 and 3,000 connections): the attack must be large
+            // enough that what does scale with the connections dominates, or "it returns" measures that constant.
             ("gateway public endpoint", stack.PublicAddress, 1500),
-            ("gateway agent endpoint", stack.GatewayAgentAddress, 300),
+            ("gateway agent endpoint", stack.GatewayAgentAddress, 3000),
             ("orchestrator", stack.OrchestratorAddress, 300),
             ("agent direct listener", agent.Address, 2000),
         };
@@ -83,7 +88,7 @@ public sealed class SlowLorisTests(ITestOutputHelper output)
             agentPeak = Math.Max(agentPeak, ServerProcess.RssKib(agent.Pid));
             Log($"peak RSS seen: gateway {gatewayPeak / 1024} MiB, agent {agentPeak / 1024} MiB");
             // The attack must have cost memory, or the next assertion proves nothing.
-            Assert.True(gatewayPeak - gatewayBaseline > 20 * 1024, $"1,800 connections cost the gateway only {(gatewayPeak - gatewayBaseline) / 1024} MiB");
+            Assert.True(gatewayPeak - gatewayBaseline > 20 * 1024, $"{attack.Count(a => a.Name.StartsWith("gateway", StringComparison.Ordinal))} connections cost the gateway only {(gatewayPeak - gatewayBaseline) / 1024} MiB");
             Assert.True(agentPeak - agentBaseline > 20 * 1024, $"2,000 connections cost the agent only {(agentPeak - agentBaseline) / 1024} MiB");
 
             // Memory returns: within two thirds of the way back to the baseline (Kestrel alone kept all of it).

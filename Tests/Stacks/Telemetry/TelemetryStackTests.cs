@@ -31,6 +31,8 @@ public sealed partial class TelemetryStackTests(ITestOutputHelper output)
         Skip.IfNot(File.Exists(Bazel), "bazel is not installed at /usr/bin/bazel");
         await using var stack = await Stack.StartAsync(output);
         var first = await stack.JBazelAsync(output);
+        // A warm GetServer for the warm row (without this, jbazel's cached allocation skips GetServer altogether).
+        stack.ForgetCachedAllocations();
         var second = await stack.JBazelAsync(output);
         Assert.Contains(") cold in ", first.Status, StringComparison.Ordinal);
         Assert.Contains(") warm in ", second.Status, StringComparison.Ordinal);
@@ -265,6 +267,16 @@ public sealed partial class TelemetryStackTests(ITestOutputHelper output)
         public async Task<string> AgentAddressAsync(string agentId) =>
             (await ReadyFile.TryReadAsync<AgentReadyFile>(Path.Combine(AgentsDirectory, agentId + ".json"), CancellationToken.None)
                 ?? throw new InvalidOperationException($"agent {agentId} has no ready file")).Address;
+
+        /// <summary>jbazel's cached GetServer answers (JBazel/README.md, "Cached allocation"): gone, so the next run asks GetServer.</summary>
+        public void ForgetCachedAllocations()
+        {
+            var cache = Path.Combine(Root, "xdg-cache", "jbazel", "allocations");
+            if (Directory.Exists(cache))
+            {
+                Directory.Delete(cache, recursive: true);
+            }
+        }
 
         public IReadOnlyList<string> AgentLog(string agentId) => File.ReadAllLines(Path.Combine(AgentsDirectory, agentId + ".log"));
 
