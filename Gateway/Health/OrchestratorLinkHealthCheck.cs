@@ -1,9 +1,7 @@
 using Grpc.Core;
 using Grpc.Health.V1;
-using Grpc.Net.Client;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
-using Microsoft.Extensions.Options;
-using Rbs.Gateway.Hosting;
+using Rbs.Gateway.Registration;
 
 namespace Rbs.Gateway.Health;
 
@@ -14,7 +12,7 @@ namespace Rbs.Gateway.Health;
 /// makes the orchestrator unready without also pulling every gateway replica out of the load balancer, where they
 /// still carry the streams of connected agents.
 /// </summary>
-internal sealed class OrchestratorLinkHealthCheck : IHealthCheck, IDisposable
+internal sealed class OrchestratorLinkHealthCheck(OrchestratorChannel orchestrator) : IHealthCheck
 {
     /// <summary>The orchestrator's health service that answers while its process does (docs/operations.md).</summary>
     public const string OrchestratorLivenessService = "liveness";
@@ -22,42 +20,23 @@ internal sealed class OrchestratorLinkHealthCheck : IHealthCheck, IDisposable
     /// <summary>Bound of one check; the chart gives the readiness probe 3 s.</summary>
     public static readonly TimeSpan CallTimeout = TimeSpan.FromSeconds(2);
 
-    private readonly string _address;
-    private readonly Lazy<GrpcChannel> _channel;
-
-    public OrchestratorLinkHealthCheck(IOptions<GatewayOptions> options)
-    {
-        _address = options.Value.OrchestratorAddress;
-        _channel = new Lazy<GrpcChannel>(() => GrpcChannel.ForAddress(_address, new GrpcChannelOptions
-        {
-            HttpHandler = new SocketsHttpHandler { ConnectTimeout = CallTimeout, UseProxy = false },
-        }), LazyThreadSafetyMode.ExecutionAndPublication);
-    }
-
     public async Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default)
     {
         try
         {
-            var client = new Grpc.Health.V1.Health.HealthClient(_channel.Value);
+            // The channel the internal API calls use: the check sees the link they depend on.
+            var client = new Grpc.Health.V1.Health.HealthClient(orchestrator.Channel);
             var reply = await client.CheckAsync(
                 new HealthCheckRequest { Service = OrchestratorLivenessService },
                 deadline: DateTime.UtcNow + CallTimeout,
                 cancellationToken: cancellationToken);
             return reply.Status == HealthCheckResponse.Types.ServingStatus.Serving
-                ? HealthCheckResult.Healthy($"orchestrator at {_address} answers")
-                : HealthCheckResult.Unhealthy($"orchestrator at {_address} answers {reply.Status}");
+                ? HealthCheckResult.Healthy($"orchestrator at {orchestrator.Address} answers")
+                : HealthCheckResult.Unhealthy($"orchestrator at {orchestrator.Address} answers {reply.Status}");
         }
         catch (RpcException e)
         {
-            return HealthCheckResult.Unhealthy($"orchestrator at {_address} does not answer: {e.Status.StatusCode} {e.Status.Detail}");
-        }
-    }
-
-    public void Dispose()
-    {
-        if (_channel.IsValueCreated)
-        {
-            _channel.Value.Dispose();
+            return HealthCheckResult.Unhealthy($"orchestrator at {orchestrator.Address} does not answer: {e.Status.StatusCode} {e.Status.Detail}");
         }
     }
 }

@@ -58,6 +58,7 @@ internal static class GatewayHostingExtensions
         services.AddSingleton<TunnelGauges>();
         services.AddSingleton<AgentTunnelRegistry>();
         services.AddSingleton<AgentStreamForwarder>();
+        services.AddSingleton<Rbs.Gateway.Registration.OrchestratorChannel>();
         services.AddSingleton<Rbs.Gateway.Registration.AgentDirectoryClient>();
         // rbs.v1.GatewayRegistry (Registration/GatewayRegistryService.cs). Unknown services stay a 404, as before the
         // gateway served gRPC itself: no catch-all "unimplemented" routes on either endpoint.

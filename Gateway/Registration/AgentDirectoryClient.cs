@@ -1,8 +1,5 @@
 using Grpc.Core;
-using Grpc.Net.Client;
-using Microsoft.Extensions.Options;
 using Rbs.Gateway.Hosting;
-using Rbs.Shared.Tokens;
 using Rbs.V1;
 
 namespace Rbs.Gateway.Registration;
@@ -29,7 +26,7 @@ internal sealed record AgentConfirmationResult(AgentConfirmation Outcome, string
 /// authentic but expired join token, and a stream for an agent that is not connected. Authenticates with a
 /// short-lived internal token.
 /// </summary>
-internal sealed partial class AgentDirectoryClient : IDisposable
+internal sealed partial class AgentDirectoryClient(OrchestratorChannel orchestrator, ILogger<AgentDirectoryClient> logger)
 {
     /// <summary>
     /// Bound of one question. The tunnel handshake waits for the answer, so it must fit well inside the agent's
@@ -37,37 +34,11 @@ internal sealed partial class AgentDirectoryClient : IDisposable
     /// </summary>
     public static readonly TimeSpan CallTimeout = TimeSpan.FromSeconds(5);
 
-    private static readonly TimeSpan s_internalTokenLifetime = TimeSpan.FromMinutes(2);
-
-    private readonly RbsTokenService _tokens;
-    private readonly ILogger<AgentDirectoryClient> _logger;
-    private readonly string _address;
-    private readonly Lazy<GrpcChannel> _channel;
-
-    public AgentDirectoryClient(IOptions<GatewayOptions> options, RbsTokenService tokens, ILogger<AgentDirectoryClient> logger)
-    {
-        _tokens = tokens;
-        _logger = logger;
-        _address = options.Value.OrchestratorAddress;
-        _channel = new Lazy<GrpcChannel>(() => GrpcChannel.ForAddress(_address, new GrpcChannelOptions
-        {
-            HttpHandler = new SocketsHttpHandler
-            {
-                ConnectTimeout = CallTimeout,
-                PooledConnectionIdleTimeout = TimeSpan.FromMinutes(1),
-                UseProxy = false,
-            },
-        }), LazyThreadSafetyMode.ExecutionAndPublication);
-    }
-
     /// <summary>Asks whether <paramref name="agentId"/> is a live agent of <paramref name="userId"/>. Never throws for a failed call.</summary>
     public async Task<AgentConfirmationResult> ConfirmAsync(string agentId, string userId, CancellationToken cancellationToken)
     {
-        var client = new AgentDirectory.AgentDirectoryClient(_channel.Value);
-        var headers = new Metadata
-        {
-            { "authorization", "Bearer " + _tokens.Mint(RbsTokenKind.Internal, "gateway", "gateway", s_internalTokenLifetime) },
-        };
+        var client = new AgentDirectory.AgentDirectoryClient(orchestrator.Channel);
+        var headers = orchestrator.InternalHeaders();
         try
         {
             var response = await client.ConfirmAgentAsync(
@@ -78,13 +49,13 @@ internal sealed partial class AgentDirectoryClient : IDisposable
             var result = response.Live
                 ? new AgentConfirmationResult(AgentConfirmation.Live, string.Empty)
                 : new AgentConfirmationResult(AgentConfirmation.NotLive, response.Reason);
-            Log.Answered(_logger, agentId, userId, result.Outcome, result.Reason);
+            Log.Answered(logger, agentId, userId, result.Outcome, result.Reason);
             return result;
         }
         catch (RpcException e) when (e.StatusCode != StatusCode.Cancelled || !cancellationToken.IsCancellationRequested)
         {
-            var reason = $"the orchestrator at {_address} did not answer ({e.StatusCode}: {e.Status.Detail})";
-            Log.Unanswered(_logger, agentId, reason);
+            var reason = $"the orchestrator at {orchestrator.Address} did not answer ({e.StatusCode}: {e.Status.Detail})";
+            Log.Unanswered(logger, agentId, reason);
             return new AgentConfirmationResult(AgentConfirmation.Unknown, reason);
         }
     }
@@ -96,11 +67,8 @@ internal sealed partial class AgentDirectoryClient : IDisposable
     public async Task<IReadOnlyList<Rbs.Shared.Protocol.GatewayReplicaEntry>?> HeartbeatReplicaAsync(
         string replicaId, string agentAddress, TimeSpan lease, bool draining, CancellationToken cancellationToken)
     {
-        var client = new AgentDirectory.AgentDirectoryClient(_channel.Value);
-        var headers = new Metadata
-        {
-            { "authorization", "Bearer " + _tokens.Mint(RbsTokenKind.Internal, "gateway", "gateway", s_internalTokenLifetime) },
-        };
+        var client = new AgentDirectory.AgentDirectoryClient(orchestrator.Channel);
+        var headers = orchestrator.InternalHeaders();
         try
         {
             var response = await client.HeartbeatReplicaAsync(
@@ -118,20 +86,12 @@ internal sealed partial class AgentDirectoryClient : IDisposable
         }
         catch (RpcException e) when (e.StatusCode != StatusCode.Cancelled || !cancellationToken.IsCancellationRequested)
         {
-            Log.HeartbeatFailed(_logger, replicaId, _address, e.StatusCode, e.Status.Detail);
+            Log.HeartbeatFailed(logger, replicaId, orchestrator.Address, e.StatusCode, e.Status.Detail);
             return null;
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
             return null;
-        }
-    }
-
-    public void Dispose()
-    {
-        if (_channel.IsValueCreated)
-        {
-            _channel.Value.Dispose();
         }
     }
 

@@ -47,10 +47,8 @@ internal sealed record Allocation(GetServerResponse Response, Uri AgentAddress, 
 /// </summary>
 internal sealed class GetServerClient(ChannelPool channels, RbsSettings settings, Diagnostics.TraceParent? trace = null)
 {
-    /// <summary>Calls in all when an intermediary keeps failing them; the waits between them double from 100 ms (3.1 s in all).</summary>
-    internal const int MaxAttempts = 6;
-
-    private static readonly TimeSpan s_firstRetryDelay = TimeSpan.FromMilliseconds(100);
+    /// <summary>Calls in all when an intermediary keeps failing them (<see cref="RemoteFailure.RetryDelay"/> between them).</summary>
+    internal const int MaxAttempts = RemoteFailure.MaxRetriedCalls;
 
     /// <summary>How long the agent a cached answer names has to say who it is before GetServer is asked instead.</summary>
     private static readonly TimeSpan s_cachedCheckTimeout = TimeSpan.FromSeconds(5);
@@ -127,7 +125,6 @@ internal sealed class GetServerClient(ChannelPool channels, RbsSettings settings
         var stopwatch = Stopwatch.StartNew();
         // One deadline for all attempts: --rbs_timeout bounds the whole allocation.
         var deadline = DateTime.UtcNow.Add(settings.Timeout);
-        var delay = s_firstRetryDelay;
         GetServerResponse response;
         for (var attempt = 1; ; attempt++)
         {
@@ -140,10 +137,9 @@ internal sealed class GetServerClient(ChannelPool channels, RbsSettings settings
             {
                 throw new OperationCanceledException(cancellationToken);
             }
-            catch (RpcException ex) when (attempt < MaxAttempts && RemoteFailure.IsIntermediaryFailure(ex) && DateTime.UtcNow + delay < deadline)
+            catch (RpcException ex) when (attempt < MaxAttempts && RemoteFailure.IsIntermediaryFailure(ex) && DateTime.UtcNow + RemoteFailure.RetryDelay(attempt) < deadline)
             {
-                await Task.Delay(delay, cancellationToken);
-                delay *= 2;
+                await Task.Delay(RemoteFailure.RetryDelay(attempt), cancellationToken);
             }
             catch (RpcException ex)
             {

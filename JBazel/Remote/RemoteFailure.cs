@@ -13,6 +13,15 @@ internal sealed class RemoteFailure(int exitCode, string message) : Exception(me
     public int ExitCode { get; } = exitCode;
 
     /// <summary>
+    /// Calls in all of an idempotent request (GetServer, a sync) while an intermediary or the network keeps failing it;
+    /// the waits between them are <see cref="RetryDelay"/>: 100 ms, doubling (3.1 s in all).
+    /// </summary>
+    public const int MaxRetriedCalls = 6;
+
+    /// <summary>The wait after the <paramref name="failures"/>-th failed call (1-based): 100 ms, 200, 400, ...</summary>
+    public static TimeSpan RetryDelay(int failures) => TimeSpan.FromMilliseconds(100) * (1 << (failures - 1));
+
+    /// <summary>
     /// Whether a failed call may succeed if repeated: the peer was unreachable, slow, overloaded or the
     /// connection broke. Everything else is the server saying no, which repeating will not change.
     /// </summary>

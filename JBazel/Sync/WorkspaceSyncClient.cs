@@ -44,11 +44,9 @@ internal sealed class WorkspaceSyncClient(
 
     /// <summary>
     /// Sync calls in all while the network or an intermediary fails them (a gateway replica restarting or draining, a
-    /// proxy's 502): a sync is idempotent, so it is simply sent again. The waits double from 100 ms (3.1 s in all).
+    /// proxy's 502): a sync is idempotent, so it is simply sent again, with GetServer's waits (<see cref="RemoteFailure.RetryDelay"/>).
     /// </summary>
-    internal const int MaxTransientAttempts = 6;
-
-    private static readonly TimeSpan s_firstRetryDelay = TimeSpan.FromMilliseconds(100);
+    internal const int MaxTransientAttempts = RemoteFailure.MaxRetriedCalls;
 
     public async Task<SyncReport> SyncAsync(CancellationToken cancellationToken)
     {
@@ -75,7 +73,7 @@ internal sealed class WorkspaceSyncClient(
             catch (TransientSyncFailure) when (++transientFailures < MaxTransientAttempts)
             {
                 // Silent, as bazel would be: the next call goes through another replica, or the same once it is back.
-                await Task.Delay(s_firstRetryDelay * (1 << (transientFailures - 1)), cancellationToken);
+                await Task.Delay(RemoteFailure.RetryDelay(transientFailures), cancellationToken);
             }
             catch (TransientSyncFailure ex)
             {
