@@ -926,7 +926,7 @@ internal sealed class AgentTunnelStatus
     private int _open;
     private int _requests;
 
-    /// <summary>Completes when the first tunnel to the gateway is open (the agent is registered).</summary>
+    /// <summary>Completes when the first tunnel to the gateway is open (the gateway answered the upgrade; it registers the tunnel a moment later).</summary>
     public Task FirstConnected => _firstConnected.Task;
 
     /// <summary>Completes with the reason when the gateway rejected the join token (final).</summary>

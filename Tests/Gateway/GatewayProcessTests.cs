@@ -84,7 +84,7 @@ public sealed class GatewayProcessTests(ITestOutputHelper output) : IAsyncLifeti
         var gateway = await _env.StartGatewayAsync(certificatePath: pfx);
         Assert.StartsWith("https://", gateway.PublicAddress, StringComparison.Ordinal);
         var agent = await _env.StartAgentAsync("agent-tls", gateway.AgentAddress, _env.JoinToken("agent-tls"), spares: 1);
-        await agent.Status.FirstConnected.WaitAsync(TunnelTestEnvironment.Timeout);
+        await gateway.WaitRegisteredAsync("agent-tls");
 
         var thumbprint = certificate.GetCertHashString(HashAlgorithmName.SHA256);
         var handler = new SocketsHttpHandler

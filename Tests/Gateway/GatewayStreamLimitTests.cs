@@ -26,7 +26,7 @@ public sealed class GatewayStreamLimitTests(ITestOutputHelper output) : IAsyncLi
             ["Gateway:TunnelAcquireTimeout"] = "00:00:03",
         });
         var agent = await _env.StartAgentAsync("agent-limit", gateway.AgentAddress, _env.JoinToken("agent-limit"));
-        await agent.Status.FirstConnected.WaitAsync(TunnelTestEnvironment.Timeout);
+        await gateway.WaitRegisteredAsync("agent-limit");
         var client = new V1.Agent.AgentClient(_env.Channel(gateway.PublicAddress));
         var metadata = TunnelTestEnvironment.Route("agent-limit", _env.SessionToken("agent-limit"));
 

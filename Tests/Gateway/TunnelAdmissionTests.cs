@@ -79,7 +79,7 @@ public sealed class TunnelAdmissionTests(ITestOutputHelper output) : IAsyncLifet
             ["Agent:Tunnel:MaxStreamsPerTunnel"] = PerTunnel.ToString(CultureInfo.InvariantCulture),
             ["Agent:Tunnel:MaxExtraSpares"] = "0",
         });
-        await agent.Status.FirstConnected.WaitAsync(TunnelTestEnvironment.Timeout);
+        await gateway.WaitRegisteredAsync("agent-cap");
         var client = new V1.Agent.AgentClient(_env.Channel(gateway.PublicAddress));
         var metadata = TunnelTestEnvironment.Route("agent-cap", _env.SessionToken("agent-cap"));
 
@@ -111,7 +111,7 @@ public sealed class TunnelAdmissionTests(ITestOutputHelper output) : IAsyncLifet
             ["Agent:Tunnel:MaxStreamsPerTunnel"] = PerTunnel.ToString(CultureInfo.InvariantCulture),
             ["Agent:Tunnel:MaxExtraSpares"] = "2",
         });
-        await agent.Status.FirstConnected.WaitAsync(TunnelTestEnvironment.Timeout);
+        await gateway.WaitRegisteredAsync("agent-pre");
         var client = new V1.Agent.AgentClient(_env.Channel(gateway.PublicAddress));
         var metadata = TunnelTestEnvironment.Route("agent-pre", _env.SessionToken("agent-pre"));
 

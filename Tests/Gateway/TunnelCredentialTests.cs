@@ -146,7 +146,7 @@ public sealed class TunnelCredentialTests(ITestOutputHelper output) : IAsyncLife
                 ["Agent:Tunnel:MaxStreamsPerTunnel"] = "1",
                 ["Agent:Tunnel:MaxExtraSpares"] = "0",
             });
-        await agent.Status.FirstConnected.WaitAsync(TunnelTestEnvironment.Timeout);
+        await gateway.WaitRegisteredAsync("agent-busy");
         var client = new V1.Agent.AgentClient(_env.Channel(gateway.PublicAddress));
 
         using var first = await OpenEchoAsync(client, "agent-busy", "one");

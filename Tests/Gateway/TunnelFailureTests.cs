@@ -22,7 +22,7 @@ public sealed class TunnelFailureTests(ITestOutputHelper output) : IAsyncLifetim
     {
         var gateway = await _env.StartGatewayAsync();
         var agent = await _env.StartAgentAsync("agent-k", gateway.AgentAddress, _env.JoinToken("agent-k"));
-        await agent.Status.FirstConnected.WaitAsync(TunnelTestEnvironment.Timeout);
+        await gateway.WaitRegisteredAsync("agent-k");
         var client = new V1.Agent.AgentClient(_env.Channel(gateway.PublicAddress));
         var metadata = TunnelTestEnvironment.Route("agent-k", _env.SessionToken("agent-k"));
 

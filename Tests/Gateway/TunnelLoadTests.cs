@@ -25,7 +25,7 @@ public sealed class TunnelLoadTests(ITestOutputHelper output) : IAsyncLifetime
         {
             ["Agent:Tunnel:MaxStreamsPerTunnel"] = "100",
         });
-        await agent.Status.FirstConnected.WaitAsync(TunnelTestEnvironment.Timeout);
+        await gateway.WaitRegisteredAsync("agent-load");
         var client = new V1.Agent.AgentClient(_env.Channel(gateway.PublicAddress));
         var metadata = TunnelTestEnvironment.Route("agent-load", _env.SessionToken("agent-load"));
         var expected = Enumerable.Range(0, Streams).Select(i => DeterministicBytes.ExpectedSha256(Size + i, i)).ToArray();
@@ -54,7 +54,7 @@ public sealed class TunnelLoadTests(ITestOutputHelper output) : IAsyncLifetime
     {
         var gateway = await _env.StartGatewayAsync();
         var agent = await _env.StartAgentAsync("agent-slow", gateway.AgentAddress, _env.JoinToken("agent-slow"));
-        await agent.Status.FirstConnected.WaitAsync(TunnelTestEnvironment.Timeout);
+        await gateway.WaitRegisteredAsync("agent-slow");
         var client = new V1.Agent.AgentClient(_env.Channel(gateway.PublicAddress));
         var metadata = TunnelTestEnvironment.Route("agent-slow", _env.SessionToken("agent-slow"));
 

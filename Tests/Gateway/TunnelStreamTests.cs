@@ -17,7 +17,7 @@ public sealed class TunnelStreamTests(ITestOutputHelper output) : IAsyncLifetime
     {
         var gateway = await _env.StartGatewayAsync();
         var agent = await _env.StartAgentAsync("agent-a", gateway.AgentAddress, _env.JoinToken("agent-a"));
-        await agent.Status.FirstConnected.WaitAsync(TunnelTestEnvironment.Timeout);
+        await gateway.WaitRegisteredAsync("agent-a");
         var client = new V1.Agent.AgentClient(_env.Channel(gateway.PublicAddress));
         var metadata = TunnelTestEnvironment.Route("agent-a", _env.SessionToken("agent-a"));
 
@@ -37,7 +37,7 @@ public sealed class TunnelStreamTests(ITestOutputHelper output) : IAsyncLifetime
     {
         var gateway = await _env.StartGatewayAsync();
         var agent = await _env.StartAgentAsync("agent-a", gateway.AgentAddress, _env.JoinToken("agent-a"));
-        await agent.Status.FirstConnected.WaitAsync(TunnelTestEnvironment.Timeout);
+        await gateway.WaitRegisteredAsync("agent-a");
         var client = new V1.Agent.AgentClient(_env.Channel(gateway.PublicAddress));
 
         using var call = client.ExecuteCommand(TunnelTestEnvironment.Route("agent-a", _env.SessionToken("agent-a")));

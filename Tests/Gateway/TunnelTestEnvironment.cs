@@ -230,6 +230,14 @@ internal sealed class GatewayHost(WebApplication app, TestOutputLoggerProvider l
 
     public bool IsOnline(string agentId) => Registry.FindOnline(agentId) is not null;
 
+    /// <summary>
+    /// Waits until the agent's first tunnel is in this gateway's registry. The agent sees its tunnel open (the 101) a
+    /// moment before the gateway adds it there, and a stream sent in between asks the directory, which in these tests
+    /// knows no agent the test did not put in it: waiting for the agent's side alone races.
+    /// </summary>
+    public Task WaitRegisteredAsync(string agentId) =>
+        TestWait.EventuallyAsync(() => IsOnline(agentId), $"agent {agentId} registered at the gateway", timeout: TunnelTestEnvironment.Timeout);
+
     public async Task StopAsync()
     {
         if (Interlocked.Exchange(ref _stopped, 1) == 0)

@@ -38,7 +38,7 @@ public sealed class TunnelThroughputTests(ITestOutputHelper output) : IAsyncLife
         var direct = await StartDirectAgentAsync("agent-direct");
         var gateway = await _env.StartGatewayAsync();
         var agent = await _env.StartAgentAsync("agent-bench", gateway.AgentAddress, _env.JoinToken("agent-bench"));
-        await agent.Status.FirstConnected.WaitAsync(TunnelTestEnvironment.Timeout);
+        await gateway.WaitRegisteredAsync("agent-bench");
 
         var directClient = new V1.Agent.AgentClient(_env.Channel(direct));
         var gatewayClient = new V1.Agent.AgentClient(_env.Channel(gateway.PublicAddress));

@@ -283,8 +283,8 @@ internal sealed partial class KubernetesComputeService(
 
     /// <summary>
     /// Feeds one observation of the pod to the tracker: returns the IP when ready, throws when the start failed, and
-    /// otherwise logs the progress, re-arms the deadline to the tracker's (so the wait wakes up when it passes even if
-    /// no further event arrives) and returns null.
+    /// otherwise re-arms the deadline to the tracker's (so the wait wakes up when it passes even if no further event
+    /// arrives), logs the progress and returns null.
     /// </summary>
     private string? Observe(ReadyWait wait, V1Pod pod)
     {
@@ -297,15 +297,20 @@ internal sealed partial class KubernetesComputeService(
                 return readiness.Detail;
             case PodReadinessKind.Failed:
                 throw new ComputeException(readiness.Detail, readiness.Transient);
-            case PodReadinessKind.Unschedulable:
-                Log.WaitingForCapacity(logger, wait.PodName, readiness.Detail, step.GiveUpAt ?? step.WaitUntil);
-                break;
-            default:
-                Log.PodProgress(logger, wait.PodName, readiness.Detail);
-                break;
         }
 
+        // Re-armed before the progress is logged: whoever acts on the log line (an operator, a test moving the clock
+        // on) acts on a wait whose deadline already counts from this observation.
         wait.Deadline.CancelAfter(NotNegative(step.WaitUntil - now));
+        if (readiness.Kind == PodReadinessKind.Unschedulable)
+        {
+            Log.WaitingForCapacity(logger, wait.PodName, readiness.Detail, step.GiveUpAt ?? step.WaitUntil);
+        }
+        else
+        {
+            Log.PodProgress(logger, wait.PodName, readiness.Detail);
+        }
+
         return null;
     }
 
