@@ -111,10 +111,16 @@ internal sealed class CommandLog(CommandTracker tracker, TimeProvider time)
         }
 
         var kept = data.Length > TailBytes ? data[^TailBytes..] : data;
-        var bytes = ByteString.CopyFrom(kept);
         lock (_lock)
         {
-            entry.Keep(stdout, bytes, data.Length - kept.Length);
+            entry.Keep(stdout, kept, data.Length - kept.Length);
+            if (_watchers.Count == 0)
+            {
+                // The common case: nobody watches, and the tail's ring took the bytes without an allocation.
+                return;
+            }
+
+            var bytes = ByteString.CopyFrom(kept);
             foreach (var watcher in _watchers)
             {
                 watcher.OfferOutput(entry.Info.InvocationId, stdout, bytes);
@@ -166,8 +172,7 @@ internal sealed class CommandLog(CommandTracker tracker, TimeProvider time)
     /// <summary>One command as the dashboard sees it; output is appended by the command's single frame reader.</summary>
     internal sealed class WatchedEntry(CommandLog log, WatchedCommand info, long startedTimestamp) : IDisposable
     {
-        private readonly Queue<(bool Stdout, ByteString Data)> _tail = new();
-        private int _tailBytes;
+        private readonly OutputTail _tail = new(TailBytes);
         private int _ended;
 
         public WatchedCommand Info { get; } = info;
@@ -175,9 +180,10 @@ internal sealed class CommandLog(CommandTracker tracker, TimeProvider time)
         public long StartedTimestamp { get; } = startedTimestamp;
 
         /// <summary>Output no longer in the tail (under the log's lock).</summary>
-        public long DroppedBytes { get; private set; }
+        public long DroppedBytes => _tail.DroppedBytes;
 
-        public IEnumerable<(bool Stdout, ByteString Data)> Tail => _tail;
+        /// <summary>The tail's pieces in order, as copies (under the log's lock).</summary>
+        public IEnumerable<(bool Stdout, ByteString Data)> Tail => _tail.Pieces();
 
         /// <summary>A frame on its way to the client: its stdout or stderr bytes are kept and shown (other frames are ignored).</summary>
         public void Append(ServerFrame frame)
@@ -207,17 +213,7 @@ internal sealed class CommandLog(CommandTracker tracker, TimeProvider time)
         /// <summary>Ended without an exit status (the agent failed to supervise it): shown as the remote-environment error 34.</summary>
         public void Dispose() => Complete(34, 0);
 
-        internal void Keep(bool stdout, ByteString data, int dropped)
-        {
-            DroppedBytes += dropped;
-            _tail.Enqueue((stdout, data));
-            _tailBytes += data.Length;
-            while (_tailBytes > TailBytes && _tail.TryDequeue(out var old))
-            {
-                _tailBytes -= old.Data.Length;
-                DroppedBytes += old.Data.Length;
-            }
-        }
+        internal void Keep(bool stdout, ReadOnlySpan<byte> data, int dropped) => _tail.Add(stdout, data, dropped);
     }
 
     /// <summary>A subscription: its snapshot, then its events. Dispose it when the call ends.</summary>
