@@ -75,7 +75,7 @@ case "$mode" in
   read-line)       # reads one line from stdin and reports it
     IFS= read -r line
     printf 'got [%s]\n' "$line" ;;
-  staged)          # for k in 1 2 3: wait for $1/go$k, then $1/out$k to stdout and $1/err$k to stderr, then $1/done$k; exit 3
+  staged)          # for k in 1 2 3: wait for $1/go$k, then $1/out$k to stdout and $1/err$k to stderr, then $1/done$k; exit 3 once $1/hold is gone
     for k in 1 2 3; do
       while [ ! -e "$1/go$k" ]; do sleep 0.02; done
       cat "$1/out$k" &
@@ -86,6 +86,7 @@ case "$mode" in
       wait "$err" || exit 1
       : > "$1/done$k"
     done
+    while [ -e "$1/hold" ]; do sleep 0.02; done
     exit 3 ;;
   sleep)           # a tool that only waits (for the parent-death tests)
     echo ready

@@ -70,10 +70,14 @@ public sealed class ReattachStackTests(ITestOutputHelper output) : IAsyncLifetim
         proxy.Accept();
         await TestWait.EventuallyAsync(() => ReattachLines(jbazel).Count == 1 && jbazel.Stdout.Length == stdout[0].Length + stdout[1].Length, "reattached, part 2 arrived", s_timeout);
 
-        // Cut 2, while part 3 streams.
+        // Cut 2, once part 3 streams; the tool holds its exit until jbazel has reattached (part 3's 2 MiB alone may
+        // arrive whole before a cut can land, and then nothing would be left to reattach to).
+        File.WriteAllText(Stage("hold"), "");
         File.WriteAllText(Stage("go3"), "");
         await TestWait.EventuallyAsync(() => jbazel.Stdout.Length > stdout[0].Length + stdout[1].Length, "part 3 streams", s_timeout);
-        proxy.CutAll();
+        Assert.True(proxy.CutAll() > 0);
+        await TestWait.EventuallyAsync(() => ReattachLines(jbazel).Count == 2, "reattached after the second cut", s_timeout);
+        File.Delete(Stage("hold"));
 
         Assert.Equal(3, await jbazel.WaitForExitAsync(s_timeout));
         Assert.Equal(stdout.SelectMany(b => b).ToArray(), jbazel.Stdout);
