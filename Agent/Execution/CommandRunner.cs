@@ -113,6 +113,14 @@ internal sealed partial class CommandRunner(
         try
         {
             await workspaceSync.EnsureWholeTreeAsync(callToken);
+            if (!start.ExpectedTreeDigest.IsEmpty && await workspaceSync.WhyNotHoldingAsync(start.ExpectedTreeDigest.Memory, callToken) is { } outdated)
+            {
+                // Before anything is tracked or run: the client syncs and sends this very start again.
+                Log.TreeOutdated(logger, context.Peer, outdated);
+                await responses.WriteAsync(new ServerFrame { TreeOutdated = new TreeOutdated { Reason = outdated } }, callToken);
+                return;
+            }
+
             workingDirectory = WorkspacePaths.ResolveWorkingDirectory(WorkspaceRealPath, start.RelativeWorkingDirectory);
             // The client's bazelrc files in front of its arguments (client_bazelrc), before outputs collection looks for the verb.
             args = clientBazelrc.Arguments(start);
@@ -734,5 +742,8 @@ internal sealed partial class CommandRunner(
 
         [LoggerMessage(EventId = 130, Level = LogLevel.Debug, Message = "Ignored a resize to {Columns}x{Rows} for tool pid {Pid} (no terminal, or not a window size)")]
         public static partial void IgnoredResize(ILogger logger, int pid, int columns, int rows);
+
+        [LoggerMessage(EventId = 148, Level = LogLevel.Information, Message = "Start from {Peer} names a tree the workspace does not hold ({Reason}); the client syncs and starts again")]
+        public static partial void TreeOutdated(ILogger logger, string peer, string reason);
     }
 }

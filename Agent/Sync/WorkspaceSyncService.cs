@@ -39,8 +39,8 @@ internal sealed partial class WorkspaceSyncService(
             synchronizer.Recover();
 
             var disk = WorkspaceTree.Walk(synchronizer.Workspace);
-            var index = LoadIndexOrNull();
-            if (index is not null && index.Digest == Convert.ToHexStringLower(begin.ManifestDigest.Span) && Matches(index, disk))
+            var index = synchronizer.LoadIndexOrNull();
+            if (index is not null && index.Digest == Convert.ToHexStringLower(begin.ManifestDigest.Span) && WorkspaceSynchronizer.Matches(index, disk))
             {
                 await responseStream.WriteAsync(new SyncServerFrame { Done = new SyncDone { UpToDate = true } }, cancellationToken);
                 Log.UpToDate(logger, begin.EntryCount, stopwatch.ElapsedMilliseconds);
@@ -129,52 +129,6 @@ internal sealed partial class WorkspaceSyncService(
                 held.Dispose();
             }
         }
-    }
-
-    private SavedTree? LoadIndexOrNull()
-    {
-        try
-        {
-            return synchronizer.Store.LoadIndex();
-        }
-        catch (Exception ex) when (ex is InvalidDataException or EndOfStreamException)
-        {
-            Log.IndexUnreadable(logger, ex);
-            return null;
-        }
-    }
-
-    /// <summary>True when the disk holds exactly the indexed tree (plus bazel's root convenience symlinks).</summary>
-    private static bool Matches(SavedTree index, Dictionary<string, DiskEntry> disk)
-    {
-        var extra = disk.Count;
-        foreach (var entry in index.Entries)
-        {
-            if (!disk.TryGetValue(entry.Path, out var found) || found.Kind != entry.Kind)
-            {
-                return false;
-            }
-
-            extra--;
-            var same = entry.Kind switch
-            {
-                EntryKind.File => found.Size == entry.Size && found.MtimeTicks == entry.MtimeTicks && found.Mode == WorkspaceTree.FileMode(entry.Executable),
-                EntryKind.Symlink => found.SymlinkTarget == entry.SymlinkTarget,
-                _ => true,
-            };
-            if (!same)
-            {
-                return false;
-            }
-        }
-
-        if (extra == 0)
-        {
-            return true;
-        }
-
-        var indexed = index.Entries.Select(e => e.Path).ToHashSet(StringComparer.Ordinal);
-        return disk.All(d => indexed.Contains(d.Key) || (d.Value.Kind == EntryKind.Symlink && SyncPaths.IsBazelConvenienceName(d.Key)));
     }
 
     private async Task<SyncManifest> ReceiveManifestAsync(IAsyncStreamReader<SyncClientFrame> requestStream, SyncBegin begin, CancellationToken cancellationToken)
@@ -520,7 +474,5 @@ internal sealed partial class WorkspaceSyncService(
         [LoggerMessage(EventId = 617, Level = LogLevel.Error, Message = "Sync failed: the disk is full (workspace {Workspace}, sync state {StateDirectory}): {Reason}")]
         public static partial void DiskFull(ILogger logger, string workspace, string stateDirectory, string reason);
 
-        [LoggerMessage(EventId = 616, Level = LogLevel.Warning, Message = "The sync index is unreadable; treating the workspace as unknown")]
-        public static partial void IndexUnreadable(ILogger logger, Exception exception);
     }
 }

@@ -2,6 +2,7 @@ using Grpc.Core;
 using Microsoft.Extensions.Options;
 using Rbs.Agent.Execution;
 using Rbs.Agent.Hosting;
+using Rbs.V1;
 
 namespace Rbs.Agent.Sync;
 
@@ -146,6 +147,78 @@ internal sealed partial class WorkspaceSynchronizer : IDisposable
         }
     }
 
+    /// <summary>The index of the last applied tree, or null when there is none or it cannot be read.</summary>
+    public SavedTree? LoadIndexOrNull()
+    {
+        try
+        {
+            return Store.LoadIndex();
+        }
+        catch (Exception ex) when (ex is InvalidDataException or EndOfStreamException)
+        {
+            Log.IndexUnreadable(_logger, ex);
+            return null;
+        }
+    }
+
+    /// <summary>True when the disk holds exactly the indexed tree (plus bazel's root convenience symlinks).</summary>
+    public static bool Matches(SavedTree index, Dictionary<string, DiskEntry> disk)
+    {
+        var extra = disk.Count;
+        foreach (var entry in index.Entries)
+        {
+            if (!disk.TryGetValue(entry.Path, out var found) || found.Kind != entry.Kind)
+            {
+                return false;
+            }
+
+            extra--;
+            var same = entry.Kind switch
+            {
+                EntryKind.File => found.Size == entry.Size && found.MtimeTicks == entry.MtimeTicks && found.Mode == WorkspaceTree.FileMode(entry.Executable),
+                EntryKind.Symlink => found.SymlinkTarget == entry.SymlinkTarget,
+                _ => true,
+            };
+            if (!same)
+            {
+                return false;
+            }
+        }
+
+        if (extra == 0)
+        {
+            return true;
+        }
+
+        var indexed = index.Entries.Select(e => e.Path).ToHashSet(StringComparer.Ordinal);
+        return disk.All(d => indexed.Contains(d.Key) || (d.Value.Kind == EntryKind.Symlink && SyncPaths.IsBazelConvenienceName(d.Key)));
+    }
+
+    /// <summary>
+    /// Null when the workspace is exactly the synced tree with this manifest digest, as a sync's begin would find it up
+    /// to date, else why not: the check a command's <c>expected_tree_digest</c> asks for, so that a warm client need
+    /// not make the Sync call first.
+    /// </summary>
+    public async Task<string?> WhyNotHoldingAsync(ReadOnlyMemory<byte> manifestDigest, CancellationToken cancellationToken)
+    {
+        using (await AcquireAsync(cancellationToken))
+        {
+            Recover();
+            var index = LoadIndexOrNull();
+            if (index is null)
+            {
+                return "the agent has no synced tree";
+            }
+
+            if (index.Digest != Convert.ToHexStringLower(manifestDigest.Span))
+            {
+                return "the agent holds another tree";
+            }
+
+            return Matches(index, WorkspaceTree.Walk(Workspace)) ? null : "the workspace was changed on the agent since its last sync";
+        }
+    }
+
     public void Dispose() => _lock.Dispose();
 
     /// <summary>
@@ -209,6 +282,9 @@ internal sealed partial class WorkspaceSynchronizer : IDisposable
         [LoggerMessage(EventId = 625, Level = LogLevel.Warning,
             Message = "Cannot create the default sync state directory {Preferred}; using {Fallback} (set --sync-state-dir on the workspace's filesystem for atomic renames)")]
         public static partial void StateDirectoryFallback(ILogger logger, string preferred, string fallback);
+
+        [LoggerMessage(EventId = 616, Level = LogLevel.Warning, Message = "The sync index is unreadable; treating the workspace as unknown")]
+        public static partial void IndexUnreadable(ILogger logger, Exception exception);
 
         [LoggerMessage(EventId = 624, Level = LogLevel.Information, Message = "Workspace {Workspace} is case-{Sensitivity}")]
         public static partial void CaseProbed(ILogger logger, string workspace, string sensitivity);

@@ -276,12 +276,26 @@ internal sealed class BazelCommand : RootCommand
         var syncing = SyncStep.IsNeeded(allocation.Response, settings, root);
         // An agent with its own copy of the workspace reads this machine's bazelrc files, never its own ~/.bazelrc.
         var rcFiles = syncing ? ClientRcFiles.Collect(_bazelArgs, root, _environment.CurrentDirectory, _environment.Get("HOME")) : null;
+        PreparedSync? sync = null;
         if (syncing)
         {
-            var synced = await SyncStep.RunAsync(allocation, channels, settings, _environment, root, request.RepoHash, rcFiles!.WorkspaceFiles, _streams.WriteErrorLine, allocating.Token);
-            if (showStatus)
+            sync = SyncStep.Prepare(allocation, channels, settings, _environment, root, request.RepoHash, rcFiles!.WorkspaceFiles, _streams.WriteErrorLine, allocating.Token);
+            if (sync.Skipped)
             {
-                _streams.WriteErrorLine(synced.StatusLine);
+                // The tree this workspace last synced to this agent: the start names it, and the agent checks it.
+                sync.WarnSkipped();
+                if (showStatus)
+                {
+                    _streams.WriteErrorLine(sync.SkippedStatusLine);
+                }
+            }
+            else
+            {
+                var synced = await sync.RunAsync(allocating.Token);
+                if (showStatus)
+                {
+                    _streams.WriteErrorLine(synced.StatusLine);
+                }
             }
         }
 
@@ -314,8 +328,30 @@ internal sealed class BazelCommand : RootCommand
         start.CollectOutputs = OutputsStep.Applies(settings.FetchOutputs, _bazelArgs);
         start.CollectTestLogs = TestLogsStep.Applies(syncing, settings.FetchTestLogs, _bazelArgs);
 
+        Func<string, CancellationToken, Task<byte[]>>? resync = null;
+        if (sync is { Skipped: true })
+        {
+            start.ExpectedTreeDigest = ByteString.CopyFrom(sync.ExpectedTreeDigest);
+            resync = async (reason, token) =>
+            {
+                if (showStatus)
+                {
+                    _streams.WriteErrorLine($"rbs: the agent's copy of the workspace is not the tree last synced to it ({reason}); syncing");
+                }
+
+                using var resyncing = CancellationTokenSource.CreateLinkedTokenSource(token, interrupts.First);
+                var synced = await sync.RunAsync(resyncing.Token);
+                if (showStatus)
+                {
+                    _streams.WriteErrorLine(synced.StatusLine);
+                }
+
+                return synced.ManifestDigest;
+            };
+        }
+
         PhaseTrace.Mark("execute");
-        var exitCode = await new CommandSession(allocation, channels, _streams, interrupts).RunAsync(start, cancellationToken);
+        var exitCode = await new CommandSession(allocation, channels, _streams, interrupts).RunAsync(start, cancellationToken, resync);
         PhaseTrace.Mark("execute-done");
         if (start.CollectTestLogs)
         {

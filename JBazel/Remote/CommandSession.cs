@@ -42,7 +42,11 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
     private int _interruptSent;
     private bool _stdinStarted;
 
-    public async Task<int> RunAsync(StartCommand start, CancellationToken cancellationToken)
+    /// <param name="resync">
+    /// For a start that names the agent's tree (<c>expected_tree_digest</c>): syncs the workspace when the agent answers
+    /// that it holds another tree, and returns the digest of the tree synced, which the start then names instead.
+    /// </param>
+    public async Task<int> RunAsync(StartCommand start, CancellationToken cancellationToken, Func<string, CancellationToken, Task<byte[]>>? resync = null)
     {
         if (interrupts.First.IsCancellationRequested)
         {
@@ -59,6 +63,7 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
             long? lostAt = null;
             var attempt = 0;
             var startRetries = 0;
+            var resynced = false;
             while (true)
             {
                 var outcome = await RunCallAsync(first, lostAt, () =>
@@ -77,6 +82,24 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
                 if (outcome.ExitCode is { } code)
                 {
                     return code;
+                }
+
+                if (outcome.TreeOutdated is { } outdated)
+                {
+                    // Nothing ran. The terminal is the laptop's again while the sync reports, then the same start goes out.
+                    if (resync is null || resynced)
+                    {
+                        throw new RemoteFailure(ExitCodes.TransientRemoteError,
+                            $"{allocation.Description} does not hold the workspace tree jbazel just synced to it ({outdated}): is another jbazel syncing a different tree of this workspace? Run the command again.");
+                    }
+
+                    resynced = true;
+                    onResize?.Dispose();
+                    onResize = null;
+                    rawMode?.Dispose();
+                    rawMode = null;
+                    start.ExpectedTreeDigest = ByteString.CopyFrom(await resync(outdated, cancellationToken));
+                    continue;
                 }
 
                 var error = outcome.Error;
@@ -156,7 +179,7 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
     }
 
     /// <summary>The end of one call: the exit code, or why it ended without one (null error: the stream just ended).</summary>
-    private sealed record CallOutcome(int? ExitCode, RpcException? Error, bool ReceivedFrame, bool ReceivedAttached);
+    private sealed record CallOutcome(int? ExitCode, RpcException? Error, bool ReceivedFrame, bool ReceivedAttached, string? TreeOutdated = null);
 
     private FrameWriter? _writer;
 
@@ -276,6 +299,8 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
                         }
 
                         return new CallOutcome(frame.Frame!.Exit.Code, null, true, receivedAttached);
+                    case ServerFrame.FrameOneofCase.TreeOutdated:
+                        return new CallOutcome(null, null, true, false, frame.Frame!.TreeOutdated.Reason is { Length: > 0 } reason ? reason : "another tree");
                     default:
                         break;
                 }

@@ -10,7 +10,7 @@ using Rbs.V1;
 namespace Rbs.JBazel.Sync;
 
 /// <summary>What one sync did, for the status line and tests.</summary>
-internal sealed record SyncReport(int Entries, bool UpToDate, int BlobsUploaded, long BytesUploaded, long ElapsedMilliseconds, int Attempts, SyncDone Done)
+internal sealed record SyncReport(int Entries, bool UpToDate, int BlobsUploaded, long BytesUploaded, long ElapsedMilliseconds, int Attempts, SyncDone Done, byte[] ManifestDigest)
 {
     /// <summary>The <c>--rbs_status</c> line.</summary>
     public string StatusLine => UpToDate
@@ -68,7 +68,7 @@ internal sealed class WorkspaceSyncClient(
                 }
 
                 var (done, blobs, bytes) = await SyncOnceAsync(manifest, cancellationToken);
-                return new SyncReport(manifest.Entries.Count, done.UpToDate, blobs, bytes, stopwatch.ElapsedMilliseconds, attempt, done);
+                return new SyncReport(manifest.Entries.Count, done.UpToDate, blobs, bytes, stopwatch.ElapsedMilliseconds, attempt, done, manifest.Digest);
             }
             catch (TransientSyncFailure) when (++transientFailures < MaxTransientAttempts)
             {

@@ -72,6 +72,39 @@ public sealed class JBazelSyncStackTests(ITestOutputHelper output) : IAsyncLifet
     }
 
     [Fact]
+    public async Task AWarmCommandOnAnUnchangedTreeMakesNoSyncCallAndAnEditOnTheAgentIsSyncedAwayBeforeItRuns()
+    {
+        Write("src/hello.txt", "v1\n");
+        var (code, stdout, stderr) = await RunAsync("echo-args");
+        Assert.Equal(0, code);
+        var agentCwd = stdout.Split('\0')[0];
+        Assert.Matches(@"(?m)^rbs: synced \d+ entries \(1 file uploaded, 3 B\) in \d+ ms$", stderr);
+        var agentLog = Assert.Single(Directory.GetFiles(_context.AgentsDirectory, "*.log"));
+        await TestWait.EventuallyAsync(() => SyncCalls(agentLog) == 1, "the agent logged the first sync");
+
+        // Unchanged since the last sync: the start names the tree, and the agent checks it; no Sync call.
+        (code, stdout, stderr) = await RunAsync("two-files", "src/hello.txt", "/dev/null");
+        Assert.Equal(0, code);
+        Assert.Equal("v1\n", stdout);
+        Assert.Matches(@"(?m)^rbs: workspace up to date \(\d+ entries\) in \d+ ms$", stderr);
+        Assert.DoesNotContain("rbs: synced", stderr, StringComparison.Ordinal);
+
+        // The agent's copy changed behind jbazel's back (a program run there wrote into its workspace): the agent refuses
+        // the start before running anything, jbazel syncs, and the same command then reads the laptop's file.
+        File.WriteAllText(Path.Combine(agentCwd, "src/hello.txt"), "edited on the agent\n");
+        (code, stdout, stderr) = await RunAsync("two-files", "src/hello.txt", "/dev/null");
+        Assert.Equal(0, code);
+        Assert.Equal("v1\n", stdout);
+        Assert.Matches(@"(?m)^rbs: the agent's copy of the workspace is not the tree last synced to it \(the workspace was changed on the agent since its last sync\); syncing$", stderr);
+        Assert.Matches(@"(?m)^rbs: synced \d+ entries \(1 file uploaded, 3 B\) in \d+ ms$", stderr);
+        Assert.Equal("v1\n", File.ReadAllText(Path.Combine(agentCwd, "src/hello.txt")));
+
+        // Two Sync calls in all: the first command's and the resync; the warm command made none.
+        await TestWait.EventuallyAsync(() => SyncCalls(agentLog) == 2, "the agent logged the resync");
+        Assert.Equal(2, SyncCalls(agentLog));
+    }
+
+    [Fact]
     public async Task AnAgentRefusingTheTreeIsExit34WithItsReasonOnOneLine()
     {
         Write("src/hello.txt", "v1\n");
@@ -87,6 +120,13 @@ public sealed class JBazelSyncStackTests(ITestOutputHelper output) : IAsyncLifet
         var synced = Path.Combine(_context.Root, "synced");
         Assert.True(Directory.Exists(synced));
         Assert.Empty(Directory.EnumerateFiles(synced, "hello.txt", SearchOption.AllDirectories));
+    }
+
+    /// <summary>Sync calls the agent's log shows (its "Sync from ... started" line, one per call).</summary>
+    private static int SyncCalls(string agentLog)
+    {
+        using var reader = new StreamReader(new FileStream(agentLog, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete));
+        return reader.ReadToEnd().Split('\n').Count(line => line.Contains("Sync from ", StringComparison.Ordinal) && line.Contains(" started: ", StringComparison.Ordinal));
     }
 
     private void Write(string relative, string content)
