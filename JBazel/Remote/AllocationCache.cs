@@ -3,6 +3,7 @@ using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
 using Google.Protobuf;
+using Rbs.JBazel.Configuration;
 using Rbs.V1;
 
 namespace Rbs.JBazel.Remote;
@@ -89,27 +90,10 @@ internal sealed class AllocationCache(string? path, TimeProvider time)
             return;
         }
 
-        var temporary = $"{path}.{Environment.ProcessId}.tmp";
-        try
-        {
-            Directory.CreateDirectory(System.IO.Path.GetDirectoryName(path)!);
-            var bytes = new byte[sizeof(long) + response.CalculateSize()];
-            BinaryPrimitives.WriteInt64LittleEndian(bytes, usableUntil.ToUnixTimeMilliseconds());
-            response.WriteTo(bytes.AsSpan(sizeof(long)));
-            using (var file = OperatingSystem.IsWindows()
-                ? new FileStream(temporary, FileMode.Create, FileAccess.Write)
-                : new FileStream(temporary, new FileStreamOptions { Mode = FileMode.Create, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite }))
-            {
-                file.Write(bytes);
-            }
-
-            // Atomic: a concurrent jbazel reads the old entry or the new one, never half of one.
-            File.Move(temporary, path, overwrite: true);
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-            TryDelete(temporary);
-        }
+        var bytes = new byte[sizeof(long) + response.CalculateSize()];
+        BinaryPrimitives.WriteInt64LittleEndian(bytes, usableUntil.ToUnixTimeMilliseconds());
+        response.WriteTo(bytes.AsSpan(sizeof(long)));
+        CacheFiles.TryWriteAtomically(path, bytes);
     }
 
     /// <summary>The entry named an agent that is gone or refused us: the next command asks GetServer.</summary>
@@ -117,7 +101,7 @@ internal sealed class AllocationCache(string? path, TimeProvider time)
     {
         if (path is not null)
         {
-            TryDelete(path);
+            CacheFiles.TryDelete(path);
         }
     }
 
@@ -142,18 +126,6 @@ internal sealed class AllocationCache(string? path, TimeProvider time)
         catch (Exception ex) when (ex is FormatException or JsonException or ArgumentOutOfRangeException)
         {
             return null;
-        }
-    }
-
-    private static void TryDelete(string file)
-    {
-        try
-        {
-            File.Delete(file);
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-            // Left behind: an entry that fails its check is forgotten again next time.
         }
     }
 }

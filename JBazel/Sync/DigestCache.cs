@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Security.Cryptography;
 using System.Text;
+using Rbs.JBazel.Configuration;
 
 namespace Rbs.JBazel.Sync;
 
@@ -107,26 +108,7 @@ internal sealed class DigestCache
             return false;
         }
 
-        var temp = $"{_file}.{Environment.ProcessId}.tmp";
-        try
-        {
-            Directory.CreateDirectory(Path.GetDirectoryName(_file)!);
-            File.WriteAllBytes(temp, Serialize(_current));
-            File.Move(temp, _file, overwrite: true);
-            return true;
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-            try
-            {
-                File.Delete(temp);
-            }
-            catch (Exception cleanup) when (cleanup is IOException or UnauthorizedAccessException)
-            {
-            }
-
-            return false;
-        }
+        return CacheFiles.TryWriteAtomically(_file, Serialize(_current));
     }
 
     internal static byte[] Serialize(IReadOnlyDictionary<string, Entry> entries)

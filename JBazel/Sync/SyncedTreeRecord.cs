@@ -1,4 +1,5 @@
 using System.Text;
+using Rbs.JBazel.Configuration;
 
 namespace Rbs.JBazel.Sync;
 
@@ -39,17 +40,7 @@ internal sealed class SyncedTreeRecord(string? path)
             return;
         }
 
-        var temporary = $"{path}.{Environment.ProcessId}.tmp";
-        try
-        {
-            Directory.CreateDirectory(Path.GetDirectoryName(path)!);
-            File.WriteAllText(temporary, Format(agentId, digest), Encoding.UTF8);
-            File.Move(temporary, path, overwrite: true);
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-            TryDelete(temporary);
-        }
+        CacheFiles.TryWriteAtomically(path, Encoding.UTF8.GetBytes(Format(agentId, digest)));
     }
 
     /// <summary>The agent no longer holds the recorded tree: the next command syncs first.</summary>
@@ -57,20 +48,9 @@ internal sealed class SyncedTreeRecord(string? path)
     {
         if (path is not null)
         {
-            TryDelete(path);
+            CacheFiles.TryDelete(path);
         }
     }
 
     private static string Format(string agentId, ReadOnlySpan<byte> digest) => $"{agentId}\n{Convert.ToHexStringLower(digest)}\n";
-
-    private static void TryDelete(string file)
-    {
-        try
-        {
-            File.Delete(file);
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-        }
-    }
 }
