@@ -207,12 +207,13 @@ for side in local remote; do
 done
 
 # 3. An interactive `bazel run`: the terminal is raw for it (the remote terminal echoes and edits) and restored.
+# (Each pane saves its settings before it prints RC:, so a check that follows the RC: line finds them written.)
 stty_check() {  # stty_check NAME: the terminal settings before and after, saved by the pane itself
     cmp -s "$E2E_TMP/remote/$1.before" "$E2E_TMP/remote/$1.after" && test -s "$E2E_TMP/remote/$1.before"
 }
 for side in local remote; do
     fresh "$side"
-    run_on "$side" "stty -g > ../reader.before; b run //tools:reader; echo RC:\$?; stty -g > ../reader.after"
+    run_on "$side" "stty -g > ../reader.before; b run //tools:reader; rc=\$?; stty -g > ../reader.after; echo RC:\$rc"
     wait_for "$side" 'name\?$' 120 || true
     tm send-keys -t "$side" "hello wörld" Enter
     wait_for "$side" '^RC:' 30 || true
@@ -237,7 +238,7 @@ for side in local remote; do
     wait_for "$side" '^SIZE ' 120 || true
     tm send-keys -t "$side" C-c
     fresh "$side"
-    run_on "$side" "echo RC:\$?; stty -g > ../ctrlc.after"
+    run_on "$side" "rc=\$?; stty -g > ../ctrlc.after; echo RC:\$rc"
     wait_for "$side" '^RC:' 60 || true
 done
 local_rc="$(plain local | grep -oE '^RC:[0-9]+' | tail -1)"
@@ -248,7 +249,7 @@ check "the terminal settings after Ctrl-C are the ones before it" stty_check ctr
 
 # 5. The second Ctrl-C leaves jbazel at once (exit 8) even though the program ignores the first; terminal restored.
 fresh remote
-run_on remote "stty -g > ../second.before; b run //tools:stubborn; echo RC:\$?; stty -g > ../second.after"
+run_on remote "stty -g > ../second.before; b run //tools:stubborn; rc=\$?; stty -g > ../second.after; echo RC:\$rc"
 wait_for remote '^STUBBORN' 120 || true
 agent_log() { cat "$E2E_TMP"/state/agents/*.log 2>/dev/null; }
 interrupts="$(agent_log | grep -c 'SIGINT sent to its process group' || true)"
