@@ -31,7 +31,6 @@ bench_tool
 
 E2E_TMP="$(mktemp -d /tmp/rbs-breakdown.XXXXXX)"
 TRACES="$E2E_TMP/traces"; mkdir -p "$TRACES"
-bench_workspace() { copy_workspace "$E2E_DIR/workspace" "$1" && cp -r "$BENCH_DIR/workspace/." "$1/"; }
 for w in local jbazel gw; do bench_workspace "$E2E_TMP/ws-$w"; done
 TARGET="//bench:noop"
 SYSCALLS="execve,clone,clone3,vfork,connect,exit_group"

@@ -8,6 +8,30 @@ install_bench_tools() {
     fi
 }
 
+# The bench workspace: the e2e example plus bench/workspace (the 1 GiB `blast` target, the no-op target).
+bench_workspace() { copy_workspace "$E2E_DIR/workspace" "$1" && cp -r "$BENCH_DIR/workspace/." "$1/"; }
+
+# A/B scripts: one orchestrator per build, state under $E2E_TMP/state-NAME, spawning that build's agent; sets
+# BUILD_ORCHESTRATOR[NAME] to its address. Usage: start_build_orchestrator NAME ARTIFACTS_DIR [more orchestrator flags]
+declare -A BUILD_ORCHESTRATOR
+start_build_orchestrator() {
+    local name="$1" artifacts="$2" state="$E2E_TMP/state-$1"
+    shift 2
+    mkdir -p "$state"
+    "$artifacts/rbs-orchestrator/rbs-orchestrator" --local-mode --port 0 \
+        --state-path "$state/orchestrator.db" --ready-file "$state/orchestrator.json" \
+        --agent-path "$artifacts/rbs-agent/rbs-agent" --default-connect-mode direct "$@" >>"$E2E_TMP/orchestrator-$name.log" 2>&1 &
+    CLEANUP_PIDS+=("$!")
+    BUILD_ORCHESTRATOR[$name]="$(wait_ready_file "$state/orchestrator.json" address "$!")"
+}
+
+# Stops the agents those orchestrators spawned, by the pids in their ready files.
+kill_build_agents() {
+    local f
+    for f in "$E2E_TMP"/state-*/agents/*.json; do [ -f "$f" ] && kill -TERM "$(jq -r .pid "$f")" 2>/dev/null; done
+    return 0
+}
+
 # A private sshd on a free 127.0.0.1 port with key auth under $E2E_TMP/ssh; sets SSH (the client command, host last).
 # (A free port, not a fixed one, so run.sh and the sync.sh it calls can each run their own.)
 start_private_sshd() {

@@ -15,13 +15,7 @@ build_artifacts
 bench_tool
 
 E2E_TMP="$(mktemp -d /tmp/rbs-noop.XXXXXX)"
-bench_workspace() { copy_workspace "$E2E_DIR/workspace" "$1" && cp -r "$BENCH_DIR/workspace/." "$1/"; }
 for w in local a b; do bench_workspace "$E2E_TMP/ws-$w"; done
-kill_noop_agents() {
-    local f
-    for f in "$E2E_TMP"/state-*/agents/*.json; do [ -f "$f" ] && kill -TERM "$(jq -r .pid "$f")" 2>/dev/null; done
-    return 0
-}
 CLEANUP_CMDS+=("cd '$E2E_TMP/ws-local' && bazel shutdown")
 TARGET="//bench:noop"
 head -c 32 /dev/urandom | base64 >"$E2E_TMP/token.key"
@@ -30,18 +24,13 @@ chmod 600 "$E2E_TMP/token.key"
 # One orchestrator and one gateway per build; tunnel-mode agents have their own synced copy of the workspace.
 declare -A JB
 start_build_stack() {
-    local name="$1" artifacts="$2" state="$E2E_TMP/state-$1" public agent orchestrator
-    mkdir -p "$state"
+    local name="$1" artifacts="$2" state="$E2E_TMP/state-$1" public agent
     public="$(free_port)"; agent="$(free_port)"
-    "$artifacts/rbs-orchestrator/rbs-orchestrator" --local-mode --port 0 \
-        --state-path "$state/orchestrator.db" --ready-file "$state/orchestrator.json" \
-        --agent-path "$artifacts/rbs-agent/rbs-agent" --default-connect-mode direct \
+    start_build_orchestrator "$name" "$artifacts" \
         --gateway-public-address "http://127.0.0.1:$public" --gateway-agent-address "http://127.0.0.1:$agent" \
-        --token-key-file "$E2E_TMP/token.key" >>"$E2E_TMP/orchestrator-$name.log" 2>&1 &
-    CLEANUP_PIDS+=("$!")
-    orchestrator="$(wait_ready_file "$state/orchestrator.json" address "$!")" || return 1
+        --token-key-file "$E2E_TMP/token.key" || return 1
     "$artifacts/rbs-gateway/rbs-gateway" --public-listen "127.0.0.1:$public" --agent-listen "127.0.0.1:$agent" \
-        --orchestrator "$orchestrator" --token-key-file "$E2E_TMP/token.key" --ready-file "$state/gateway.json" \
+        --orchestrator "${BUILD_ORCHESTRATOR[$name]}" --token-key-file "$E2E_TMP/token.key" --ready-file "$state/gateway.json" \
         >>"$E2E_TMP/gateway-$name.log" 2>&1 &
     CLEANUP_PIDS+=("$!")
     wait_ready_file "$state/gateway.json" publicAddress "$!" >/dev/null || return 1
@@ -52,7 +41,7 @@ start_build_stack a "$BASE"
 start_build_stack b "$RBS_ARTIFACTS"
 # After each stack's `jbazel shutdown` (which stops its agent's bazel server): a cleanup command run later would ask
 # the orchestrator for a new agent.
-CLEANUP_CMDS+=("kill_noop_agents")
+CLEANUP_CMDS+=("kill_build_agents")
 
 (cd "$E2E_TMP/ws-local" && bazel build "$TARGET" >/dev/null 2>&1)
 for b in a b; do (cd "$E2E_TMP/ws-$b" && ${JB[$b]} build "$TARGET" >/dev/null 2>&1); done

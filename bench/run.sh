@@ -28,8 +28,6 @@ build_artifacts
 bench_tool
 
 E2E_TMP="$(mktemp -d /tmp/rbs-bench.XXXXXX)"
-# The bench workspace is the e2e example plus bench/workspace (the 1 GiB `blast` target, the no-op target).
-bench_workspace() { copy_workspace "$E2E_DIR/workspace" "$1" && cp -r "$BENCH_DIR/workspace/." "$1/"; }
 for w in local ssh jbazel gw; do bench_workspace "$E2E_TMP/ws-$w"; done
 CLEANUP_CMDS+=("cd '$E2E_TMP/ws-local' && bazel shutdown" "cd '$E2E_TMP/ws-ssh' && bazel shutdown"
     "cd '$E2E_TMP/ws-jbazel' && '$RBS_ARTIFACTS/jbazel/jbazel' shutdown"

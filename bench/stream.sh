@@ -16,34 +16,18 @@ build_artifacts
 bench_tool
 
 E2E_TMP="$(mktemp -d /tmp/rbs-stream.XXXXXX)"
-bench_workspace() { copy_workspace "$E2E_DIR/workspace" "$1" && cp -r "$BENCH_DIR/workspace/." "$1/"; }
 for w in ssh a b; do bench_workspace "$E2E_TMP/ws-$w"; done
 # The agents' bazel servers too: an agent stopped by SIGTERM leaves the server of its workspace running.
-CLEANUP_CMDS+=("cd '$E2E_TMP/ws-ssh' && bazel shutdown" "kill_stream_agents" "cd '$E2E_TMP/ws-a' && bazel shutdown" "cd '$E2E_TMP/ws-b' && bazel shutdown")
+CLEANUP_CMDS+=("cd '$E2E_TMP/ws-ssh' && bazel shutdown" "kill_build_agents" "cd '$E2E_TMP/ws-a' && bazel shutdown" "cd '$E2E_TMP/ws-b' && bazel shutdown")
 TARGET="//bench:blast"
 
 start_private_sshd
 
 # One orchestrator per build, each spawning its own build's agent.
-declare -A ORCH
-start_build_orchestrator() {
-    local name="$1" artifacts="$2" state="$E2E_TMP/state-$1"
-    mkdir -p "$state"
-    "$artifacts/rbs-orchestrator/rbs-orchestrator" --local-mode --port 0 \
-        --state-path "$state/orchestrator.db" --ready-file "$state/orchestrator.json" \
-        --agent-path "$artifacts/rbs-agent/rbs-agent" --default-connect-mode direct >>"$E2E_TMP/orchestrator-$name.log" 2>&1 &
-    CLEANUP_PIDS+=("$!")
-    ORCH[$name]="$(wait_ready_file "$state/orchestrator.json" address "$!")"
-}
-kill_stream_agents() {
-    local f
-    for f in "$E2E_TMP"/state-*/agents/*.json; do [ -f "$f" ] && kill -TERM "$(jq -r .pid "$f")" 2>/dev/null; done
-    return 0
-}
 start_build_orchestrator a "$BASE"
 start_build_orchestrator b "$RBS_ARTIFACTS"
-JB_A="$BASE/jbazel/jbazel --rbs_orchestrator=${ORCH[a]}"
-JB_B="$RBS_ARTIFACTS/jbazel/jbazel --rbs_orchestrator=${ORCH[b]}"
+JB_A="$BASE/jbazel/jbazel --rbs_orchestrator=${BUILD_ORCHESTRATOR[a]}"
+JB_B="$RBS_ARTIFACTS/jbazel/jbazel --rbs_orchestrator=${BUILD_ORCHESTRATOR[b]}"
 
 $SSH "cd '$E2E_TMP/ws-ssh' && bazel build $TARGET" >/dev/null 2>&1
 (cd "$E2E_TMP/ws-a" && $JB_A build "$TARGET" >/dev/null 2>&1)
