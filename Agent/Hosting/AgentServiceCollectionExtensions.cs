@@ -1,3 +1,4 @@
+using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Options;
@@ -63,6 +64,8 @@ internal static class AgentServiceCollectionExtensions
         // Direct mode: h2c on Agent:Listen. Registered as options configuration so another mode (the tunnel) can add
         // its own listener the same way without touching this one.
         services.AddSingleton<IConfigureOptions<KestrelServerOptions>>(new DirectListener(configuration));
+        // 64 KiB blocks for Kestrel's buffers: uploads are read from the socket in large reads (LargeBlockMemoryPool).
+        services.AddSingleton<IMemoryPoolFactory<byte>, LargeBlockMemoryPoolFactory>();
 
         // Give interrupted commands time to finish (SIGINT → grace → SIGTERM → grace → SIGKILL) before Kestrel
         // aborts their streams on shutdown, and then the build tool's servers time to shut down. Bound without validation: HostOptions is resolved while the host is built,

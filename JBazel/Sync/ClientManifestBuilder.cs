@@ -190,14 +190,21 @@ internal sealed class ClientManifestBuilder(string root, WalkOptions options, st
         try
         {
             using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-            using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, bufferSize: 0);
+            // A bare handle and positioned reads: open, fstat, read, close for a small file, nothing more.
+            using var file = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
             long size = 0;
-            int read;
-            while ((read = stream.Read(buffer, 0, HashBufferSize)) > 0)
+            while (true)
             {
                 cancellationToken.ThrowIfCancellationRequested();
+                var read = RandomAccess.Read(file, buffer.AsSpan(0, HashBufferSize), size);
                 hash.AppendData(buffer, 0, read);
                 size += read;
+                // A regular file's read returns less than asked only at its end: no second read to see 0. (A file that
+                // grows meanwhile is caught when it is uploaded: its content no longer matches this digest.)
+                if (read < HashBufferSize)
+                {
+                    break;
+                }
             }
 
             return (hash.GetHashAndReset(), size);

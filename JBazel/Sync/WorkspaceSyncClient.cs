@@ -3,6 +3,7 @@ using System.Security.Cryptography;
 using System.Threading.Channels;
 using Google.Protobuf;
 using Grpc.Core;
+using Microsoft.Win32.SafeHandles;
 using Rbs.JBazel.Remote;
 using Rbs.Shared.Text;
 using Rbs.V1;
@@ -282,23 +283,26 @@ internal sealed class WorkspaceSyncClient(
             foreach (var (digest, source) in sources)
             {
                 cancellationToken.ThrowIfCancellationRequested();
-                using var stream = OpenBlob(source);
+                using var file = OpenBlob(source);
                 long offset = 0;
                 while (true)
                 {
-                    // Each chunk reads into its own array that the frame then owns (no copy into the message).
-                    var want = (int)Math.Clamp(source.Size - offset, 0, ChunkSize);
-                    var buffer = new byte[Math.Max(want, 1)];
-                    var read = ReadFull(stream, buffer);
-                    if (read == 0)
-                    {
-                        break;
-                    }
-
-                    if (read == buffer.Length && want == 0)
+                    // Each chunk reads into its own array that the frame then owns (no copy into the message). The last
+                    // chunk's array has one byte more than remains: a regular file's read returns less than asked only
+                    // at its end, so a short read is the end (no extra read to see 0), and a full one means it grew.
+                    var remaining = source.Size - offset;
+                    var last = remaining < ChunkSize;
+                    var buffer = new byte[last ? remaining + 1 : ChunkSize];
+                    var read = ReadFull(file, buffer, offset, last ? (int)remaining : buffer.Length);
+                    if (read > remaining)
                     {
                         // Grew past its digested size.
                         throw new WorkspaceChangedException(source.Path, "changed");
+                    }
+
+                    if (read == 0)
+                    {
+                        break;
                     }
 
                     hash.AppendData(buffer, 0, read);
@@ -306,7 +310,7 @@ internal sealed class WorkspaceSyncClient(
                     {
                         Digest = digest,
                         Offset = (ulong)offset,
-                        Data = read == buffer.Length ? UnsafeByteOperations.UnsafeWrap(buffer) : ByteString.CopyFrom(buffer, 0, read),
+                        Data = UnsafeByteOperations.UnsafeWrap(buffer.AsMemory(0, read)),
                     });
                     batchBytes += read;
                     offset += read;
@@ -317,7 +321,7 @@ internal sealed class WorkspaceSyncClient(
                         batchBytes = 0;
                     }
 
-                    if (read < buffer.Length)
+                    if (last || read < buffer.Length)
                     {
                         break;
                     }
@@ -346,11 +350,11 @@ internal sealed class WorkspaceSyncClient(
         }
     }
 
-    private static FileStream OpenBlob(BlobSource source)
+    private static SafeFileHandle OpenBlob(BlobSource source)
     {
         try
         {
-            return new FileStream(source.FullPath, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, bufferSize: 0, useAsync: false);
+            return File.OpenHandle(source.FullPath, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
         }
         catch (Exception ex) when (ex is FileNotFoundException or DirectoryNotFoundException)
         {
@@ -358,18 +362,27 @@ internal sealed class WorkspaceSyncClient(
         }
     }
 
-    private static int ReadFull(FileStream stream, byte[] buffer)
+    /// <summary>
+    /// Reads at <paramref name="offset"/> until the buffer is full, the file ends, or (once at least
+    /// <paramref name="enough"/> bytes are in) a read comes back short: for a regular file that is its end.
+    /// </summary>
+    private static int ReadFull(SafeFileHandle file, byte[] buffer, long offset, int enough)
     {
         var total = 0;
         while (total < buffer.Length)
         {
-            var read = stream.Read(buffer, total, buffer.Length - total);
+            var want = buffer.Length - total;
+            var read = RandomAccess.Read(file, buffer.AsSpan(total), offset + total);
             if (read == 0)
             {
                 break;
             }
 
             total += read;
+            if (read < want && total >= enough)
+            {
+                break;
+            }
         }
 
         return total;
