@@ -200,7 +200,7 @@ internal sealed class ClientManifestBuilder(string root, WalkOptions options, st
                 hash.AppendData(buffer, 0, read);
                 size += read;
                 // A regular file's read returns less than asked only at its end: no second read to see 0. (A file that
-                // grows meanwhile is caught when it is uploaded: its content no longer matches this digest.)
+                // grows meanwhile is caught by HashStable: its stat after the read no longer matches.)
                 if (read < HashBufferSize)
                 {
                     break;
