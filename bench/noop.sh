@@ -47,7 +47,8 @@ CLEANUP_CMDS+=("kill_build_agents")
 for b in a b; do (cd "$E2E_TMP/ws-$b" && ${JB[$b]} build "$TARGET" >/dev/null 2>&1); done
 
 log "warm no-op via the gateway, $RUNS interleaved runs each (load $(cut -d' ' -f1-3 /proc/loadavg))"
-out="$(interleave noop "$RUNS" 3 \
+# 10 unmeasured rounds first: a bazel server's JVM takes ~10 builds to warm up (bench/README.md third round).
+out="$(interleave noop "$RUNS" 10 \
     "local=cd $E2E_TMP/ws-local && bazel build $TARGET" \
     "base=cd $E2E_TMP/ws-a && RBS_PHASE_TRACE=$E2E_TMP/marks-a ${JB[a]} build $TARGET" \
     "new=cd $E2E_TMP/ws-b && RBS_PHASE_TRACE=$E2E_TMP/marks-b ${JB[b]} build $TARGET")"

@@ -70,7 +70,9 @@ $SSH "cd '$E2E_TMP/ws-ssh' && bazel build $NOOP_TARGET" >/dev/null 2>&1
 (cd "$E2E_TMP/ws-gw" && $JBAZEL_NGX build "$NOOP_TARGET" >/dev/null 2>&1)
 
 log "warm no-op build ($RUNS interleaved runs each)"
-noop="$(interleave noop "$RUNS" 3 \
+# 10 unmeasured rounds first: a bazel server's JVM takes ~10 builds to warm up (its no-op went 600 -> 290 ms over
+# them, bench/README.md third round), and each server here (local, the direct agent's, the tunnel agent's) is new.
+noop="$(interleave noop "$RUNS" 10 \
     "local=cd $E2E_TMP/ws-local && bazel build $NOOP_TARGET" \
     "direct=cd $E2E_TMP/ws-jbazel && $RBS_BIN build $NOOP_TARGET" \
     "gateway=cd $E2E_TMP/ws-gw && $JBAZEL_GW build $NOOP_TARGET" \
