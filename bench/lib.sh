@@ -1,12 +1,21 @@
 # Shared helpers for the bench scripts (source after e2e/lib.sh, once E2E_TMP is set where noted).
 
-# hyperfine (kept for ad-hoc timing), OpenSSH (the baseline people use today), socat, rsync.
+# hyperfine (kept for ad-hoc timing), OpenSSH (the baseline people use today), socat, rsync, GNU time (CPU-s of jbazel).
 install_bench_tools() {
     bash "$REPO_ROOT/scripts/install-prereqs.sh"
-    if ! command -v hyperfine >/dev/null || [ ! -x /usr/sbin/sshd ] || ! command -v socat >/dev/null || ! command -v rsync >/dev/null; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client hyperfine socat rsync >/dev/null
+    if ! command -v hyperfine >/dev/null || [ ! -x /usr/sbin/sshd ] || ! command -v socat >/dev/null || ! command -v rsync >/dev/null \
+        || [ ! -x /usr/bin/time ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client hyperfine socat rsync time >/dev/null
     fi
 }
+
+# perf, for the profiling scripts (stream-profile.sh, sync-breakdown.sh with RBS_BREAKDOWN_PERF=1).
+install_perf() {
+    command -v perf >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null; }
+}
+
+# perf_top DATA SORT N: the N first lines of a flat `perf report` of DATA sorted by SORT (sym, dso, comm,sym, ...).
+perf_top() { { perf report -i "$1" --no-children -g none --sort "$2" --stdio 2>/dev/null || true; } | grep -E '^ +[0-9]' | head -"$3" || true; }
 
 # The bench workspace: the e2e example plus bench/workspace (the 1 GiB `blast` target, the no-op target).
 bench_workspace() { copy_workspace "$E2E_DIR/workspace" "$1" && cp -r "$BENCH_DIR/workspace/." "$1/"; }

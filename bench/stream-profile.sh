@@ -9,12 +9,13 @@ BENCH_DIR="$REPO_ROOT/bench"
 MODE="${RBS_PROFILE_MODE:-direct}"
 source "$BENCH_DIR/lib.sh"
 machine_state
+install_bench_tools
+install_perf
 build_artifacts
-command -v perf >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null; }
 
 E2E_TMP="$(mktemp -d /tmp/rbs-profile.XXXXXX)"
 WS="$E2E_TMP/ws"
-copy_workspace "$E2E_DIR/workspace" "$WS" && cp -r "$BENCH_DIR/workspace/." "$WS/"
+bench_workspace "$WS"
 TARGET="//bench:blast"
 # The agents inherit the orchestrator's environment: their JIT-compiled frames get names in /tmp/perf-<pid>.map
 # (W^X off: perf cannot name code it sees only through the double-mapped memfd).
@@ -84,11 +85,10 @@ ppid=$!
 sleep 0.5
 (cd "$WS" && perf record -q -g -o "$E2E_TMP/perf-jbazel.data" $JB run "$TARGET" 2>/dev/null >/dev/null)
 kill -INT "$ppid"; wait "$ppid" || true
-top() { { perf report -i "$1" --no-children -g none --sort "$2" --stdio 2>/dev/null || true; } | grep -E '^ +[0-9]' | head -"$3" || true; }
-echo "jbazel, by shared object:"; top "$E2E_TMP/perf-jbazel.data" dso 8
-echo "jbazel, top symbols:"; top "$E2E_TMP/perf-jbazel.data" sym 30
-echo "agent$([ "$MODE" = tunnel ] && echo " and gateway"), by process and shared object:"; top "$E2E_TMP/perf-server.data" comm,dso 12
-echo "agent$([ "$MODE" = tunnel ] && echo " and gateway"), top symbols:"; top "$E2E_TMP/perf-server.data" comm,sym 40
+echo "jbazel, by shared object:"; perf_top "$E2E_TMP/perf-jbazel.data" dso 8
+echo "jbazel, top symbols:"; perf_top "$E2E_TMP/perf-jbazel.data" sym 30
+echo "agent$([ "$MODE" = tunnel ] && echo " and gateway"), by process and shared object:"; perf_top "$E2E_TMP/perf-server.data" comm,dso 12
+echo "agent$([ "$MODE" = tunnel ] && echo " and gateway"), top symbols:"; perf_top "$E2E_TMP/perf-server.data" comm,sym 40
 
 # Who calls the copies: the callers of memmove and memset in jbazel.
 for f in __memmove_avx512_unaligned_erms __memset_avx512_unaligned_erms; do

@@ -1,19 +1,18 @@
 #!/usr/bin/env bash
 # Where a first sync's time goes (bench/README.md, "Workspace sync"): generates bench/sync.sh's tree, starts a local stack,
 # then runs RBS_BREAKDOWN_RUNS first syncs (empty agent workspace, cold digest cache) and prints for each jbazel's
-# wall time and status line, and the agent's "Sync done" log line (blobs, apply ms, total ms). With
-# CPU-seconds (user + sys) of jbazel and of the agent per run. With
-# RBS_BREAKDOWN_STRACE=1 the last run is traced (strace -c -f on jbazel and on the agent; summaries printed); with
+# wall time, status line and phase marks, the CPU-seconds (user + sys) of jbazel and of the agent, and the agent's
+# "Sync done" log line (blobs, apply ms, total ms). With RBS_BREAKDOWN_STRACE=1 the last run is traced (strace -c -f on jbazel and on the agent; summaries printed); with
 # RBS_BREAKDOWN_PERF=1 it is profiled instead (perf record of both; top symbols printed).
 # Usage: bash bench/sync-breakdown.sh   (after build_artifacts; never asserts times)
 source "$(dirname "${BASH_SOURCE[0]}")/../e2e/lib.sh"
 source "$REPO_ROOT/bench/lib.sh"
 RUNS="${RBS_BREAKDOWN_RUNS:-3}"
 FILES="${RBS_SYNC_FILES:-10000}"
+install_bench_tools
 build_artifacts
-[ -x /usr/bin/time ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null; }
 if [ "${RBS_BREAKDOWN_PERF:-0}" = 1 ]; then
-    command -v perf >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null; }
+    install_perf
     # The agent inherits the orchestrator's environment: its JIT frames get names (W^X off, as in stream-profile.sh).
     export DOTNET_PerfMapEnabled=1 DOTNET_EnableWriteXorExecute=0
 fi
@@ -63,7 +62,6 @@ if [ "${RBS_BREAKDOWN_STRACE:-0}" = 1 ]; then
     echo "== agent strace -c"; head -n 25 "$E2E_TMP/agent.strace"
 fi
 if [ "${RBS_BREAKDOWN_PERF:-0}" = 1 ]; then
-    top() { { perf report -i "$1" --no-children -g none --sort "$2" --stdio 2>/dev/null || true; } | grep -E '^ +[0-9]' | head -"$3" || true; }
-    echo "== jbazel, top symbols"; top "$E2E_TMP/perf-jbazel.data" sym 30
-    echo "== agent, top symbols"; top "$E2E_TMP/perf-agent.data" sym 40
+    echo "== jbazel, top symbols"; perf_top "$E2E_TMP/perf-jbazel.data" sym 30
+    echo "== agent, top symbols"; perf_top "$E2E_TMP/perf-agent.data" sym 40
 fi

@@ -50,11 +50,11 @@ diff -r "$TREE" "$AGENT_TREE" >/dev/null || { log "the agent's synced copy diffe
 # And each first sync starts after a `sync`: ext4 without a journal (this machine's) also skips, per create, every free
 # inode deleted in the last 5 minutes whose inode-table block is still dirty; after a flush only the last 5 seconds'.
 TRASH="$E2E_TMP/trash"; mkdir -p "$TRASH"
-aside() { echo "mv $1 $TRASH/\$(date +%s%N) 2>/dev/null; sync; true"; }
+aside() { echo "mv $1 $TRASH/\$(date +%s%N) 2>/dev/null; true"; }
 log "first sync ($RUNS interleaved runs each)"
 first="$(interleave first "$RUNS" 0 \
-    "rsync:prepare=$(aside "$DST")" "rsync=$RSYNC" \
-    "jbazel:prepare=$(aside "$AGENT_TREE"); mkdir $AGENT_TREE; $(aside "$AGENT_SYNC_STATE"); $(aside "$XDG_CACHE_HOME")" "jbazel=$JBAZEL_SYNC")"
+    "rsync:prepare=$(aside "$DST"); sync" "rsync=$RSYNC" \
+    "jbazel:prepare=$(aside "$AGENT_TREE"); mkdir $AGENT_TREE; $(aside "$AGENT_SYNC_STATE"); $(aside "$XDG_CACHE_HOME"); sync" "jbazel=$JBAZEL_SYNC")"
 rm -rf "$TRASH"
 
 log "no-op sync"

@@ -29,12 +29,14 @@ internal sealed class StagedBlobWriter : IAsyncDisposable
         _writer = Task.Run(WriteAllAsync);
     }
 
-    /// <summary>Queues a chunk of the blob staged at <paramref name="staged"/> (waits while the queue is full).</summary>
-    /// <param name="first">The blob's first chunk: its <c>.part</c> file is created (or truncated).</param>
+    /// <summary>
+    /// Queues a chunk of the blob staged at <paramref name="staged"/> (waits while the queue is full). The chunk at
+    /// offset 0 creates (or truncates) the blob's <c>.part</c> file.
+    /// </summary>
     /// <param name="last">The blob is complete and verified: after this chunk it is renamed to <paramref name="staged"/>.</param>
-    public async ValueTask WriteAsync(string staged, ReadOnlyMemory<byte> data, long offset, bool first, bool last, CancellationToken cancellationToken)
+    public async ValueTask WriteAsync(string staged, ReadOnlyMemory<byte> data, long offset, bool last, CancellationToken cancellationToken)
     {
-        var write = new BlobWrite(staged, data, offset, first, last);
+        var write = new BlobWrite(staged, data, offset, last);
         if (_writes.Writer.TryWrite(write))
         {
             return;
@@ -81,7 +83,7 @@ internal sealed class StagedBlobWriter : IAsyncDisposable
             await foreach (var write in _writes.Reader.ReadAllAsync())
             {
                 var path = write.Staged + ".part";
-                if (write.First)
+                if (write.Offset == 0)
                 {
                     part?.Dispose();
                     // A bare handle and positioned writes (no FileStream): open, write, close, nothing else per small blob.
@@ -115,5 +117,5 @@ internal sealed class StagedBlobWriter : IAsyncDisposable
         }
     }
 
-    private readonly record struct BlobWrite(string Staged, ReadOnlyMemory<byte> Data, long Offset, bool First, bool Last);
+    private readonly record struct BlobWrite(string Staged, ReadOnlyMemory<byte> Data, long Offset, bool Last);
 }

@@ -267,7 +267,7 @@ internal sealed partial class WorkspaceSyncService(
                     }
                 }
 
-                await writer.WriteAsync(staged, chunk.Data.Memory, offset, first: offset == 0, last, cancellationToken);
+                await writer.WriteAsync(staged, chunk.Data.Memory, offset, last, cancellationToken);
             }
 
             bytes += (ulong)size;

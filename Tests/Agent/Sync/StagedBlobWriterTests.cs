@@ -19,9 +19,9 @@ public sealed class StagedBlobWriterTests : IDisposable
     {
         var staged = Path.Combine(_staging.FullName, "blob");
         await using var writer = new StagedBlobWriter();
-        await writer.WriteAsync(staged, Encoding.ASCII.GetBytes("hello "), 0, first: true, last: false, CancellationToken.None);
-        await writer.WriteAsync(staged, Encoding.ASCII.GetBytes("world"), 6, first: false, last: false, CancellationToken.None);
-        await writer.WriteAsync(Path.Combine(_staging.FullName, "other"), Encoding.ASCII.GetBytes("x"), 0, first: true, last: true, CancellationToken.None);
+        await writer.WriteAsync(staged, Encoding.ASCII.GetBytes("hello "), 0, last: false, CancellationToken.None);
+        await writer.WriteAsync(staged, Encoding.ASCII.GetBytes("world"), 6, last: false, CancellationToken.None);
+        await writer.WriteAsync(Path.Combine(_staging.FullName, "other"), Encoding.ASCII.GetBytes("x"), 0, last: true, CancellationToken.None);
         await writer.CompleteAsync().WaitAsync(Timeout);
 
         // The first blob never got its last chunk: it stays a .part file; the second one is complete.
@@ -40,7 +40,7 @@ public sealed class StagedBlobWriterTests : IDisposable
             for (var i = 0; i < count; i++)
             {
                 var data = Encoding.ASCII.GetBytes($"blob {i}");
-                await writer.WriteAsync(Path.Combine(_staging.FullName, $"b{i}"), data, 0, first: true, last: true, CancellationToken.None);
+                await writer.WriteAsync(Path.Combine(_staging.FullName, $"b{i}"), data, 0, last: true, CancellationToken.None);
             }
 
             await writer.CompleteAsync().WaitAsync(Timeout);
@@ -59,7 +59,7 @@ public sealed class StagedBlobWriterTests : IDisposable
     {
         var missing = Path.Combine(_staging.FullName, "no-such-shard", "blob");
         await using var writer = new StagedBlobWriter();
-        await writer.WriteAsync(missing, new byte[] { 1 }, 0, first: true, last: true, CancellationToken.None);
+        await writer.WriteAsync(missing, new byte[] { 1 }, 0, last: true, CancellationToken.None);
 
         // Whichever call sees the writer stopped, the receiver gets the file system's exception (the disk-full
         // mapping depends on it), never a closed channel.
@@ -67,7 +67,7 @@ public sealed class StagedBlobWriterTests : IDisposable
         {
             for (var i = 0; i < StagedBlobWriter.WritesInFlight * 2; i++)
             {
-                await writer.WriteAsync(missing, new byte[] { 1 }, 0, first: true, last: true, CancellationToken.None);
+                await writer.WriteAsync(missing, new byte[] { 1 }, 0, last: true, CancellationToken.None);
             }
 
             await writer.CompleteAsync().WaitAsync(Timeout);
