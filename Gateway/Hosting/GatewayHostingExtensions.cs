@@ -42,6 +42,8 @@ internal static class GatewayHostingExtensions
             .Validate(o => o.TunnelKeepAliveInterval > TimeSpan.Zero && o.TunnelKeepAliveTimeout > TimeSpan.Zero && o.TunnelAcquireTimeout > TimeSpan.Zero
                 && o.TunnelProbeTimeout > TimeSpan.Zero && o.AgentStreamIdleTimeout > TimeSpan.Zero && o.JoinTokenRenewalLifetime > TimeSpan.Zero && o.OrchestratorCallTimeout > TimeSpan.Zero,
                 "Gateway timeouts and intervals must be positive.")
+            .Validate(o => o.HeapLimit == 0 || o.HeapLimit >= GatewayOptions.MinHeapLimit,
+                $"Gateway:HeapLimit (--heap-limit) must be 0 (the runtime's own limit) or at least {GatewayOptions.MinHeapLimit} bytes (64 MiB), in bytes, e.g. 335544320 for 320 MiB.")
             .ValidateOnStart();
         services.AddSingleton<IValidateOptions<GatewayOptions>, GatewayTokenKeyValidator>();
 
@@ -58,6 +60,7 @@ internal static class GatewayHostingExtensions
         services.AddSingleton<TunnelGauges>();
         services.AddSingleton<AgentTunnelRegistry>();
         services.AddSingleton<AgentStreamForwarder>();
+        services.AddSingleton<GatewayHeap>();
         services.AddSingleton<Rbs.Gateway.Registration.OrchestratorChannel>();
         services.AddSingleton<Rbs.Gateway.Registration.AgentDirectoryClient>();
         // rbs.v1.GatewayRegistry (Registration/GatewayRegistryService.cs). Unknown services stay a 404, as before the

@@ -90,6 +90,28 @@ internal sealed class GatewayOptions
     [Range(1, 1_000_000)]
     public int MaxConcurrentStreams { get; set; } = 2048;
 
+    /// <summary>
+    /// The most managed heap the gateway may use, in bytes, applied at startup as the runtime's GC heap hard limit: the
+    /// collector then works to stay under it instead of letting dead stream buffers pile up, and new streams wait while
+    /// the heap is above <see cref="StreamAdmissionHeapPercent"/> of it (docs/limits.md, "Gateway memory"). It must exceed
+    /// the live buffers of <see cref="MaxConcurrentStreams"/> slow streams, or streams in flight fail with
+    /// OutOfMemoryException: 2,000 slow streams of the bench held more than 256 MiB. An explicit
+    /// <c>DOTNET_GCHeapHardLimit</c> wins. Flag <c>--heap-limit</c>. Default <c>0</c>: the runtime's own limit (75% of a
+    /// container's memory limit; none on a bare host).
+    /// </summary>
+    public long HeapLimit { get; set; }
+
+    /// <summary>The smallest non-zero <see cref="HeapLimit"/> accepted: a busy gateway's heap holds far more than this.</summary>
+    public const long MinHeapLimit = 64L * 1024 * 1024;
+
+    /// <summary>
+    /// A new client stream is admitted only while the heap after the last collection is below this percentage of the heap
+    /// limit; above it, it waits up to <see cref="TunnelAcquireTimeout"/> (as for a stream slot), then fails with
+    /// <c>Unavailable</c> (EventId 135). Streams in flight are never cut. Default <c>85</c>.
+    /// </summary>
+    [Range(1, 100)]
+    public int StreamAdmissionHeapPercent { get; set; } = 85;
+
     /// <summary>A client stream with no bytes in either direction for this long is cancelled (a quiet bazel phase must fit). Default <c>1.00:00:00</c>.</summary>
     public TimeSpan AgentStreamIdleTimeout { get; set; } = TimeSpan.FromDays(1);
 

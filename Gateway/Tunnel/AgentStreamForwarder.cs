@@ -21,6 +21,7 @@ internal sealed partial class AgentStreamForwarder(
     IHttpForwarder forwarder,
     AgentTunnelRegistry registry,
     AgentDirectoryClient directory,
+    GatewayHeap heap,
     IOptions<GatewayOptions> options,
     TimeProvider timeProvider,
     TunnelMetrics metrics,
@@ -81,32 +82,47 @@ internal sealed partial class AgentStreamForwarder(
     public void Dispose() => _streamSlots.Dispose();
 
     /// <summary>
-    /// Takes one of the <see cref="GatewayOptions.MaxConcurrentStreams"/> slots, waiting up to
-    /// <see cref="GatewayOptions.TunnelAcquireTimeout"/> while the gateway is full. False once a status was written
-    /// (or the client went away).
+    /// Takes one of the <see cref="GatewayOptions.MaxConcurrentStreams"/> slots, once the heap has room for another
+    /// stream (<see cref="GatewayHeap"/>), waiting up to <see cref="GatewayOptions.TunnelAcquireTimeout"/> for both while
+    /// the gateway is full. False once a status was written (or the client went away).
     /// </summary>
     private async Task<bool> AdmitAsync(HttpContext context, string route)
     {
-        if (_streamSlots.Wait(0))
+        if (heap.HasRoomForStream(out var heapBytes) && _streamSlots.Wait(0))
         {
             return true;
         }
 
         var o = options.Value;
-        Log.StreamQueued(logger, route, o.MaxConcurrentStreams);
+        var waitingForHeap = false;
         Interlocked.Increment(ref _waitingStreams);
         try
         {
             using var timeout = new CancellationTokenSource(o.TunnelAcquireTimeout, timeProvider);
             using var linked = CancellationTokenSource.CreateLinkedTokenSource(context.RequestAborted, timeout.Token);
-            await _streamSlots.WaitAsync(linked.Token);
+            if (!heap.HasRoomForStream(out heapBytes))
+            {
+                waitingForHeap = true;
+                Log.StreamWaitsForHeap(logger, route, heapBytes / (1024 * 1024), heap.AdmissionThreshold / (1024 * 1024));
+                await heap.WaitForRoomAsync(linked.Token);
+                waitingForHeap = false;
+            }
+
+            if (!_streamSlots.Wait(0))
+            {
+                Log.StreamQueued(logger, route, o.MaxConcurrentStreams);
+                await _streamSlots.WaitAsync(linked.Token);
+            }
+
             return true;
         }
         catch (OperationCanceledException) when (!context.RequestAborted.IsCancellationRequested)
         {
             metrics.ForwardFailed(TunnelMetrics.GatewayFull);
-            await GrpcResponses.WriteStatusAsync(context, StatusCode.Unavailable,
-                $"the gateway carries its maximum of {o.MaxConcurrentStreams} concurrent streams (Gateway:MaxConcurrentStreams) and none ended within {o.TunnelAcquireTimeout.TotalSeconds:0.#} s; retry later");
+            var reason = waitingForHeap
+                ? $"the gateway's heap stayed above {o.StreamAdmissionHeapPercent}% of its limit ({heap.AvailableMiB} MiB: Gateway:HeapLimit, or the container's limit) for {o.TunnelAcquireTimeout.TotalSeconds:0.#} s, so it admits no new stream"
+                : $"the gateway carries its maximum of {o.MaxConcurrentStreams} concurrent streams (Gateway:MaxConcurrentStreams) and none ended within {o.TunnelAcquireTimeout.TotalSeconds:0.#} s";
+            await GrpcResponses.WriteStatusAsync(context, StatusCode.Unavailable, $"{reason}; retry later");
             return false;
         }
         catch (OperationCanceledException)
@@ -271,5 +287,8 @@ internal sealed partial class AgentStreamForwarder(
 
         [LoggerMessage(EventId = 134, Level = LogLevel.Warning, Message = "Stream to agent {AgentId} waits for a slot: the gateway carries its maximum of {Max} concurrent streams")]
         public static partial void StreamQueued(ILogger logger, string agentId, int max);
+
+        [LoggerMessage(EventId = 135, Level = LogLevel.Warning, Message = "Stream to agent {AgentId} waits for heap room: {Heap} MiB after the last collection, new streams are admitted below {Threshold} MiB")]
+        public static partial void StreamWaitsForHeap(ILogger logger, string agentId, long heap, long threshold);
     }
 }

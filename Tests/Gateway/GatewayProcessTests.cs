@@ -57,6 +57,43 @@ public sealed class GatewayProcessTests(ITestOutputHelper output) : IAsyncLifeti
     }
 
     [Fact]
+    public async Task HeapLimitBecomesTheRuntimesHeapHardLimitAndStreamsStillRun()
+    {
+        var keyFile = Path.Combine(_dir, "token.key");
+        await File.WriteAllTextAsync(keyFile, _env.Key + "\n");
+        var readyFile = Path.Combine(_dir, "ready.json");
+        using var process = Start(false,
+            "--public-listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0", "--orchestrator", "http://127.0.0.1:1",
+            "--token-key-file", keyFile, "--ready-file", readyFile, "--heap-limit", "335544320");
+        var lines = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        process.OutputDataReceived += (_, e) => { if (e.Data is { } line) { lines.Enqueue(line); WriteLine(line); } };
+        process.ErrorDataReceived += (_, e) => WriteLine(e.Data);
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        try
+        {
+            await TestWait.EventuallyAsync(() => File.Exists(readyFile) || process.HasExited, "ready file", timeout: TimeSpan.FromSeconds(30));
+            Assert.False(process.HasExited, "rbs-gateway exited early");
+            // The runtime itself reports the new limit as the memory the heap may use (EventId 190).
+            await TestWait.EventuallyAsync(() => lines.Any(l => l.Contains("GC heap limit: 320 MiB (Gateway:HeapLimit); the heap may use 320 MiB", StringComparison.Ordinal)),
+                "the heap limit log line", timeout: TimeSpan.FromSeconds(10));
+
+            var (publicAddress, agentAddress, _) = ReadyFile.TryRead<GatewayReadyFile>(readyFile) ?? throw new InvalidDataException($"{readyFile} is not a gateway ready file");
+            var agent = await _env.StartAgentAsync("agent-h", agentAddress, _env.JoinToken("agent-h"), spares: 1);
+            await agent.Status.FirstConnected.WaitAsync(TunnelTestEnvironment.Timeout);
+            var client = new V1.Agent.AgentClient(_env.Channel(publicAddress));
+            var result = await TunnelTestEnvironment.RunBytesAsync(client, TunnelTestEnvironment.Route("agent-h", _env.SessionToken("agent-h")), 1_000_003, seed: 5)
+                .WaitAsync(TunnelTestEnvironment.Timeout);
+            Assert.Equal(DeterministicBytes.ExpectedSha256(1_000_003, 5), result.Sha256);
+        }
+        finally
+        {
+            process.Kill(entireProcessTree: true);
+            await process.WaitForExitAsync().WaitAsync(TunnelTestEnvironment.Timeout);
+        }
+    }
+
+    [Fact]
     public async Task GatewayWithoutATokenKeyRefusesToStartWithAClearMessage()
     {
         using var process = Start(false, "--public-listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0");
