@@ -15,6 +15,9 @@ public sealed class GatewayProcessTests(ITestOutputHelper output) : IAsyncLifeti
     private readonly TunnelTestEnvironment _env = new(output);
     private readonly string _dir = Directory.CreateTempSubdirectory("rbs-gateway-test-").FullName;
 
+    // Standard output of the gateways started with their output piped.
+    private readonly System.Collections.Concurrent.ConcurrentQueue<string> _lines = new();
+
     public Task InitializeAsync() => Task.CompletedTask;
 
     public async Task DisposeAsync()
@@ -26,12 +29,8 @@ public sealed class GatewayProcessTests(ITestOutputHelper output) : IAsyncLifeti
     [Fact]
     public async Task GatewayExecutableTakesItsFlagsAndWritesTheReadyFile()
     {
-        var keyFile = Path.Combine(_dir, "token.key");
-        await File.WriteAllTextAsync(keyFile, _env.Key + "\n");
-        var readyFile = Path.Combine(_dir, "ready.json");
-        using var process = Start(true,
-            "--public-listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0", "--orchestrator", "http://127.0.0.1:1",
-            "--token-key-file", keyFile, "--ready-file", readyFile);
+        var (process, readyFile) = await StartKeyedAsync();
+        using var _ = process;
         try
         {
             await TestWait.EventuallyAsync(() => File.Exists(readyFile) || process.HasExited, "ready file", timeout: TimeSpan.FromSeconds(30));
@@ -59,23 +58,14 @@ public sealed class GatewayProcessTests(ITestOutputHelper output) : IAsyncLifeti
     [Fact]
     public async Task HeapLimitBecomesTheRuntimesHeapHardLimitAndStreamsStillRun()
     {
-        var keyFile = Path.Combine(_dir, "token.key");
-        await File.WriteAllTextAsync(keyFile, _env.Key + "\n");
-        var readyFile = Path.Combine(_dir, "ready.json");
-        using var process = Start(false,
-            "--public-listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0", "--orchestrator", "http://127.0.0.1:1",
-            "--token-key-file", keyFile, "--ready-file", readyFile, "--heap-limit", "335544320");
-        var lines = new System.Collections.Concurrent.ConcurrentQueue<string>();
-        process.OutputDataReceived += (_, e) => { if (e.Data is { } line) { lines.Enqueue(line); WriteLine(line); } };
-        process.ErrorDataReceived += (_, e) => WriteLine(e.Data);
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
+        var (process, readyFile) = await StartKeyedAsync("--heap-limit", "335544320");
+        using var _ = process;
         try
         {
             await TestWait.EventuallyAsync(() => File.Exists(readyFile) || process.HasExited, "ready file", timeout: TimeSpan.FromSeconds(30));
             Assert.False(process.HasExited, "rbs-gateway exited early");
             // The runtime itself reports the new limit as the memory the heap may use (EventId 190).
-            await TestWait.EventuallyAsync(() => lines.Any(l => l.Contains("GC heap limit: 320 MiB (Gateway:HeapLimit); the heap may use 320 MiB", StringComparison.Ordinal)),
+            await TestWait.EventuallyAsync(() => _lines.Any(l => l.Contains("GC heap limit: 320 MiB (Gateway:HeapLimit); the heap may use 320 MiB", StringComparison.Ordinal)),
                 "the heap limit log line", timeout: TimeSpan.FromSeconds(10));
 
             var (publicAddress, agentAddress, _) = ReadyFile.TryRead<GatewayReadyFile>(readyFile) ?? throw new InvalidDataException($"{readyFile} is not a gateway ready file");
@@ -139,6 +129,17 @@ public sealed class GatewayProcessTests(ITestOutputHelper output) : IAsyncLifeti
     }
 
     /// <param name="pipeToTestOutput">Drain stdout/stderr into the test log (else the caller reads them).</param>
+    /// <summary>rbs-gateway on ephemeral ports with the test's token key and a ready file, its output piped to the test's.</summary>
+    private async Task<(Process Process, string ReadyFile)> StartKeyedAsync(params string[] extra)
+    {
+        var keyFile = Path.Combine(_dir, "token.key");
+        await File.WriteAllTextAsync(keyFile, _env.Key + "\n");
+        var readyFile = Path.Combine(_dir, "ready.json");
+        return (Start(true,
+            ["--public-listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0", "--orchestrator", "http://127.0.0.1:1",
+                "--token-key-file", keyFile, "--ready-file", readyFile, .. extra]), readyFile);
+    }
+
     private Process Start(bool pipeToTestOutput, params string[] args)
     {
         var exe = Path.Combine(AppContext.BaseDirectory, "rbs-gateway");
@@ -157,7 +158,15 @@ public sealed class GatewayProcessTests(ITestOutputHelper output) : IAsyncLifeti
         var process = Process.Start(info)!;
         if (pipeToTestOutput)
         {
-            process.OutputDataReceived += (_, e) => WriteLine(e.Data);
+            process.OutputDataReceived += (_, e) =>
+            {
+                if (e.Data is { } line)
+                {
+                    _lines.Enqueue(line);
+                }
+
+                WriteLine(e.Data);
+            };
             process.ErrorDataReceived += (_, e) => WriteLine(e.Data);
             process.BeginOutputReadLine();
             process.BeginErrorReadLine();
