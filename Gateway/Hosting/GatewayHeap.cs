@@ -70,17 +70,18 @@ internal sealed partial class GatewayHeap(IOptions<GatewayOptions> options, Time
         return (info.HeapSizeBytes, info.TotalAvailableMemoryBytes);
     };
 
-    /// <summary>The admission threshold in bytes: <see cref="GatewayOptions.StreamAdmissionHeapPercent"/> of what the heap may use.</summary>
-    public long AdmissionThreshold => Measure().AvailableBytes / 100 * options.Value.StreamAdmissionHeapPercent;
-
     /// <summary>The most the heap may use, in MiB (for messages).</summary>
     public long AvailableMiB => Measure().AvailableBytes / (1024 * 1024);
 
-    /// <summary>True while the heap, as of the last collection, is below <see cref="AdmissionThreshold"/>.</summary>
-    public bool HasRoomForStream(out long heapBytes)
+    /// <summary>
+    /// True while the heap, as of the last collection, is below the admission threshold:
+    /// <see cref="GatewayOptions.StreamAdmissionHeapPercent"/> of what the heap may use. Both figures come from one measurement.
+    /// </summary>
+    public bool HasRoomForStream(out long heapBytes, out long thresholdBytes)
     {
         (heapBytes, var available) = Measure();
-        return heapBytes < available / 100 * options.Value.StreamAdmissionHeapPercent;
+        thresholdBytes = available / 100 * options.Value.StreamAdmissionHeapPercent;
+        return heapBytes < thresholdBytes;
     }
 
     /// <summary>
@@ -90,7 +91,7 @@ internal sealed partial class GatewayHeap(IOptions<GatewayOptions> options, Time
     /// </summary>
     public async Task WaitForRoomAsync(CancellationToken cancellationToken)
     {
-        while (!HasRoomForStream(out var heap))
+        while (!HasRoomForStream(out var heap, out _))
         {
             var now = timeProvider.GetTimestamp();
             var last = Interlocked.Read(ref _lastCollect);

@@ -88,7 +88,8 @@ internal sealed partial class AgentStreamForwarder(
     /// </summary>
     private async Task<bool> AdmitAsync(HttpContext context, string route)
     {
-        if (heap.HasRoomForStream(out var heapBytes) && _streamSlots.Wait(0))
+        var heapHasRoom = heap.HasRoomForStream(out var heapBytes, out var heapThreshold);
+        if (heapHasRoom && _streamSlots.Wait(0))
         {
             return true;
         }
@@ -100,10 +101,10 @@ internal sealed partial class AgentStreamForwarder(
         {
             using var timeout = new CancellationTokenSource(o.TunnelAcquireTimeout, timeProvider);
             using var linked = CancellationTokenSource.CreateLinkedTokenSource(context.RequestAborted, timeout.Token);
-            if (!heap.HasRoomForStream(out heapBytes))
+            if (!heapHasRoom)
             {
                 waitingForHeap = true;
-                Log.StreamWaitsForHeap(logger, route, heapBytes / (1024 * 1024), heap.AdmissionThreshold / (1024 * 1024));
+                Log.StreamWaitsForHeap(logger, route, heapBytes / (1024 * 1024), heapThreshold / (1024 * 1024));
                 await heap.WaitForRoomAsync(linked.Token);
                 waitingForHeap = false;
             }
