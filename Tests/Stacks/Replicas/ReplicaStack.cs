@@ -92,12 +92,15 @@ public sealed class ReplicaStack : IAsyncDisposable
             }
 
             stack.First = stack._replicas[replicaIds[0]];
+            // The orchestrator first, so its pre-picked port is bound within a moment: started last, it stayed free for
+            // seconds while the replicas started (their heartbeats dialling it), long enough for some connection to take
+            // it as its ephemeral source port, and the orchestrator's bind failed once in CI ("address already in use").
+            await stack.StartOrchestratorAsync();
             foreach (var id in replicaIds)
             {
                 await stack.StartReplicaAsync(id);
             }
 
-            await stack.StartOrchestratorAsync();
             return stack;
         }
         catch
