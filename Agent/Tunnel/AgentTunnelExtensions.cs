@@ -30,6 +30,7 @@ internal static class AgentTunnelExtensions
             .Validate(o => o.SpareConnections is >= 1 and <= 64, "Agent:Tunnel:SpareConnections must be 1..64.")
             .Validate(o => o.MaxStreamsPerTunnel is >= 1 and <= 100_000, "Agent:Tunnel:MaxStreamsPerTunnel must be 1..100000.")
             .Validate(o => o.MaxExtraSpares is >= 0 and <= 64, "Agent:Tunnel:MaxExtraSpares must be 0..64.")
+            .Validate(o => o.RelaySpareConnections is >= 0 and <= 64, "Agent:Tunnel:RelaySpareConnections must be 0..64 (0: no relay tunnels).")
             .Validate(o => o.ReconnectInitialDelay > TimeSpan.Zero && o.ReconnectMaxDelay >= o.ReconnectInitialDelay
                 && o.KeepAliveInterval > TimeSpan.Zero && o.KeepAliveTimeout > TimeSpan.Zero && o.ConnectTimeout > TimeSpan.Zero,
                 "Agent:Tunnel delays and timeouts must be positive, with ReconnectMaxDelay >= ReconnectInitialDelay.")
@@ -80,7 +81,9 @@ internal sealed partial class TunnelConnectionListenerFactory(
         var logger = loggerFactory.CreateLogger<TunnelConnectionListener>();
         // Read once, here (after the options were validated): from now on the token lives in memory only.
         var credentials = JoinCredentials.Load(o, timeProvider, logger);
-        var listener = new TunnelConnectionListener(tunnelEndPoint, o, credentials, status, timeProvider, logger,
+        // In-use plain relay tunnels are Kestrel socket connections: their transport logs under Kestrel's own category.
+        var socketsLogger = loggerFactory.CreateLogger("Microsoft.AspNetCore.Server.Kestrel.Transport.Sockets");
+        var listener = new TunnelConnectionListener(tunnelEndPoint, o, credentials, status, timeProvider, logger, socketsLogger,
             onRejected: () =>
             {
                 if (o.StopOnRejection)

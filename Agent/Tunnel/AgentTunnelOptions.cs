@@ -39,6 +39,16 @@ internal sealed class AgentTunnelOptions
     /// </summary>
     public int MaxExtraSpares { get; set; } = 4;
 
+    /// <summary>
+    /// Raw relay tunnels kept parked at each gateway replica that announces a relay endpoint (the 101's
+    /// <c>rbs-gateway-relay-port</c>; Shared/Tunnel/RelayProtocol.cs). The gateway splices one client connection onto one
+    /// of them, so the client's HTTP/2 ends at the agent's Kestrel instead of being terminated twice at the gateway; one is
+    /// redialled as soon as the gateway takes it. Each costs one idle TCP connection (TLS for a <c>wss://</c> gateway).
+    /// <c>0</c> disables relay tunnels (clients are then forwarded over the WebSocket tunnels). Env
+    /// <c>Agent__Tunnel__RelaySpareConnections</c>. Default <c>4</c>.
+    /// </summary>
+    public int RelaySpareConnections { get; set; } = 4;
+
     /// <summary>First reconnect delay (the cap of the first jittered wait). Default <c>00:00:00.100</c>.</summary>
     public TimeSpan ReconnectInitialDelay { get; set; } = TimeSpan.FromMilliseconds(100);
 

@@ -7,7 +7,10 @@ using Rbs.Shared.Tunnel;
 
 namespace Rbs.Agent.Tunnel;
 
-/// <summary>One tunnel handed to Kestrel as a transport connection carrying one inner HTTP/2 connection.</summary>
+/// <summary>
+/// One tunnel handed to Kestrel as a transport connection carrying one inner HTTP/2 connection: a WebSocket tunnel, or a
+/// TLS relay tunnel (<see cref="RelayTunnelDialer"/>; plain relay tunnels use Kestrel's socket transport instead).
+/// </summary>
 internal sealed class TunnelConnection : ConnectionContext,
     IConnectionIdFeature, IConnectionItemsFeature, IConnectionTransportFeature, IConnectionLifetimeFeature, IConnectionEndPointFeature
 {
@@ -15,7 +18,8 @@ internal sealed class TunnelConnection : ConnectionContext,
     public const string ItemKey = "rbs.agent.tunnel";
 
     private static long s_nextId;
-    private readonly WebSocketTunnelStream _stream;
+    private readonly Stream _stream;
+    private readonly Action _abort;
     private readonly CancellationTokenSource _closed = new();
     private readonly Action<TunnelConnection> _onDisposed;
     private readonly Action<TunnelConnection>? _onBusy;
@@ -26,8 +30,19 @@ internal sealed class TunnelConnection : ConnectionContext,
     /// <param name="onBusy">Called each time the stream count rises to <paramref name="busyThreshold"/> (time to dial another spare).</param>
     public TunnelConnection(WebSocketTunnelStream stream, EndPoint localEndPoint, Action<TunnelConnection> onDisposed,
         Action<TunnelConnection>? onBusy = null, int busyThreshold = int.MaxValue)
+        : this(stream, stream.Closed, stream.Abort, localEndPoint, onDisposed, onBusy, busyThreshold)
+    {
+    }
+
+    /// <param name="stream">The tunnel's bytes; disposed with the connection.</param>
+    /// <param name="closed">Completes when the tunnel is known to be gone (null: only reads and writes find out).</param>
+    /// <param name="abort">Cuts the tunnel at once (<see cref="Abort"/>).</param>
+    /// <param name="onBusy">Called each time the stream count rises to <paramref name="busyThreshold"/> (time to dial another spare).</param>
+    public TunnelConnection(Stream stream, Task? closed, Action abort, EndPoint localEndPoint, Action<TunnelConnection> onDisposed,
+        Action<TunnelConnection>? onBusy = null, int busyThreshold = int.MaxValue)
     {
         _stream = stream;
+        _abort = abort;
         _onDisposed = onDisposed;
         _onBusy = onBusy;
         _busyThreshold = busyThreshold;
@@ -42,10 +57,8 @@ internal sealed class TunnelConnection : ConnectionContext,
         Features.Set<IConnectionLifetimeFeature>(this);
         Features.Set<IConnectionEndPointFeature>(this);
         Items[ItemKey] = this;
-        _ = stream.Closed.ContinueWith(_ => CancelClosed(), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        _ = closed?.ContinueWith(_ => CancelClosed(), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
     }
-
-    public WebSocketTunnelStream Stream => _stream;
 
     /// <summary>HTTP/2 streams (requests) in flight on this tunnel.</summary>
     public int ActiveStreams => Volatile.Read(ref _streams);
@@ -80,7 +93,7 @@ internal sealed class TunnelConnection : ConnectionContext,
 
     public override void Abort(ConnectionAbortedException abortReason)
     {
-        _stream.Abort();
+        _abort();
         CancelClosed();
     }
 

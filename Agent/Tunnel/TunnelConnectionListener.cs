@@ -22,6 +22,11 @@ namespace Rbs.Agent.Tunnel;
 /// token fresh without new demand. Failures reconnect with capped exponential backoff and full jitter; a 4xx from
 /// the gateway (credentials refused) is final: no more dials, while requests in flight run to their end.
 /// </para>
+/// <para>
+/// Relay: a 101 that announces the replica's relay port (<c>rbs-gateway-relay-port</c>) also starts
+/// <see cref="AgentTunnelOptions.RelaySpareConnections"/> raw relay tunnels for that group (<see cref="RelayTunnelDialer"/>),
+/// which end with the group like its WebSocket spares.
+/// </para>
 /// </summary>
 internal sealed partial class TunnelConnectionListener : IConnectionListener
 {
@@ -45,10 +50,11 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
     private readonly Dictionary<string, SpareGroup> _groups = new(StringComparer.Ordinal);
     private readonly TaskCompletionSource _replicated = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly List<SpareGroup> _retiredGroups = [];
+    private readonly RelayTunnelDialer _relay;
     private Task[] _loops = [];
     private int _extraSpares;
 
-    public TunnelConnectionListener(TunnelEndPoint endPoint, AgentTunnelOptions options, JoinCredentials credentials, AgentTunnelStatus status, TimeProvider timeProvider, ILogger logger, Action onRejected)
+    public TunnelConnectionListener(TunnelEndPoint endPoint, AgentTunnelOptions options, JoinCredentials credentials, AgentTunnelStatus status, TimeProvider timeProvider, ILogger logger, ILogger socketsLogger, Action onRejected)
     {
         _endPoint = endPoint;
         _options = options;
@@ -57,11 +63,15 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
         _timeProvider = timeProvider;
         _logger = logger;
         _onRejected = onRejected;
+        _relay = new RelayTunnelDialer(options, credentials, status, timeProvider, logger, socketsLogger, connection => _accepted.Writer.TryWrite(connection));
     }
 
     public EndPoint EndPoint => _endPoint;
 
     public JoinCredentials Credentials => _credentials;
+
+    /// <summary>A tunnel open this long had worked: its closing restarts the backoff (it is not one more failure in a row).</summary>
+    internal static TimeSpan StableConnection => s_stableConnection;
 
     /// <summary>Completes when every dial loop has ended: after a final refusal, or once unbound.</summary>
     internal Task LoopsEnded
@@ -77,7 +87,7 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
             Task[] groups;
             lock (_groups)
             {
-                groups = [.. _groups.Values.Concat(_retiredGroups).SelectMany(g => g.Loops)];
+                groups = [.. _groups.Values.Concat(_retiredGroups).SelectMany(g => g.Loops.Concat(g.RelayLoops))];
             }
 
             return Task.WhenAll([.. _loops, .. extras, .. groups]);
@@ -134,6 +144,7 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
             }
         }
 
+        _relay.Dispose();
         _stop.Dispose();
     }
 
@@ -150,6 +161,8 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
         {
             stream.Abort();
         }
+
+        _relay.AbortAll();
     }
 
     /// <summary>
@@ -166,7 +179,7 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
             WebSocketTunnelStream stream;
             try
             {
-                stream = await DialAsync(gatewayUri, stop);
+                stream = await DialAsync(group);
             }
             catch (OperationCanceledException) when (stop.IsCancellationRequested)
             {
@@ -266,7 +279,7 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
             WebSocketTunnelStream fresh;
             try
             {
-                fresh = await DialAsync(group.ConnectUri, stop);
+                fresh = await DialAsync(group);
             }
             catch (OperationCanceledException) when (stop.IsCancellationRequested)
             {
@@ -617,9 +630,9 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
         }
     }
 
-    private void OnConnectionDisposed(TunnelConnection connection)
+    private void OnConnectionDisposed(WebSocketTunnelStream stream)
     {
-        Track(connection.Stream, add: false);
+        Track(stream, add: false);
         _status.TunnelClosed();
     }
 
@@ -640,7 +653,7 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
     private void HandToKestrel(WebSocketTunnelStream stream, SpareGroup group)
     {
         Log.TunnelInUse(_logger);
-        _accepted.Writer.TryWrite(new TunnelConnection(stream, _endPoint, OnConnectionDisposed, connection => OnTunnelBusy(connection, group), BusyThreshold));
+        _accepted.Writer.TryWrite(new TunnelConnection(stream, _endPoint, _ => OnConnectionDisposed(stream), connection => OnTunnelBusy(connection, group), BusyThreshold));
     }
 
     private void Track(WebSocketTunnelStream stream, bool add)
@@ -681,9 +694,14 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
         }
     }
 
-    /// <summary>One WebSocket connect with the current token; the renewed token of the 101 replaces it for later dials.</summary>
-    private async Task<WebSocketTunnelStream> DialAsync(Uri gatewayUri, CancellationToken stop)
+    /// <summary>
+    /// One WebSocket connect of <paramref name="group"/> with the current token; the renewed token of the 101 replaces it
+    /// for later dials, and the relay port it announces (or no longer announces) steers the group's relay tunnels.
+    /// </summary>
+    private async Task<WebSocketTunnelStream> DialAsync(SpareGroup group)
     {
+        var gatewayUri = group.ConnectUri;
+        var stop = group.Stop;
         var webSocket = new ClientWebSocket();
         webSocket.Options.CollectHttpResponseDetails = true;
         webSocket.Options.SetRequestHeader("Authorization", "Bearer " + _credentials.Token);
@@ -718,8 +736,39 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
             _replicated.TrySetResult();
         }
 
+        OnRelayPort(group, AnnouncedRelayPort(webSocket.HttpResponseHeaders));
         webSocket.HttpResponseHeaders = null;
         return new WebSocketTunnelStream(webSocket);
+    }
+
+    private static int? AnnouncedRelayPort(IReadOnlyDictionary<string, IEnumerable<string>>? headers) =>
+        headers?.TryGetValue(RbsHeaders.GatewayRelayPort, out var values) == true
+        && int.TryParse(values.FirstOrDefault(), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var port)
+        && port is > 0 and <= IPEndPoint.MaxPort
+            ? port
+            : null;
+
+    /// <summary>
+    /// A 101 of <paramref name="group"/> announced <paramref name="port"/> (null: none): when that differs from what the group
+    /// knew, its relay loops to the old port stop and, with a port, new ones start. Nothing once the group has stopped.
+    /// Under the <see cref="_groups"/> lock, like the start of its WebSocket loops, so <see cref="LoopsEnded"/> sees them.
+    /// </summary>
+    private void OnRelayPort(SpareGroup group, int? port)
+    {
+        lock (_groups)
+        {
+            if (group.Stop.IsCancellationRequested || group.RelayPort == port)
+            {
+                return;
+            }
+
+            group.RelayPort = port;
+            var stop = group.RestartRelay();
+            if (port is { } announced)
+            {
+                group.RelayLoops = [.. group.RelayLoops.Where(t => !t.IsCompleted), .. _relay.Start(group.ConnectUri, announced, stop)];
+            }
+        }
     }
 
     private static TimeSpan? AnnouncedLifetime(IReadOnlyDictionary<string, IEnumerable<string>> headers) =>
@@ -744,19 +793,24 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
         }
     }
 
-    /// <summary>Full jitter: uniform in [0, min(cap, initial * 2^(n-1))].</summary>
-    private TimeSpan Backoff(int failures)
+    private TimeSpan Backoff(int failures) => Backoff(_options, failures);
+
+    /// <summary>Full jitter: uniform in [0, min(cap, initial * 2^(n-1))]. Every dial loop of the agent (WebSocket and relay) backs off so.</summary>
+    internal static TimeSpan Backoff(AgentTunnelOptions options, int failures)
     {
-        var ceiling = _options.ReconnectInitialDelay.TotalMilliseconds * Math.Pow(2, Math.Min(failures - 1, 30));
-        ceiling = Math.Min(ceiling, _options.ReconnectMaxDelay.TotalMilliseconds);
+        var ceiling = options.ReconnectInitialDelay.TotalMilliseconds * Math.Pow(2, Math.Min(failures - 1, 30));
+        ceiling = Math.Min(ceiling, options.ReconnectMaxDelay.TotalMilliseconds);
         return TimeSpan.FromMilliseconds(Random.Shared.NextDouble() * ceiling);
     }
 
-    private async Task<bool> DelayAsync(TimeSpan delay, CancellationToken stop)
+    private Task<bool> DelayAsync(TimeSpan delay, CancellationToken stop) => DelayAsync(delay, _timeProvider, stop);
+
+    /// <summary>False when <paramref name="stop"/> was cancelled first.</summary>
+    internal static async Task<bool> DelayAsync(TimeSpan delay, TimeProvider timeProvider, CancellationToken stop)
     {
         try
         {
-            await Task.Delay(delay, _timeProvider, stop);
+            await Task.Delay(delay, timeProvider, stop);
             return true;
         }
         catch (OperationCanceledException)
@@ -778,11 +832,40 @@ internal sealed partial class TunnelConnectionListener : IConnectionListener
         /// <summary>Cancelled when the group ends (the replica left the set) or the listener stops.</summary>
         public CancellationToken Stop { get; } = stop.Token;
 
+        private readonly List<CancellationTokenSource> _relayStops = [];
+
         public Task[] Loops { get; set; } = [];
+
+        /// <summary>The relay port the group's latest 101 announced; null before, or from a gateway without a relay endpoint.</summary>
+        public int? RelayPort { get; set; }
+
+        /// <summary>The relay spare loops started so far (those of an earlier port end on their own).</summary>
+        public Task[] RelayLoops { get; set; } = [];
+
+        /// <summary>Stops the relay loops to the previous port; the token for those to the new one (cancelled with <see cref="Stop"/>).</summary>
+        public CancellationToken RestartRelay()
+        {
+            if (_relayStops.Count > 0)
+            {
+                _relayStops[^1].Cancel();
+            }
+
+            // Disposed with the group only: a loop of an earlier port may still be looking at its token.
+            _relayStops.Add(CancellationTokenSource.CreateLinkedTokenSource(Stop));
+            return _relayStops[^1].Token;
+        }
 
         public void Cancel() => stop.Cancel();
 
-        public void Dispose() => stop.Dispose();
+        public void Dispose()
+        {
+            foreach (var relayStop in _relayStops)
+            {
+                relayStop.Dispose();
+            }
+
+            stop.Dispose();
+        }
     }
 
     private sealed class TunnelRejectedException(HttpStatusCode statusCode) : Exception($"HTTP {(int)statusCode}")
@@ -938,7 +1021,7 @@ internal sealed class AgentTunnelStatus
     /// </summary>
     public Task DialLoopsEnded => _listener?.LoopsEnded ?? Task.CompletedTask;
 
-    /// <summary>Tunnels open now (idle spares plus those carrying HTTP/2 connections).</summary>
+    /// <summary>Tunnels open now, WebSocket and relay (idle or parked spares plus those carrying HTTP/2 connections).</summary>
     public int OpenTunnels => Volatile.Read(ref _open);
 
     /// <summary>The join token in use, once the listener is bound.</summary>

@@ -39,6 +39,9 @@ internal sealed class GatewayEndpoints
             _public = listen;
             if (string.IsNullOrEmpty(options.CertificatePath))
             {
+                // A relay request is the connection's first line, before any HTTP (Relay/ClientRelay.cs).
+                Relay.ClientRelay.Use(listen);
+
                 // Cleartext: a browser (the dashboard) is relayed to HTTP/1.1 before the guard sees it (Dashboard/).
                 Dashboard.DashboardHttp1Fallback.Use(listen);
             }
@@ -51,6 +54,8 @@ internal sealed class GatewayEndpoints
                 // ALPN negotiates h2 for gRPC clients.
                 listen.Protocols = HttpProtocols.Http1AndHttp2;
                 listen.UseHttps(options.CertificatePath, options.CertificatePassword);
+                // With TLS the relay request is the first line inside it.
+                Relay.ClientRelay.Use(listen);
                 _publicTls = true;
             }
             else

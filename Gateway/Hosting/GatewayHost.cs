@@ -20,6 +20,7 @@ internal static class GatewayHost
             new("--certificate", $"{Section}:{nameof(GatewayOptions.CertificatePath)}", "FILE", "none (h2c)", "PFX/PKCS#12 certificate for TLS on the public endpoint (password: Gateway:CertificatePassword)."),
             new("--advertise-agent-address", $"{Section}:{nameof(GatewayOptions.AdvertiseAgentAddress)}", "URL", "none (a single gateway)", "This replica's agent endpoint as agents dial it directly (http://POD_IP:8081); makes the gateway one of several replicas."),
             new("--replica-id", $"{Section}:{nameof(GatewayOptions.ReplicaId)}", "ID", "host name + random suffix", "This replica's id, unique among live replicas (the pod name)."),
+            new("--relay-listen", $"{Section}:{nameof(GatewayOptions.RelayListen)}", "HOST:PORT|off", "the agent endpoint's host, an ephemeral port", "Raw relay tunnels of agents (cluster-internal): relayed client connections end at the agent's HTTP/2."),
             new("--heap-limit", $"{Section}:{nameof(GatewayOptions.HeapLimit)}", "BYTES", "0 (the runtime's: 75% of a container's memory limit)", "GC heap hard limit; new streams wait while the heap is above Gateway:StreamAdmissionHeapPercent (85) of the limit in force."),
             new("--ready-file", $"{Section}:{nameof(GatewayOptions.ReadyFile)}", "FILE", "none", "Written once both endpoints listen: {\"publicAddress\",\"agentAddress\",\"pid\"}."),
             .. Rbs.Shared.Telemetry.RbsTelemetryOptions.Flags(Section),

@@ -61,6 +61,13 @@ internal static class GatewayHostingExtensions
         services.AddSingleton<AgentTunnelRegistry>();
         services.AddSingleton<AgentStreamForwarder>();
         services.AddSingleton<GatewayHeap>();
+        // The relay: agents' raw relay tunnels and client connections spliced onto them (Relay/). Its listener is a
+        // hosted service, so it is bound before Kestrel starts and the first tunnel's 101 announces its port.
+        services.AddSingleton<Relay.RelayMetrics>();
+        services.AddSingleton<Relay.RelayTunnelPool>();
+        services.AddSingleton<Relay.RelayTunnelListener>();
+        services.AddHostedService(sp => sp.GetRequiredService<Relay.RelayTunnelListener>());
+        services.AddSingleton<Relay.ClientRelay>();
         services.AddSingleton<Rbs.Gateway.Registration.OrchestratorChannel>();
         services.AddSingleton<Rbs.Gateway.Registration.AgentDirectoryClient>();
         // rbs.v1.GatewayRegistry (Registration/GatewayRegistryService.cs). Unknown services stay a 404, as before the

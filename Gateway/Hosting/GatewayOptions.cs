@@ -112,6 +112,39 @@ internal sealed class GatewayOptions
     [Range(1, 100)]
     public int StreamAdmissionHeapPercent { get; set; } = 85;
 
+    /// <summary>
+    /// Where agents park raw relay tunnels (Relay/, Shared/Tunnel/RelayProtocol.cs): a plain TCP listener beside the agent
+    /// endpoint, cluster-internal like it, announced to every agent on its tunnels' 101 (<c>rbs-gateway-relay-port</c>).
+    /// A relayed client connection is spliced onto one such tunnel byte for byte, so its HTTP/2 ends at the agent.
+    /// <c>off</c> disables the relay (clients' streams are then forwarded one by one). Flag <c>--relay-listen</c>.
+    /// Default empty: the agent endpoint's host, an ephemeral port (a Service in front of one gateway needs a fixed one:
+    /// the chart sets <c>0.0.0.0:8082</c>).
+    /// </summary>
+    public string RelayListen { get; set; } = string.Empty;
+
+    /// <summary>True unless <see cref="RelayListen"/> is <c>off</c>.</summary>
+    public bool RelayEnabled => !string.Equals(RelayListen.Trim(), "off", StringComparison.OrdinalIgnoreCase);
+
+    /// <summary>
+    /// Client connections relayed at once. Each holds at most <see cref="RelayBufferSize"/> of the agent's output (with TLS also
+    /// Kestrel's write buffer of the client connection, 64 KiB) and Kestrel's read buffer of the client's uploads (1 MiB), so this bounds
+    /// the relay's memory (docs/limits.md, "Gateway memory"). A request beyond it is answered 503, and the client sends
+    /// its streams the per-stream way instead. Default <c>256</c>.
+    /// </summary>
+    [Range(0, 100_000)]
+    public int MaxRelayConnections { get; set; } = 256;
+
+    /// <summary>The most bytes one socket read of a relayed agent's output takes (one buffer per relayed connection; 16k reads per GiB). Default <c>262144</c> (256 KiB).</summary>
+    [Range(4096, 16 * 1024 * 1024)]
+    public int RelayBufferSize { get; set; } = 256 * 1024;
+
+    /// <summary>Parked relay tunnels kept per agent; the agent's next one beyond it is refused (503) until one goes into use. Default <c>16</c>.</summary>
+    [Range(1, 1024)]
+    public int RelayTunnelsPerAgent { get; set; } = 16;
+
+    /// <summary>How long a relay request waits for a parked tunnel of its agent (the agent dials a replacement for each one taken) before it is answered 503 and the client falls back to per-stream forwarding. Default <c>00:00:05</c>.</summary>
+    public TimeSpan RelayAcquireTimeout { get; set; } = TimeSpan.FromSeconds(5);
+
     /// <summary>A client stream with no bytes in either direction for this long is cancelled (a quiet bazel phase must fit). Default <c>1.00:00:00</c>.</summary>
     public TimeSpan AgentStreamIdleTimeout { get; set; } = TimeSpan.FromDays(1);
 

@@ -18,6 +18,8 @@ internal sealed partial class GatewayDrain(
     GatewayReplicaSet replicas,
     AgentTunnelRegistry registry,
     AgentStreamForwarder forwarder,
+    Relay.RelayTunnelPool relayTunnels,
+    Relay.ClientRelay relay,
     AgentDirectoryClient directory,
     IOptions<GatewayOptions> options,
     TimeProvider timeProvider,
@@ -34,6 +36,8 @@ internal sealed partial class GatewayDrain(
         if (!replicas.Enabled)
         {
             registry.AbortAll();
+            relayTunnels.StopTaking();
+            relay.CutAll();
             return;
         }
 
@@ -43,6 +47,7 @@ internal sealed partial class GatewayDrain(
         }
 
         registry.StopTakingTunnels();
+        relayTunnels.StopTaking();
         Completed = Task.Run(DrainAsync);
     }
 
@@ -63,7 +68,8 @@ internal sealed partial class GatewayDrain(
         while (true)
         {
             var elapsed = timeProvider.GetElapsedTime(started);
-            var active = forwarder.ActiveStreams;
+            // A relayed connection counts as one stream: the gateway cannot see the streams it carries.
+            var active = forwarder.ActiveStreams + relay.ActiveConnections;
             if ((active == 0 && elapsed >= settle) || elapsed >= bound)
             {
                 if (active > 0)
@@ -79,6 +85,7 @@ internal sealed partial class GatewayDrain(
 
         Log.Drained(logger, replicas.SelfId, timeProvider.GetElapsedTime(started).TotalSeconds);
         registry.AbortAll();
+        relay.CutAll();
     }
 
     private static partial class Log

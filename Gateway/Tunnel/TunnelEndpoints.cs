@@ -50,7 +50,7 @@ internal static partial class TunnelEndpoints
         await context.Response.WriteAsJsonAsync(current, GatewayReplicaJson.Default.GatewayReplicaList, cancellationToken: context.RequestAborted);
     }
 
-    private static async Task AcceptTunnelAsync(HttpContext context, RbsTokenService tokens, AgentTunnelRegistry registry, GatewayReplicaSet replicas, IOptions<GatewayOptions> options, ILoggerFactory loggerFactory)
+    private static async Task AcceptTunnelAsync(HttpContext context, RbsTokenService tokens, AgentTunnelRegistry registry, GatewayReplicaSet replicas, Relay.RelayTunnelListener relay, IOptions<GatewayOptions> options, ILoggerFactory loggerFactory)
     {
         var logger = loggerFactory.CreateLogger(typeof(TunnelEndpoints).FullName!);
         // The join policy admitted the request: a valid join token, or an expired one the orchestrator confirmed.
@@ -89,6 +89,12 @@ internal static partial class TunnelEndpoints
         if (replicas.Enabled)
         {
             context.Response.Headers[RbsHeaders.GatewayReplica] = replicas.SelfId;
+        }
+
+        if (relay.Port is { } relayPort)
+        {
+            // The agent parks raw relay tunnels there too (Relay/).
+            context.Response.Headers[RbsHeaders.GatewayRelayPort] = relayPort.ToString(System.Globalization.CultureInfo.InvariantCulture);
         }
 
         var webSocket = await context.WebSockets.AcceptWebSocketAsync(new WebSocketAcceptContext

@@ -59,7 +59,8 @@ internal sealed class TunnelMetrics
 /// </summary>
 internal sealed class TunnelGauges
 {
-    public TunnelGauges(IMeterFactory meterFactory, AgentTunnelRegistry registry, AgentStreamForwarder forwarder, GatewayReplicaSet replicas)
+    public TunnelGauges(IMeterFactory meterFactory, AgentTunnelRegistry registry, AgentStreamForwarder forwarder, GatewayReplicaSet replicas,
+        Relay.RelayTunnelPool relayTunnels, Relay.ClientRelay relay)
     {
         var meter = meterFactory.Create(TunnelMetrics.MeterName);
         var replica = new KeyValuePair<string, object?>("rbs.gateway.replica", replicas.SelfId);
@@ -71,6 +72,10 @@ internal sealed class TunnelGauges
             "Client streams being forwarded to agents now.");
         meter.CreateObservableUpDownCounter("rbs.gateway.streams.waiting", () => new Measurement<int>(forwarder.WaitingStreams, replica), "{stream}",
             "Client streams waiting: for their agent's tunnel (after a gateway restart) or for a free stream slot.");
+        meter.CreateObservableUpDownCounter("rbs.gateway.relay.active", () => new Measurement<int>(relay.ActiveConnections, replica), "{connection}",
+            "Client connections relayed to agents now (each carries that client's streams to its agent).");
+        meter.CreateObservableUpDownCounter("rbs.gateway.relay.tunnels.parked", () => new Measurement<int>(relayTunnels.Parked, replica), "{tunnel}",
+            "Agents' relay tunnels parked on this replica, waiting for a client connection.");
     }
 
     private static IEnumerable<Measurement<int>> Tunnels(AgentTunnelRegistry registry, KeyValuePair<string, object?> replica)

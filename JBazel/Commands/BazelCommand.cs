@@ -98,6 +98,14 @@ internal sealed class BazelCommand : RootCommand
         CustomParser = result => Parse<bool>(result, OptionValues.TryParseSwitch) ? "true" : "false",
     };
 
+    internal static readonly Option<string> RelayOption = new("--rbs_relay")
+    {
+        Description = "In tunnel mode, ask the gateway to relay the agent connection byte for byte to the agent's own HTTP/2 server; a gateway that does not relay forwards each call as before. false: always have the gateway forward each call.",
+        HelpName = "true|false",
+        Arity = ArgumentArity.ZeroOrOne,
+        CustomParser = result => Parse<bool>(result, OptionValues.TryParseSwitch) ? "true" : "false",
+    };
+
     internal static readonly Option<bool> HelpOption = new("--rbs_help")
     {
         Description = "Show jbazel's options and exit (bazel's own help: 'jbazel help').",
@@ -110,10 +118,10 @@ internal sealed class BazelCommand : RootCommand
 
     /// <summary>Options that are settings (environment variables and rc files can set these).</summary>
     internal static readonly IReadOnlyList<Option> SettingOptions =
-        [OrchestratorOption, ConnectOption, StatusOption, ApiKeyOption, TimeoutOption, FetchOutputsOption, SyncOption, SyncExcludeOption, SyncGitignoreOption, FetchTestLogsOption];
+        [OrchestratorOption, ConnectOption, StatusOption, ApiKeyOption, TimeoutOption, FetchOutputsOption, SyncOption, SyncExcludeOption, SyncGitignoreOption, FetchTestLogsOption, RelayOption];
 
     /// <summary>Switches: written bare or as <c>--rbs_x=value</c>, never taking the next token as their value.</summary>
-    internal static readonly IReadOnlySet<Option> SwitchOptions = new HashSet<Option> { FetchOutputsOption, SyncOption, SyncGitignoreOption, FetchTestLogsOption };
+    internal static readonly IReadOnlySet<Option> SwitchOptions = new HashSet<Option> { FetchOutputsOption, SyncOption, SyncGitignoreOption, FetchTestLogsOption, RelayOption };
 
     /// <summary>Option names whose value may be the next token (<c>--rbs_x value</c>).</summary>
     internal static readonly IReadOnlySet<string> OptionsTakingValues =
@@ -261,7 +269,7 @@ internal sealed class BazelCommand : RootCommand
             SyncWorkspace = settings.Sync,
         };
 
-        using var channels = new ChannelPool();
+        using var channels = new ChannelPool(settings.Relay);
         using var allocating = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, interrupts.First);
         PhaseTrace.Mark("getserver");
         var cache = AllocationCache.For(_environment.Get("XDG_CACHE_HOME"), _environment.HomeDirectory, settings.Orchestrator, settings.ApiKey, request, TimeProvider.System);
@@ -424,6 +432,7 @@ internal sealed class BazelCommand : RootCommand
         "--rbs_sync" => "false",
         "--rbs_sync_gitignore" => "false",
         "--rbs_fetch_test_logs" => "true",
+        "--rbs_relay" => "true",
         _ => "none",
     };
 

@@ -55,6 +55,13 @@ internal sealed record RbsSettings(
     public bool FetchTestLogs { get; init; } = true;
 
     /// <summary>
+    /// In tunnel mode, have the gateway relay the agent connection (<c>--rbs_relay</c>, env <c>RBS_RELAY</c>) instead of
+    /// forwarding each call: the gateway then copies bytes instead of terminating HTTP/2 twice. Default true; false is
+    /// the way back to per-call forwarding when a relay misbehaves (a gateway without the relay is detected anyway).
+    /// </summary>
+    public bool Relay { get; init; } = true;
+
+    /// <summary>
     /// Where <see cref="Orchestrator"/> came from, for error messages: <c>--rbs_orchestrator on the command line</c>,
     /// <c>environment variable RBS_ORCHESTRATOR</c>, <c>/ws/.jbazelrc:3</c>, or the default.
     /// </summary>

@@ -51,6 +51,7 @@ internal sealed class SettingsResolver(Func<IReadOnlyList<string>, ParseResult> 
             SyncExcludes = PickAll(layers, BazelCommand.SyncExcludeOption),
             SyncGitignore = Pick(layers, BazelCommand.SyncGitignoreOption, defaults.SyncGitignore ? "true" : "false") == "true",
             FetchTestLogs = Pick(layers, BazelCommand.FetchTestLogsOption, defaults.FetchTestLogs ? "true" : "false") == "true",
+            Relay = Pick(layers, BazelCommand.RelayOption, defaults.Relay ? "true" : "false") == "true",
             OrchestratorSource = SourceOf(layers, descriptions, BazelCommand.OrchestratorOption),
         };
     }

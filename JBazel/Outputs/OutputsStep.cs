@@ -25,7 +25,7 @@ internal static class OutputsStep
         StandardStreams streams,
         CancellationToken cancellationToken)
     {
-        var client = new V1.Outputs.OutputsClient(channels.Get(allocation.AgentAddress));
+        var client = new V1.Outputs.OutputsClient(channels.ForAgent(allocation));
         var fetcher = new OutputFetcher(client, allocation.Headers, workspaceRoot);
         try
         {

@@ -28,7 +28,7 @@ internal static class TestLogsStep
         StandardStreams streams,
         CancellationToken cancellationToken)
     {
-        var client = new V1.Outputs.OutputsClient(channels.Get(allocation.AgentAddress));
+        var client = new V1.Outputs.OutputsClient(channels.ForAgent(allocation));
         try
         {
             var fetcher = new OutputFetcher(client, allocation.Headers, workspaceRoot);

@@ -190,7 +190,7 @@ internal sealed class CommandSession(Allocation allocation, ChannelPool channels
     private async Task<CallOutcome> RunCallAsync(ClientFrame first, long? lostAt, Action onRunning, CancellationToken cancellationToken)
     {
         using var abort = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        using var call = ExecuteCommandCall.Start(channels.Get(allocation.AgentAddress).CreateCallInvoker(), allocation.Headers, abort.Token);
+        using var call = ExecuteCommandCall.Start(channels.ForAgent(allocation).CreateCallInvoker(), allocation.Headers, abort.Token);
         using var writer = new FrameWriter(call.RequestStream);
         var receivedFrame = false;
         var receivedAttached = false;

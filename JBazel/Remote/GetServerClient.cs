@@ -93,7 +93,7 @@ internal sealed class GetServerClient(ChannelPool channels, RbsSettings settings
 
         try
         {
-            var agent = new V1.Agent.AgentClient(channels.Get(allocation.AgentAddress));
+            var agent = new V1.Agent.AgentClient(channels.ForAgent(allocation));
             var status = await agent.GetStatusAsync(new GetStatusRequest(), allocation.Headers, deadline: DateTime.UtcNow + s_cachedCheckTimeout, cancellationToken: cancellationToken);
             return status.AgentId == cached.AgentId ? allocation : null;
         }

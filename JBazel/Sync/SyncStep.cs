@@ -105,7 +105,7 @@ internal sealed class PreparedSync(
     public async Task<SyncReport> RunAsync(CancellationToken cancellationToken)
     {
         var client = new WorkspaceSyncClient(
-            new WorkspaceSync.WorkspaceSyncClient(channels.Get(allocation.AgentAddress)),
+            new WorkspaceSync.WorkspaceSyncClient(channels.ForAgent(allocation)),
             allocation.Headers,
             ct => Interlocked.Exchange(ref _first, null) ?? builder.Build(ct),
             allocation.Description,

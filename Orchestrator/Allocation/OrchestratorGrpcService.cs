@@ -80,6 +80,7 @@ internal sealed partial class OrchestratorGrpcService(
             response.Address = gateway.PublicAddress;
             response.Route = agent.AgentId;
             response.SessionToken = gateway.MintSession(agent.AgentId, userId);
+            response.Relay = gateway.Relay;
         }
         else if (await compute.GetDirectAccessKeyAsync(agent, context.CancellationToken) is { } accessKey)
         {

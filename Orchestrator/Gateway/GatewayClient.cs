@@ -60,6 +60,9 @@ internal sealed partial class GatewayClient : IDisposable
     /// <summary>The gateway's public address (tunnel-mode GetServer answers).</summary>
     public string PublicAddress => _options.PublicAddress?.Trim() ?? string.Empty;
 
+    /// <summary>Whether clients may ask the gateway for a relayed connection (<see cref="OrchestratorGatewayOptions.Relay"/>).</summary>
+    public bool Relay => _options.Relay;
+
     private Uri AgentEndpoint
     {
         get

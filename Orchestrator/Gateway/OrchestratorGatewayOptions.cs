@@ -50,6 +50,15 @@ internal sealed class OrchestratorGatewayOptions
     /// <summary>Tolerated clock difference between the hosts that mint and check tokens (<c>nbf</c>/<c>exp</c>). Default: 00:00:30.</summary>
     public TimeSpan TokenClockSkew { get; set; } = RbsTokenService.DefaultClockSkew;
 
+    /// <summary>
+    /// Whether tunnel-mode GetServer answers tell clients to ask the gateway for a relayed connection
+    /// (<c>GetServerResponse.relay</c>; docs/connect-modes.md, "The relay"). Needs the clients' TCP to reach the gateway's
+    /// public endpoint as is: direct, through an L4 load balancer or TLS passthrough. Behind an HTTP/2-terminating
+    /// proxy (an L7 ingress) set it to false, or every command would first try a relay that proxy cannot carry.
+    /// Env <c>Orchestrator__Gateway__Relay</c>. Default: true.
+    /// </summary>
+    public bool Relay { get; set; } = true;
+
     /// <summary>Lifetime of the join token an agent registers with (the gateway renews it on every connect). Default: 00:10:00.</summary>
     public TimeSpan JoinTokenLifetime { get; set; } = TimeSpan.FromMinutes(10);
 

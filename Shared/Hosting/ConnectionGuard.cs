@@ -64,6 +64,18 @@ internal sealed partial class ConnectionGuard(IOptions<ServerLimitsOptions> opti
         return new Tracked(this);
     }
 
+    /// <summary>
+    /// Ends the handshake wait of a guarded connection that carries no HTTP request the guard could see (the gateway's
+    /// relay, whose first line is its own handshake).
+    /// </summary>
+    public static void HandshakeCompleted(ConnectionContext connection)
+    {
+        if (connection.Items.TryGetValue(ItemKey, out var item) && item is HandshakeWatch watch)
+        {
+            watch.RequestArrived();
+        }
+    }
+
     public void Dispose()
     {
         lock (_lock)

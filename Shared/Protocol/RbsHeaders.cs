@@ -27,4 +27,11 @@ internal static class RbsHeaders
     /// (or an older one) sends none and the agent dials only its configured address.
     /// </summary>
     public const string GatewayReplica = "rbs-gateway-replica";
+
+    /// <summary>
+    /// On the tunnel handshake's 101 response of a gateway with a relay endpoint: its TCP port on the same host as the
+    /// agent endpoint. The agent then keeps raw relay tunnels there as well (<c>Shared/Tunnel/RelayProtocol.cs</c>); a
+    /// gateway without one (or an older one) sends none and the agent dials only WebSocket tunnels.
+    /// </summary>
+    public const string GatewayRelayPort = "rbs-gateway-relay-port";
 }

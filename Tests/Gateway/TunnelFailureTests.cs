@@ -178,7 +178,10 @@ public sealed class TunnelKeepAliveTests(ITestOutputHelper output) : IAsyncLifet
         var gateway = await _env.StartGatewayAsync(keepAliveSeconds: 1);
         var agentUri = new Uri(gateway.AgentAddress);
         await using var relay = new FreezableTcpRelay(new IPEndPoint(IPAddress.Loopback, agentUri.Port));
-        var agent = await _env.StartAgentAsync("agent-z", relay.Address, _env.JoinToken("agent-z"), spares: 2, keepAliveSeconds: 1);
+        // No relay tunnels: they would go to the gateway's relay port around the freezable proxy (and a silently dead
+        // parked one is found by TCP keepalive, not by the tunnels' pings this test is about).
+        var agent = await _env.StartAgentAsync("agent-z", relay.Address, _env.JoinToken("agent-z"), spares: 2, keepAliveSeconds: 1,
+            settings: new Dictionary<string, string?> { ["Agent:Tunnel:RelaySpareConnections"] = "0" });
         await TestWait.EventuallyAsync(() => gateway.IsOnline("agent-z"), "agent registered through the relay", timeout: TimeSpan.FromSeconds(10));
         var client = new V1.Agent.AgentClient(_env.Channel(gateway.PublicAddress));
         var metadata = TunnelTestEnvironment.Route("agent-z", _env.SessionToken("agent-z"));

@@ -4,20 +4,57 @@ using System.Globalization;
 using Grpc.Core;
 using Grpc.Net.Client;
 using Rbs.Shared.Protocol;
+using Rbs.Shared.Tunnel;
 using Rbs.V1;
 
 namespace Rbs.Bench;
 
-/// <summary>Many concurrent ExecuteCommand streams through one gateway (issue 3: 2,000 x 5 MB, zero errors).</summary>
+/// <summary>
+/// Many concurrent ExecuteCommand streams through one gateway (issue 3: 2,000 x 5 MB, zero errors). The connections
+/// are relayed to the agent (Shared/Tunnel/RelayClient.cs), as jbazel's are, unless <c>RBS_BENCH_RELAY=0</c> asks for
+/// the gateway's per-stream forwarding, so the two can be compared; a gateway that refuses the relay gets the
+/// per-stream path either way. How many connections were relayed is written to stderr (stdout is the result line).
+/// </summary>
 internal static class StreamsBench
 {
+    /// <summary>The environment variable that turns the relay off (<c>0</c>, <c>false</c>, <c>no</c>).</summary>
+    public const string RelayVariable = "RBS_BENCH_RELAY";
+
     public static async Task<int> RunAsync(string gateway, string route, string sessionToken, int streams, long bytes, int concurrency)
     {
+        var relayed = 0;
+        var notRelayed = 0;
+        string? lastRefusal = null;
+        var useRelay = Environment.GetEnvironmentVariable(RelayVariable) is not ("0" or "false" or "no");
+        HttpMessageHandler handler = new SocketsHttpHandler { EnableMultipleHttp2Connections = true };
+        if (useRelay)
+        {
+            var relay = new RelayClient(new Uri(gateway), route, sessionToken)
+            {
+                Observer = outcome =>
+                {
+                    if (outcome.Relayed)
+                    {
+                        Interlocked.Increment(ref relayed);
+                    }
+                    else
+                    {
+                        Interlocked.Increment(ref notRelayed);
+                        Volatile.Write(ref lastRefusal, outcome.Detail);
+                    }
+                },
+            };
+            // Each further HTTP/2 connection (> 100 streams) is a relay of its own; refused ones go to the plain handler.
+            handler = new RelayHttpHandler(relay, new SocketsHttpHandler { EnableMultipleHttp2Connections = true },
+                new HttpMessageInvoker(handler, disposeHandler: true));
+        }
+
         using var channel = GrpcChannel.ForAddress(gateway, new GrpcChannelOptions
         {
             MaxReceiveMessageSize = 8 * 1024 * 1024,
             // > 100 concurrent streams need more than one HTTP/2 connection to the gateway.
-            HttpHandler = new SocketsHttpHandler { EnableMultipleHttp2Connections = true },
+            HttpHandler = handler,
+            DisposeHttpClient = true,
         });
         var client = new Agent.AgentClient(channel);
         var metadata = new Metadata { { RbsHeaders.AgentRoute, route }, { "authorization", "Bearer " + sessionToken } };
@@ -58,6 +95,10 @@ internal static class StreamsBench
         {
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"error x{count}: {error}"));
         }
+
+        Console.Error.WriteLine(useRelay
+            ? string.Create(CultureInfo.InvariantCulture, $"rbs-bench: {relayed} connection(s) relayed, {notRelayed} not{(lastRefusal is null ? "" : $" (last: {lastRefusal})")}")
+            : $"rbs-bench: relay off ({RelayVariable}=0): the gateway forwards each stream");
 
         return failed == 0 ? 0 : 1;
     }

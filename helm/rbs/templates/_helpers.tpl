@@ -101,6 +101,8 @@ Tests/Helm/HelmChartConfigKeyTests.cs checks every `name: X__Y` below against th
   value: {{ include "rbs.gatewayPublicAddress" . | quote }}
 - name: Orchestrator__Gateway__AgentAddress
   value: {{ include "rbs.agentGatewayAddress" . | quote }}
+- name: Orchestrator__Gateway__Relay
+  value: {{ or .Values.gateway.relay (not .Values.ingress.enabled) | quote }}
 {{- end }}
 {{- with .Values.orchestrator.agentIdleTimeout }}
 - name: Orchestrator__IdleTtl
@@ -209,6 +211,8 @@ through PGAdapter, which speaks the PostgreSQL protocol (a sidecar on localhost,
   value: {{ printf "0.0.0.0:%v" .Values.gateway.ports.grpc | quote }}
 - name: Gateway__AgentListen
   value: {{ printf "0.0.0.0:%v" .Values.gateway.ports.tunnel | quote }}
+- name: Gateway__RelayListen
+  value: {{ printf "0.0.0.0:%v" .Values.gateway.ports.relay | quote }}
 - name: Gateway__OrchestratorAddress
   value: {{ printf "http://%s-orchestrator.%s.svc:%v" (include "rbs.fullname" .) .Release.Namespace .Values.orchestrator.port | quote }}
 - name: Gateway__TokenKey
