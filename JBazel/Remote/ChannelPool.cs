@@ -1,6 +1,7 @@
 using System.Net.Http;
 using Grpc.Net.Client;
 using Rbs.JBazel.Diagnostics;
+using Rbs.Shared.Http;
 using Rbs.Shared.Tunnel;
 
 namespace Rbs.JBazel.Remote;
@@ -130,7 +131,8 @@ internal sealed class ChannelPool(bool relay = true) : IDisposable
 
     private static GrpcChannelOptions Options(HttpMessageHandler handler, bool disposeHandler = false) => new()
     {
-        HttpHandler = handler,
+        // A stream a gateway's or agent's graceful stop left unprocessed is sent again with its bytes, not empty.
+        HttpHandler = new RefusedStreamReplayHandler(handler),
         DisposeHttpClient = disposeHandler,
         // Output arrives in chunks the agent chooses; do not cap it at gRPC's 4 MB default.
         MaxReceiveMessageSize = 64 * 1024 * 1024,

@@ -129,7 +129,11 @@ public sealed class GatewayReplicaTests(ITestOutputHelper output) : IDisposable
 
     private static async Task BuildContinuouslyAsync(ReplicaStack stack, GetServerResponse server, int client, BuildCounts counts, CancellationToken stop)
     {
-        using var channel = GrpcChannel.ForAddress(stack.PublicAddress);
+        // jbazel's own channel (its plain path: the public Service carries HTTP/2 here, no relay): a stream sent just as
+        // a replica's GOAWAY is on the wire is one the replica did not process, and jbazel's channel sends it again
+        // whole (a bare grpc-dotnet channel sends it again empty: Shared/Http/RefusedStreamReplay.cs).
+        using var pool = new Rbs.JBazel.Remote.ChannelPool(relay: false);
+        var channel = pool.Get(new Uri(stack.PublicAddress));
         var agent = new V1.Agent.AgentClient(channel);
         var headers = new Metadata { { RbsHeaders.AgentRoute, server.Route }, { "authorization", "Bearer " + server.SessionToken } };
         var input = $"build {client}\n";
