@@ -11,6 +11,10 @@ namespace Rbs.Tests.Gateway;
 [Collection(TunnelCollection.Name)]
 public sealed class TunnelFailureTests(ITestOutputHelper output) : IAsyncLifetime
 {
+    // AgentTunnelRegistry's log events: a tunnel added, a tunnel removed.
+    private const int GatewayTunnelAdded = 100;
+    private const int GatewayTunnelRemoved = 101;
+
     private readonly TunnelTestEnvironment _env = new(output);
 
     public Task InitializeAsync() => Task.CompletedTask;
@@ -35,6 +39,7 @@ public sealed class TunnelFailureTests(ITestOutputHelper output) : IAsyncLifetim
 
         // Cut every tunnel as a network failure would.
         output.WriteLine($"{DateTime.UtcNow:HH:mm:ss.fff} cutting all tunnels of agent-k");
+        var addedBeforeCut = gateway.Logs.Count(GatewayTunnelAdded);
         var stopwatch = Stopwatch.StartNew();
         agent.Status.AbortAllTunnels();
         var ex = await Assert.ThrowsAsync<RpcException>(async () =>
@@ -50,8 +55,13 @@ public sealed class TunnelFailureTests(ITestOutputHelper output) : IAsyncLifetim
         Assert.Contains("tunnel to agent agent-k was lost", ex.Status.Detail, StringComparison.Ordinal);
         Assert.True(stopwatch.Elapsed < TimeSpan.FromSeconds(2), $"the client waited {stopwatch.ElapsedMilliseconds} ms");
 
-        // The agent redials on its own and serves the next stream.
-        await TestWait.EventuallyAsync(() => agent.Status.OpenTunnels >= 1 && gateway.IsOnline("agent-k"), "agent re-registered", timeout: TimeSpan.FromSeconds(10));
+        // The agent redials on its own and serves the next stream. Online alone is not enough: the agent redials
+        // within milliseconds, so the gateway can still hold a cut tunnel it has not yet noticed (online), then drop
+        // it before it adds the new one (offline for a moment, and the stand-in directory fails a stream at once).
+        // So wait until every tunnel of before the cut is gone and a new one is in.
+        await TestWait.EventuallyAsync(
+            () => gateway.Logs.Count(GatewayTunnelRemoved) >= addedBeforeCut && gateway.IsOnline("agent-k"),
+            "the gateway dropped the cut tunnels and the agent re-registered", timeout: TimeSpan.FromSeconds(10));
         var result = await TunnelTestEnvironment.RunBytesAsync(client, metadata, 100_000, seed: 5).WaitAsync(TunnelTestEnvironment.Timeout);
         Assert.Equal(DeterministicBytes.ExpectedSha256(100_000, 5), result.Sha256);
     }
@@ -166,6 +176,10 @@ public sealed class TunnelFailureTests(ITestOutputHelper output) : IAsyncLifetim
 [Collection(TunnelCollection.Name)]
 public sealed class TunnelKeepAliveTests(ITestOutputHelper output) : IAsyncLifetime
 {
+    // AgentTunnelRegistry's log events: a tunnel added, a tunnel removed.
+    private const int GatewayTunnelAdded = 100;
+    private const int GatewayTunnelRemoved = 101;
+
     private readonly TunnelTestEnvironment _env = new(output);
 
     public Task InitializeAsync() => Task.CompletedTask;
