@@ -1,3 +1,4 @@
+using Microsoft.Extensions.Configuration.Json;
 using Rbs.Shared.Hosting;
 
 namespace Rbs.Tests.Shared.Hosting;
@@ -60,5 +61,28 @@ public sealed class ServerCommandLineTests
         Assert.Contains("  --local-mode\n      A switch.\n      Test:LocalMode, env Test__LocalMode; default false\n", usage, StringComparison.Ordinal);
         Assert.Contains("  Test:Limits:HandshakeTimeout (env Test__Limits__HandshakeTimeout; default 00:00:10)\n", usage, StringComparison.Ordinal);
         Assert.Contains("Exit codes: 0 stopped normally; 2 a bad command line or setting", usage, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void TheBuilderReadsAppsettingsOnceWithoutWatchingTheContentRootAndTheCommandLineWins()
+    {
+        var root = Directory.CreateTempSubdirectory("rbs-host-").FullName;
+        try
+        {
+            File.WriteAllText(Path.Combine(root, "appsettings.json"), """{ "Test": { "Port": "7", "Other": "from-file" } }""");
+
+            var builder = ServerHost.CreateBuilder(s_commandLine, ["--port", "0"], root);
+
+            Assert.Equal("from-file", builder.Configuration["Test:Other"]);
+            Assert.Equal("0", builder.Configuration["Test:Port"]);
+            // A reload would watch the content root recursively (an inotify watch per directory under it).
+            var json = builder.Configuration.Sources.OfType<JsonConfigurationSource>().ToList();
+            Assert.NotEmpty(json);
+            Assert.All(json, source => Assert.False(source.ReloadOnChange, $"{source.Path} is reloaded on change"));
+        }
+        finally
+        {
+            Directory.Delete(root, recursive: true);
+        }
     }
 }
