@@ -34,10 +34,13 @@ build_artifacts() {
     fi
     log "publishing RBS into $RBS_ARTIFACTS (first run takes a minute or two)"
     local p
-    for p in Orchestrator:rbs-orchestrator Agent:rbs-agent Gateway:rbs-gateway; do
+    for p in Orchestrator:rbs-orchestrator Gateway:rbs-gateway; do
         dotnet publish "$REPO_ROOT/${p%%:*}/${p%%:*}.csproj" -c Release -o "$RBS_ARTIFACTS/${p##*:}" -p:UseAppHost=true \
             "${DOTNET_LAYOUT[@]}" -nologo -v quiet >&2
     done
+    # The agent for a runtime, so it is precompiled (ReadyToRun, Agent/Agent.csproj): a cold GetServer waits for it.
+    dotnet publish "$REPO_ROOT/Agent/Agent.csproj" -c Release -r linux-x64 --self-contained false -o "$RBS_ARTIFACTS/rbs-agent" \
+        -p:UseAppHost=true "${DOTNET_LAYOUT[@]}" -nologo -v quiet >&2
     dotnet publish "$REPO_ROOT/JBazel/JBazel.csproj" -c Release -r linux-x64 -o "$RBS_ARTIFACTS/jbazel" "${DOTNET_LAYOUT[@]}" \
         -nologo -v quiet >&2
 }
