@@ -176,10 +176,6 @@ public sealed class TunnelFailureTests(ITestOutputHelper output) : IAsyncLifetim
 [Collection(TunnelCollection.Name)]
 public sealed class TunnelKeepAliveTests(ITestOutputHelper output) : IAsyncLifetime
 {
-    // AgentTunnelRegistry's log events: a tunnel added, a tunnel removed.
-    private const int GatewayTunnelAdded = 100;
-    private const int GatewayTunnelRemoved = 101;
-
     private readonly TunnelTestEnvironment _env = new(output);
 
     public Task InitializeAsync() => Task.CompletedTask;
