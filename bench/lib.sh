@@ -136,6 +136,19 @@ start_bench_gateway() {
     CLEANUP_PIDS+=("$GW_PID")
 }
 
+# start_gateway_stack: an orchestrator (agents connect direct unless a client asks for the tunnel) and its rbs-gateway on
+# loopback, with a fresh token key in $E2E_TMP/token.key; waits until the gateway is up. Sets RBS_ORCHESTRATOR,
+# GW_PUBLIC_PORT (jbazel --rbs_connect=tunnel --rbs_orchestrator=http://127.0.0.1:$GW_PUBLIC_PORT) and GW_PID.
+start_gateway_stack() {
+    local agent_port
+    head -c 32 /dev/urandom | base64 >"$E2E_TMP/token.key"
+    GW_PUBLIC_PORT="$(free_port)"; agent_port="$(free_port)"
+    start_orchestrator --gateway-public-address "http://127.0.0.1:$GW_PUBLIC_PORT" \
+        --gateway-agent-address "http://127.0.0.1:$agent_port" --token-key-file "$E2E_TMP/token.key" --default-connect-mode direct
+    start_bench_gateway "$GW_PUBLIC_PORT" "$agent_port" "$RBS_ORCHESTRATOR"
+    wait_ready_file "$E2E_TMP/gateway.json" publicAddress "$GW_PID" >/dev/null
+}
+
 # sync_tree DIR FILES: the sync benchmarks' tree: WORKSPACE, FILES random files of 16,000 bytes in 100 directories
 # (fNNNNN goes to pkg<NNNNN % 100>, its last two digits) and 10 random files of 4 MiB.
 sync_tree() {
@@ -154,3 +167,6 @@ sync_tree() {
 
 # cpu_ticks PID: the CPU time (utime + stime, in clock ticks: getconf CLK_TCK) of a process, summed over its threads.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# machine_ticks: the whole machine's busy CPU time so far, in clock ticks (getconf CLK_TCK per second): user, nice,
+# system, irq and softirq of /proc/stat, so kernel work charged to no process counts too.
+machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }

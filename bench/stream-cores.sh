@@ -16,12 +16,7 @@ E2E_TMP="$(mktemp -d /tmp/rbs-cores.XXXXXX)"
 WS="$E2E_TMP/ws"
 bench_workspace "$WS"
 TARGET="//bench:blast"
-head -c 32 /dev/urandom | base64 >"$E2E_TMP/token.key"
-GW_PUBLIC_PORT="$(free_port)"; GW_AGENT_PORT="$(free_port)"
-start_orchestrator --gateway-public-address "http://127.0.0.1:$GW_PUBLIC_PORT" \
-    --gateway-agent-address "http://127.0.0.1:$GW_AGENT_PORT" --token-key-file "$E2E_TMP/token.key" --default-connect-mode direct
-start_bench_gateway "$GW_PUBLIC_PORT" "$GW_AGENT_PORT" "$RBS_ORCHESTRATOR"
-wait_ready_file "$E2E_TMP/gateway.json" publicAddress "$GW_PID" >/dev/null
+start_gateway_stack
 CLEANUP_CMDS+=("kill_agents" "cd '$WS' && bazel shutdown")
 JB_DIRECT="$RBS_ARTIFACTS/jbazel/jbazel --rbs_orchestrator=$RBS_ORCHESTRATOR"
 JB_TUNNEL="$RBS_ARTIFACTS/jbazel/jbazel --rbs_connect=tunnel --rbs_orchestrator=http://127.0.0.1:$GW_PUBLIC_PORT"
@@ -29,14 +24,13 @@ JB_TUNNEL="$RBS_ARTIFACTS/jbazel/jbazel --rbs_connect=tunnel --rbs_orchestrator=
 (cd "$WS" && $JB_DIRECT build "$TARGET" >/dev/null 2>&1 && $JB_DIRECT run "$TARGET" 2>/dev/null >/dev/null \
     && $JB_TUNNEL run "$TARGET" 2>/dev/null >/dev/null)
 
-busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
 hz="$(getconf CLK_TCK)"
 for _ in $(seq 1 "$ROUNDS"); do
     for mode in direct tunnel; do
         jb="$JB_DIRECT"; [ "$mode" = tunnel ] && jb="$JB_TUNNEL"
-        c0="$(busy)"; t0="$(date +%s%N)"
+        c0="$(machine_ticks)"; t0="$(date +%s%N)"
         (cd "$WS" && $jb run "$TARGET" 2>/dev/null >/dev/null)
-        t1="$(date +%s%N)"; c1="$(busy)"
+        t1="$(date +%s%N)"; c1="$(machine_ticks)"
         awk -v m="$mode" -v t="$((t1 - t0))" -v c="$((c1 - c0))" -v hz="$hz" 'BEGIN { w = t / 1e9; s = c / hz
             printf "%s %.0f %.2f %.2f\n", m, 1024 / w, s / w, s }'
     done

@@ -20,12 +20,7 @@ TARGET="//bench:blast"
 # The agents inherit the orchestrator's environment: their JIT-compiled frames get names in /tmp/perf-<pid>.map
 # (W^X off: perf cannot name code it sees only through the double-mapped memfd).
 export DOTNET_PerfMapEnabled=1 DOTNET_EnableWriteXorExecute=0
-head -c 32 /dev/urandom | base64 >"$E2E_TMP/token.key"
-GW_PUBLIC_PORT="$(free_port)"; GW_AGENT_PORT="$(free_port)"
-start_orchestrator --gateway-public-address "http://127.0.0.1:$GW_PUBLIC_PORT" \
-    --gateway-agent-address "http://127.0.0.1:$GW_AGENT_PORT" --token-key-file "$E2E_TMP/token.key" --default-connect-mode direct
-start_bench_gateway "$GW_PUBLIC_PORT" "$GW_AGENT_PORT" "$RBS_ORCHESTRATOR"
-wait_ready_file "$E2E_TMP/gateway.json" publicAddress "$GW_PID" >/dev/null
+start_gateway_stack
 unset DOTNET_PerfMapEnabled DOTNET_EnableWriteXorExecute
 CLEANUP_CMDS+=("kill_agents" "cd '$WS' && bazel shutdown")
 if [ "$MODE" = tunnel ]; then
